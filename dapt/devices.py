@@ -1,0 +1,485 @@
+"""GPU claiming, multi-GPU launch, precision and determinism for the training scripts.
+
+Why this exists: Snakemake's ``--resources gpu=N`` caps how many GPUs are in use at once but
+never says *which* ones (snakemake issue #281), so every concurrent job would land on cuda:0.
+Each job therefore claims its own device ids with ``flock`` on one lock file per GPU. The kernel
+drops an flock when the holding process exits for any reason (even SIGKILL), so a crashed job
+can never leave a GPU marked busy; that is why these are locks and not pid files.
+
+How a training script starts (before anything imports torch, so CUDA only ever sees the
+claimed GPUs)::
+
+    from dapt.devices import claim_devices, maybe_relaunch_distributed
+    claim_devices(args.gpus)                          # rule's resources.gpu, passed as --gpus
+    maybe_relaunch_distributed(args.gpus, sys.argv)   # gpus > 1: re-runs this script under
+                                                      # torch.distributed.run; the parent only
+                                                      # holds the locks and relays the exit code
+    import torch
+    from dapt.devices import pick_device, init_distributed, dist_info, choose_precision
+    device = pick_device()                # cuda:LOCAL_RANK, cuda:0 or cpu
+    init_distributed(device)              # no-op unless WORLD_SIZE > 1
+    rank, world_size, local_rank = dist_info()
+    prec = choose_precision(cfg_precision, device)   # log it and store it with the results
+
+How a training loop uses several processes (data parallel), so that N processes give the same
+numbers as one:
+
+* Shard the data, never duplicate it. Either wrap the dataset in
+  ``torch.utils.data.DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=True,
+  seed=seed)`` and call ``sampler.set_epoch(epoch)`` every epoch, or build the global batch
+  order once from the seed (identical in every rank) and let rank r take the rank-strided slice
+  ``batch[r::world_size]``. Keep the *global* batch size fixed: per-rank batch =
+  global batch / world_size (gradient accumulation makes up the rest).
+* Wrap the model in ``torch.nn.parallel.DistributedDataParallel`` (``device_ids=[device.index]``
+  on CUDA, nothing on CPU); it averages gradients across ranks.
+* Metrics: accumulate *sums and counts* per rank (loss * tokens, tokens, correct, total), then
+  ``all_reduce_sums`` them so every rank holds the global totals, and divide afterwards.
+  Averaging per-rank means is wrong when shards differ in size.
+* Only rank 0 writes outputs (checkpoints, metrics files); call ``destroy_distributed()`` at the
+  end.
+
+Environment variables read here:
+
+* ``DAPT_GPU_IDS``: comma list of device ids to share out; overrides detection. Tests use it to
+  fake GPUs on a CPU-only machine.
+* ``DAPT_GPU_SLOT_DIR``: where the lock files live (default ``/tmp/dapt-gpu-slots-<uid>``).
+* ``DAPT_FORCE_CPU_DDP=1``: with n > 1 and no GPUs, still launch n gloo processes on CPU (tests).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from dapt.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported lazily: claim_devices must run before torch is loaded
+    import torch
+
+#: Seconds between attempts while waiting for free GPUs.
+POLL_SECONDS = 1.0
+
+_SLURM_GPU_VARS = ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
+
+# Open lock files of the GPUs this process holds. Never closed on purpose: the locks must last
+# as long as the process, and the kernel releases them when it ends.
+_held: list[tuple[str, int]] = []
+# What claim_devices last returned (None: not called), so the relaunch knows how many GPUs.
+_assigned: list[str] | None = None
+
+
+def _log(msg: str) -> None:
+    """One line on stderr; logging is usually not configured yet this early in a script."""
+    print(f"[dapt.devices] {msg}", file=sys.stderr, flush=True)
+
+
+def _split_ids(value: str | None) -> list[str]:
+    """Parse a comma list of device ids; "NoDevFiles" and negative ids mean no devices."""
+    if not value:
+        return []
+    ids = [part.strip() for part in value.split(",") if part.strip()]
+    if not ids or ids[0] == "NoDevFiles" or ids[0].startswith("-"):
+        return []
+    return ids
+
+
+def _parse_nvidia_smi(text: str) -> list[str]:
+    """Device ids from ``nvidia-smi -L``: GPU indices, or MIG UUIDs where GPUs are partitioned.
+
+    MIG instances can only be selected by UUID in CUDA_VISIBLE_DEVICES, not by index.
+    """
+    gpus = re.findall(r"^GPU (\d+):", text, flags=re.MULTILINE)
+    migs = re.findall(r"^\s+MIG .*\(UUID: (MIG-[^)\s]+)\)", text, flags=re.MULTILINE)
+    return migs if migs else gpus
+
+
+def _nvidia_smi_ids() -> list[str]:
+    """Ask the driver which GPUs exist, without importing torch or initialising CUDA."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return _parse_nvidia_smi(out.stdout)
+
+
+def _default_slot_dir() -> str:
+    return os.environ.get("DAPT_GPU_SLOT_DIR") or f"/tmp/dapt-gpu-slots-{os.getuid()}"
+
+
+def _lock_path(slot_dir: str, dev_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dev_id)
+    return os.path.join(slot_dir, f"gpu-{safe}.lock")
+
+
+def _try_lock(path: str) -> int | None:
+    """Open and exclusively lock `path` without blocking; the fd on success, else None."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _holder(path: str) -> str:
+    """What the lock file says about its holder (pid and host), for the waiting message."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or "?"
+    except OSError:
+        return "?"
+
+
+def _claim_from(pool: list[str], k: int, slot_dir: str) -> list[str]:
+    """Lock k ids of `pool` in `slot_dir`, waiting until k are free at the same time.
+
+    All-or-nothing per attempt: a job that cannot get all k gives back what it got before
+    sleeping, so two jobs can never each hold half of what the other needs (deadlock).
+    """
+    os.makedirs(slot_dir, mode=0o700, exist_ok=True)
+    started = time.monotonic()
+    said_waiting = False
+    while True:
+        got: list[tuple[str, int]] = []
+        busy: list[str] = []
+        for dev_id in pool:
+            if len(got) == k:
+                break
+            fd = _try_lock(_lock_path(slot_dir, dev_id))
+            if fd is None:
+                busy.append(dev_id)
+            else:
+                got.append((dev_id, fd))
+        if len(got) == k:
+            break
+        for _, fd in got:
+            os.close(fd)
+        if not said_waiting:
+            holders = ", ".join(f"{d} held by {_holder(_lock_path(slot_dir, d))}" for d in busy)
+            _log(f"waiting for {k} free GPU(s) of {','.join(pool)} in {slot_dir} ({holders})")
+            said_waiting = True
+        time.sleep(POLL_SECONDS)
+
+    note = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
+    for _, fd in got:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note, 0)
+    _held.extend(got)
+    ids = [dev_id for dev_id, _ in got]
+    waited = f" after waiting {time.monotonic() - started:.0f}s" if said_waiting else ""
+    _log(f"claimed GPU(s) {','.join(ids)}{waited} (locks in {slot_dir})")
+    return ids
+
+
+def claim_devices(n: int, slot_dir: str | None = None, visible: str | None = None) -> list[str]:
+    """Give this job n GPUs of its own and export them as CUDA_VISIBLE_DEVICES.
+
+    Call before torch is imported. Returns the device ids the job should use:
+
+    * n == 0: nothing is claimed or changed; returns [].
+    * Child of a distributed launch (LOCAL_RANK set): the parent already claimed; returns the
+      inherited CUDA_VISIBLE_DEVICES ids.
+    * Under SLURM (SLURM_JOB_ID plus CUDA_VISIBLE_DEVICES / SLURM_STEP_GPUS / SLURM_JOB_GPUS):
+      the scheduler already chose; nothing is claimed and those ids are returned. Exception: a
+      SLURM CUDA_VISIBLE_DEVICES with *more* than n ids means several Snakemake jobs share one
+      allocation, so n are claimed among them (locks in a per-allocation sub-folder, because
+      SLURM numbers GPUs inside each job's cgroup from 0).
+    * Otherwise the pool is `visible` (comma list), else $DAPT_GPU_IDS, else
+      $CUDA_VISIBLE_DEVICES, else the GPUs listed by ``nvidia-smi -L``. An empty pool means the
+      job runs on CPU (logged; returns []). n ids are locked in `slot_dir` (else
+      $DAPT_GPU_SLOT_DIR, else /tmp/dapt-gpu-slots-<uid>), waiting while fewer are free.
+
+    A pool smaller than n can never satisfy the job, so that is a UserError rather than a hang.
+    Calling again in the same process returns the ids already held.
+    """
+    global _assigned
+    _assigned = _claim(n, slot_dir, visible)
+    return list(_assigned)
+
+
+def _claim(n: int, slot_dir: str | None, visible: str | None) -> list[str]:
+    if n < 0:
+        raise UserError("resources.gpu", f"must be 0 or more, got {n}")
+    if n == 0:
+        return []
+    if _held:
+        return [dev_id for dev_id, _ in _held]
+    if "LOCAL_RANK" in os.environ:
+        return _split_ids(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+    if os.environ.get("SLURM_JOB_ID") and any(v in os.environ for v in _SLURM_GPU_VARS):
+        slurm_ids = _split_ids(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if len(slurm_ids) <= n:
+            if not slurm_ids:
+                slurm_ids = _split_ids(
+                    os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS")
+                )
+            _log(
+                f"SLURM job {os.environ['SLURM_JOB_ID']} assigned GPU(s) "
+                f"{','.join(slurm_ids) or 'none'}; claiming nothing"
+            )
+            return slurm_ids
+        base = slot_dir or _default_slot_dir()
+        slot_dir = os.path.join(base, f"slurm-{os.environ['SLURM_JOB_ID']}")
+        pool, source = slurm_ids, "SLURM allocation"
+    elif visible is not None:
+        pool, source = _split_ids(visible), "argument"
+    elif os.environ.get("DAPT_GPU_IDS") is not None:
+        pool, source = _split_ids(os.environ["DAPT_GPU_IDS"]), "DAPT_GPU_IDS"
+    elif os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        pool, source = _split_ids(os.environ["CUDA_VISIBLE_DEVICES"]), "CUDA_VISIBLE_DEVICES"
+    else:
+        pool, source = _nvidia_smi_ids(), "nvidia-smi"
+
+    if not pool:
+        _log(f"asked for {n} GPU(s) but none are visible ({source}); running on CPU")
+        return []
+    if len(pool) < n:
+        raise UserError(
+            "resources.gpu",
+            f"the job asks for {n} GPUs but only {len(pool)} exist "
+            f"({','.join(pool)}, from {source})",
+            "lower the rule's gpu resource or run on a machine with more GPUs",
+        )
+    if source in ("nvidia-smi", "DAPT_GPU_IDS"):
+        # nvidia-smi numbers GPUs by PCI bus; CUDA's default order is "fastest first".
+        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    ids = _claim_from(pool, n, slot_dir or _default_slot_dir())
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    return ids
+
+
+def release_devices() -> None:
+    """Drop the locks this process holds. Scripts never need this (exit releases them)."""
+    global _assigned
+    while _held:
+        _, fd = _held.pop()
+        os.close(fd)
+    _assigned = None
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) as set by torch.distributed.run; (0, 1, 0) otherwise."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def _force_cpu_ddp() -> bool:
+    return os.environ.get("DAPT_FORCE_CPU_DDP") == "1"
+
+
+def _set_pdeathsig() -> None:
+    """In the launched child: get SIGTERM if the parent dies, so GPUs are not used unlocked."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG (Linux only; harmless elsewhere)
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_forwarding_signals(cmd: list[str]) -> int:
+    """Run cmd, pass SIGTERM/SIGINT on to it, and return its exit status (128+sig if killed)."""
+    proc = subprocess.Popen(cmd, preexec_fn=_set_pdeathsig if sys.platform == "linux" else None)
+
+    def forward(signum: int, _frame: Any) -> None:
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        rc = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - rc if rc < 0 else rc
+
+
+def maybe_relaunch_distributed(n: int, argv: list[str]) -> None:
+    """With n > 1, re-run this script as n data-parallel processes and exit with their status.
+
+    `argv` is ``sys.argv`` (script path first). Returns without doing anything when n <= 1,
+    inside a launched child (LOCAL_RANK set), or when there are fewer than n GPUs (the job
+    then runs as one process; logged) unless DAPT_FORCE_CPU_DDP=1 asks for n CPU processes.
+    Otherwise this process keeps holding the GPU locks, runs
+    ``python -m torch.distributed.run --standalone --nproc_per_node n <argv>``, forwards
+    SIGTERM/SIGINT to it, and never returns (sys.exit with the launcher's status).
+    """
+    if n <= 1 or "LOCAL_RANK" in os.environ:
+        return
+    if not _force_cpu_ddp():
+        ids = _assigned
+        if ids is None:  # claim_devices was not called: trust the environment
+            ids = _split_ids(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if len(ids) < n:
+            _log(f"{n} processes wanted but only {len(ids)} GPU(s) visible; running one process")
+            return
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(n),
+        *argv,
+    ]
+    _log(f"launching {n} processes: {' '.join(cmd)}")
+    sys.exit(_run_forwarding_signals(cmd))
+
+
+def pick_device() -> torch.device:
+    """cuda:LOCAL_RANK in a distributed child, cuda:0 alone, cpu without CUDA (or forced)."""
+    import torch
+
+    if _force_cpu_ddp() or not torch.cuda.is_available():
+        return torch.device("cpu")
+    _, _, local_rank = dist_info()
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(
+            "devices",
+            f"local rank {local_rank} but only {torch.cuda.device_count()} GPU(s) visible",
+        )
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(device: torch.device | str) -> bool:
+    """Join the process group (nccl on CUDA, gloo on CPU) if WORLD_SIZE > 1; True if joined.
+
+    Reads the rendezvous from the env vars torch.distributed.run sets. On CUDA it also makes
+    `device` the current device, so NCCL and any bare .cuda() use this rank's GPU.
+    """
+    import torch
+    import torch.distributed as dist
+
+    _, world_size, local_rank = dist_info()
+    if world_size <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    device = torch.device(device)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl", device_id=device)
+    else:
+        dist.init_process_group(backend="gloo")
+    return True
+
+
+def destroy_distributed() -> None:
+    """Leave the process group, if joined (avoids the shutdown warning)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sums(
+    values: dict[str, float], device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Sum each value over all ranks (identity without a process group).
+
+    Pass sums and counts, not means, and divide after: that gives the same metric for any
+    number of processes. `device` must be the rank's CUDA device under nccl.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, t.tolist()))
+
+
+# --------------------------------------------------------------------------- precision
+
+
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def choose_precision(requested: str, device: torch.device | str) -> dict[str, Any]:
+    """Resolve the configured precision for `device` and record what was actually used.
+
+    'auto' means bf16 on CUDA where supported, else fp16 (which needs a GradScaler, since fp16
+    gradients underflow), and fp32 on CPU. fp16 on CPU and bf16 on a GPU without it are
+    UserErrors. On CUDA, TF32 matmuls/convolutions are switched on: free speed on Ampere and
+    later, and fp32 weights are kept either way.
+    Returns {"device", "device_name", "precision", "autocast_dtype", "use_scaler", "tf32"}.
+    """
+    import platform
+
+    import torch
+
+    if requested not in _PRECISIONS:
+        raise UserError(
+            "precision", f"unknown value {requested!r}", f"use one of {', '.join(_PRECISIONS)}"
+        )
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
+
+    if on_cuda:
+        bf16_ok = torch.cuda.is_bf16_supported()
+        precision = ("bf16" if bf16_ok else "fp16") if requested == "auto" else requested
+        if precision == "bf16" and not bf16_ok:
+            raise UserError(
+                "precision",
+                f"bf16 is not supported on {torch.cuda.get_device_name(device)}",
+                "use fp16 or auto",
+            )
+        # Legacy flags on purpose: setting them never raises, while setting the new
+        # fp32_precision API makes later reads of allow_tf32 (accelerate does) raise.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        device_name = torch.cuda.get_device_name(device)
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        precision = "fp32" if requested == "auto" else requested
+        if precision == "fp16":
+            raise UserError("precision", "fp16 needs a GPU", "use bf16, fp32 or auto on CPU")
+        device_name = platform.processor() or platform.machine() or "cpu"
+
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    return {
+        "device": str(device),
+        "device_name": device_name,
+        "precision": precision,
+        "autocast_dtype": dtypes[precision],
+        "use_scaler": precision == "fp16",
+        "tf32": on_cuda,
+    }
+
+
+def set_deterministic(flag: bool) -> None:
+    """Make results repeatable bit for bit (slower), or allow the fast nondeterministic kernels.
+
+    cuBLAS needs CUBLAS_WORKSPACE_CONFIG before its first call, so call this early. Ops with no
+    deterministic implementation then raise instead of silently varying.
+    """
+    import torch
+
+    if flag:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(flag)
+    torch.backends.cudnn.deterministic = flag
+    if flag:
+        torch.backends.cudnn.benchmark = False
