@@ -1,0 +1,16 @@
+# dapt-workflow: domain- and task-adaptive pretraining studies, from download to report.
+# Default study: config/config.yaml (pass --configfile to run your own; it replaces the default).
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/tokenize.smk"
+include: "rules/pretrain.smk"
+include: "rules/finetune.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

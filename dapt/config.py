@@ -1,0 +1,129 @@
+"""Study config: validation with one-line errors, and the few derived names the rules share.
+
+A *variant* is a chain of MLM stages ("dapt:<corpus>", "tapt") applied before fine-tuning. Its
+checkpoint folder is named by the chain with the task filled in, e.g. ``dapt-imdb+tapt-rt``, so that
+chains shared by several variants or tasks are pretrained once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dapt.errors import UserError
+
+SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+
+MLM_DEFAULTS: dict[str, Any] = {
+    "batch_size": 16,
+    "grad_accum": 1,
+    "max_length": 128,
+    "lr": 5e-5,
+    "head_lr": 5e-4,
+    "head_warmup_steps": 0,
+    "warmup_ratio": 0.06,
+    "weight_decay": 0.01,
+    "mlm_probability": 0.15,
+    "save_steps": 50,
+    "max_grad_norm": 1.0,
+}
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "epochs": 3,
+    "batch_size": 16,
+    "eval_batch_size": 64,
+    "grad_accum": 1,
+    "lr": 2e-5,
+    "weight_decay": 0.01,
+    "warmup_ratio": 0.1,
+    "patience": 3,
+    "max_grad_norm": 1.0,
+    "save_steps": 50,
+}
+FINETUNE_KEYS = set(FINETUNE_DEFAULTS)
+
+
+def _key_path(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def validate_config(config: dict, where: str = "config") -> None:
+    """Schema and cross-reference checks; raises UserError naming the file and the key."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        err = errors[0]
+        raise UserError(f"{where}: {_key_path(err)}", err.message.replace("\n", " "), "see config/README.md")
+    corpora = config.get("corpora") or {}
+    for variant, stages in config["variants"].items():
+        for i, stage in enumerate(stages):
+            kind, _, corpus = stage.partition(":")
+            if kind == "dapt" and corpus not in corpora:
+                raise UserError(
+                    f"{where}: variants.{variant}[{i}]",
+                    f"unknown corpus '{corpus}'",
+                    f"known corpora: {', '.join(corpora) or 'none'}",
+                )
+            if kind not in (config.get("pretrain") or {}):
+                raise UserError(f"{where}: pretrain.{kind}", f"missing, but variant '{variant}' uses {kind}")
+    for task, spec in config["tasks"].items():
+        for method in spec.get("methods") or {}:
+            if method not in config["methods"]:
+                raise UserError(f"{where}: tasks.{task}.methods.{method}", "not a method of the study", "add it under methods")
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(str(path), "config file not found")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(str(path), f"not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise UserError(str(path), "must be a mapping of config keys")
+    validate_config(config, str(path))
+    return config
+
+
+def stage_name(stage: str, task: str) -> str:
+    """'dapt:imdb' -> 'dapt-imdb'; 'tapt' -> 'tapt-<task>'."""
+    kind, _, corpus = stage.partition(":")
+    return f"dapt-{corpus}" if kind == "dapt" else f"tapt-{task}"
+
+
+def chain_for(config: dict, variant: str, task: str) -> str:
+    """Checkpoint chain of a variant for a task; '' for the base model."""
+    return "+".join(stage_name(s, task) for s in config["variants"][variant])
+
+
+def split_chain(chain: str) -> tuple[str, str]:
+    """'a+b+c' -> ('a+b', 'c'): the parent checkpoint and the stage that continues from it."""
+    parent, _, last = chain.rpartition("+")
+    return parent, last
+
+
+def mlm_params(config: dict, stage: str) -> dict:
+    kind = stage.split("-", 1)[0]
+    return {**MLM_DEFAULTS, **(config.get("pretrain") or {}).get(kind, {})}
+
+
+def method_kind(config: dict, method: str) -> str:
+    return config["methods"][method].get("kind", method)
+
+
+def finetune_params(config: dict, task: str, method: str) -> dict:
+    """Hyperparameters of one run: finetune < task.finetune < methods.<m> < task.methods.<m>."""
+    task_spec = config["tasks"][task]
+    merged = {**FINETUNE_DEFAULTS, **(config.get("finetune") or {}), **(task_spec.get("finetune") or {})}
+    merged.update(config["methods"][method])
+    merged.update((task_spec.get("methods") or {}).get(method, {}))
+    merged["kind"] = method_kind(config, method)
+    merged["metric"] = task_spec.get("metric", "macro_f1")
+    merged["max_length"] = task_spec.get("max_length", 128)
+    return merged

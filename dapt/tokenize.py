@@ -1,0 +1,108 @@
+"""Tokenization, cached once per (data, tokenizer, max length) and reused by every later job.
+
+MLM data is packed like `run_mlm.py`'s `group_texts`: documents (with their special tokens) are
+concatenated and cut into full blocks, so no compute is spent on padding. Task data keeps one row per
+example, truncated to the task's max length; padding happens per batch at training time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dapt.errors import UserError
+from dapt.io import read_json, write_json, write_parquet, atomic_path
+
+SPLITS = ("train", "validation", "test")
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def _encode(tokenizer, texts: list[str], batch: int = 1000) -> list[list[int]]:
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), batch):
+        enc = tokenizer(texts[start : start + batch], add_special_tokens=True, truncation=False, verbose=False)
+        ids.extend(enc["input_ids"])
+    return ids
+
+
+def pack_blocks(sequences: list[list[int]], block: int) -> tuple[np.ndarray, int]:
+    """Concatenate and cut into full blocks; returns the blocks and the number of tokens left over."""
+    flat = np.fromiter((t for seq in sequences for t in seq), dtype=np.int32)
+    n = len(flat) // block
+    return flat[: n * block].reshape(n, block), int(len(flat) - n * block)
+
+
+def tokenize_mlm(texts: list[str], tokenizer, max_length: int) -> tuple[pa.Table, dict]:
+    blocks, dropped = pack_blocks(_encode(tokenizer, texts), max_length)
+    if len(blocks) == 0:
+        raise UserError("tokenize", f"{len(texts)} texts make no full block of {max_length} tokens", "use more text or a smaller max_length")
+    table = pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.reshape(-1)), max_length)})
+    stats = {"documents": len(texts), "blocks": len(blocks), "block_length": max_length,
+             "tokens": int(blocks.size), "tokens_left_over": dropped}
+    return table, stats
+
+
+def tokenize_examples(ids: list[str], texts: list[str], labels: list[int], tokenizer, max_length: int) -> tuple[pa.Table, dict]:
+    encoded = _encode(tokenizer, texts)
+    truncated = sum(len(e) > max_length for e in encoded)
+    # keep the closing special token when truncating, as tokenizer(truncation=True) would
+    encoded = [e if len(e) <= max_length else e[: max_length - 1] + e[-1:] for e in encoded]
+    table = pa.table({
+        "id": pa.array(ids, pa.string()),
+        "input_ids": pa.array(encoded, pa.list_(pa.int32())),
+        "label": pa.array(labels, pa.int64()),
+    })
+    lengths = [len(e) for e in encoded]
+    stats = {"examples": len(ids), "truncated": truncated, "max_length": max_length,
+             "mean_tokens": float(np.mean(lengths)) if lengths else 0.0, "tokens": int(sum(lengths))}
+    return table, stats
+
+
+def tokenize_mlm_file(text_parquet: str, model_dir: str, max_length: int, out: str) -> dict:
+    texts = pq.read_table(text_parquet, columns=["text"]).column("text").to_pylist()
+    table, stats = tokenize_mlm(texts, load_tokenizer(model_dir), max_length)
+    write_parquet(out, table)
+    write_json(str(out) + ".json", stats)
+    return stats
+
+
+def tokenize_task_dir(task_dir: str, model_dir: str, max_length: int, out_dir: str) -> dict:
+    tokenizer = load_tokenizer(model_dir)
+    labels = read_json(Path(task_dir) / "labels.json")
+    label2id = {label: i for i, label in enumerate(labels)}
+    stats: dict = {"labels": labels}
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for split in SPLITS:
+            df = pq.read_table(Path(task_dir) / f"{split}.parquet").to_pandas()
+            unknown = sorted(set(df["label"]) - set(label2id))
+            if unknown:
+                raise UserError(f"{task_dir}/{split}.parquet: label", f"labels {unknown} do not occur in train")
+            table, stats[split] = tokenize_examples(
+                df["id"].tolist(), df["text"].tolist(), [label2id[x] for x in df["label"]], tokenizer, max_length
+            )
+            pq.write_table(table, tmp / f"{split}.parquet")
+        write_json(tmp / "labels.json", labels)
+        write_json(tmp / "stats.json", stats)
+    return stats
+
+
+def read_blocks(path: str | Path) -> np.ndarray:
+    col = pq.read_table(path).column("input_ids").combine_chunks()
+    width = col.type.list_size
+    return col.values.to_numpy().reshape(-1, width)
+
+
+def read_examples(path: str | Path) -> dict:
+    table = pq.read_table(path)
+    return {"id": table.column("id").to_pylist(),
+            "input_ids": [np.asarray(x, dtype=np.int64) for x in table.column("input_ids").to_pylist()],
+            "label": np.asarray(table.column("label").to_pylist(), dtype=np.int64)}

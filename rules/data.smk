@@ -1,0 +1,69 @@
+# Step 1: download (or read) models, corpora and tasks into normalized, checksummed local copies.
+
+
+localrules:
+    prepare_model,
+    prepare_corpus,
+    prepare_task,
+
+
+rule prepare_model:
+    output:
+        directory("results/models/{model}"),
+    params:
+        spec=lambda w: as_json(config["models"][w.model]),
+        cache=CACHE,
+    log:
+        "results/logs/prepare_model/{model}.log",
+    benchmark:
+        "results/benchmarks/prepare_model/{model}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "python {SCRIPTS}/prepare_model.py --config-json {params.spec:q}"
+        " --name {wildcards.model} --out {output} --cache-dir {params.cache} > {log} 2>&1"
+
+
+rule prepare_corpus:
+    output:
+        "results/data/corpora/{corpus}.parquet",
+    params:
+        spec=lambda w: as_json(config["corpora"][w.corpus]),
+        cache=CACHE,
+    log:
+        "results/logs/prepare_corpus/{corpus}.log",
+    benchmark:
+        "results/benchmarks/prepare_corpus/{corpus}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "python {SCRIPTS}/prepare_data.py --kind corpus --config-json {params.spec:q}"
+        " --name {wildcards.corpus} --out {output} --cache-dir {params.cache} > {log} 2>&1"
+
+
+rule prepare_task:
+    output:
+        directory("results/data/tasks/{task}"),
+    params:
+        spec=lambda w: as_json(config["tasks"][w.task]),
+        split_seed=config.get("split_seed", 0),
+        cache=CACHE,
+    log:
+        "results/logs/prepare_task/{task}.log",
+    benchmark:
+        "results/benchmarks/prepare_task/{task}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "python {SCRIPTS}/prepare_data.py --kind task --config-json {params.spec:q}"
+        " --name {wildcards.task} --out {output} --split-seed {params.split_seed}"
+        " --cache-dir {params.cache} > {log} 2>&1"

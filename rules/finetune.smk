@@ -1,0 +1,69 @@
+# Steps 4 and 5: fine-tune every run of the grid, then evaluate it on the test split.
+
+
+def tokenized_task(wildcards):
+    return f"results/tokenized/{wildcards.model}/tasks/{wildcards.task}.L{task_max_length(wildcards.task)}"
+
+
+rule finetune:
+    input:
+        base=variant_checkpoint,
+        pretrain=variant_pretrain_summary,
+        tokenized=tokenized_task,
+    output:
+        model=directory(f"results/finetune/{RUN}/model"),
+        log=f"results/finetune/{RUN}/log.csv",
+        train=f"results/finetune/{RUN}/train.json",
+    params:
+        hp=lambda w: as_json(study.finetune_params(config, w.task, w.method)),
+        runtime=runtime_args(),
+        checkpoints=f"results/checkpoints/finetune/{RUN}",
+        out=f"results/finetune/{RUN}",
+    log:
+        f"results/logs/finetune/{RUN}.log",
+    benchmark:
+        f"results/benchmarks/finetune/{RUN}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        gpu=1,
+        runtime=120,
+    shell:
+        "python {SCRIPTS}/finetune.py --base {input.base} --tokenized {input.tokenized}"
+        " --pretrain-summary '{input.pretrain}' --params {params.hp:q} --seed {wildcards.seed}"
+        " --gpus {resources.gpu} --threads {threads} {params.runtime}"
+        " --checkpoints {params.checkpoints} --out {params.out} >> {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        artifact=f"results/finetune/{RUN}/model",
+        train=f"results/finetune/{RUN}/train.json",
+        base=variant_checkpoint,
+        tokenized=tokenized_task,
+    output:
+        metrics=f"results/evaluate/{RUN}/metrics.json",
+        predictions=f"results/evaluate/{RUN}/predictions.csv",
+    params:
+        context=lambda w: as_json(
+            dict(task=w.task, model=w.model, variant=w.variant, method=w.method)
+        ),
+        runtime=runtime_args(),
+    log:
+        f"results/logs/evaluate/{RUN}.log",
+    benchmark:
+        f"results/benchmarks/evaluate/{RUN}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=1,
+        runtime=30,
+    shell:
+        "python {SCRIPTS}/evaluate.py --artifact {input.artifact} --base {input.base}"
+        " --tokenized {input.tokenized} --context {params.context:q} --seed {wildcards.seed}"
+        " --gpus {resources.gpu} --threads {threads} {params.runtime}"
+        " --metrics {output.metrics} --predictions {output.predictions} > {log} 2>&1"

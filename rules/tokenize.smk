@@ -1,0 +1,54 @@
+# Step 2: tokenize once per (data, tokenizer, max length); every later job reads these files.
+
+
+def mlm_texts(wildcards):
+    kind, name = wildcards.stage.split("-", 1)
+    if kind == "dapt":
+        return f"results/data/corpora/{name}.parquet"
+    return f"results/data/tasks/{name}"
+
+
+rule tokenize_corpus:
+    input:
+        texts=mlm_texts,
+        model="results/models/{model}",
+    output:
+        blocks="results/tokenized/{model}/mlm/{stage}.L{length}.parquet",
+        stats="results/tokenized/{model}/mlm/{stage}.L{length}.parquet.json",
+    params:
+        # TAPT reads the task's training split only
+        texts=lambda w, input: (
+            input.texts if w.stage.startswith("dapt-") else f"{input.texts}/train.parquet"
+        ),
+    log:
+        "results/logs/tokenize_corpus/{model}/{stage}.L{length}.log",
+    benchmark:
+        "results/benchmarks/tokenize_corpus/{model}/{stage}.L{length}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "python {SCRIPTS}/tokenize_data.py --model {input.model} --max-length {wildcards.length}"
+        " --texts {params.texts} --out {output.blocks} > {log} 2>&1"
+
+
+rule tokenize_task:
+    input:
+        task="results/data/tasks/{task}",
+        model="results/models/{model}",
+    output:
+        directory("results/tokenized/{model}/tasks/{task}.L{length}"),
+    log:
+        "results/logs/tokenize_task/{model}/{task}.L{length}.log",
+    benchmark:
+        "results/benchmarks/tokenize_task/{model}/{task}.L{length}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "python {SCRIPTS}/tokenize_data.py --model {input.model} --max-length {wildcards.length}"
+        " --task {input.task} --out {output} > {log} 2>&1"

@@ -1,0 +1,26 @@
+"""Predict the test split with a fine-tuned run; write predictions and metrics."""
+
+from dapt import cli
+from dapt.errors import run_main
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--artifact", required=True, help="the run's saved model/ folder")
+    p.add_argument("--base", required=True, help="checkpoint the run was fine-tuned from")
+    p.add_argument("--tokenized", required=True, help="tokenized task folder")
+    p.add_argument("--context", type=__import__("json").loads, default={}, help="task/model/variant/method/seed")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--predictions", required=True)
+    args = p.parse_args()
+    runtime = cli.start(args)
+
+    from dapt.evaluate import evaluate_run
+
+    result = evaluate_run(args.artifact, args.base, args.tokenized, args.metrics, args.predictions, runtime,
+                          {**args.context, "seed": args.seed}, args.params.get("eval_batch_size", 128))
+    print(f"test accuracy {result['accuracy']:.4f} macro_f1 {result['macro_f1']:.4f}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,31 @@
+"""Fine-tune one run (task, model, variant, method, seed) and keep its best epoch."""
+
+from dapt import cli
+from dapt.errors import run_main
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--base", required=True, help="checkpoint folder to fine-tune (base model or a pretrained variant)")
+    p.add_argument("--pretrain-summary", default="", help="summary.json of the variant's last MLM stage, if any")
+    p.add_argument("--tokenized", required=True, help="tokenized task folder")
+    p.add_argument("--checkpoints", required=True, help="folder for resumable checkpoints (kept across reruns)")
+    p.add_argument("--out", required=True, help="output folder: model/, log.csv, train.json")
+    args = p.parse_args()
+    runtime = cli.start(args)
+
+    from dapt.config import FINETUNE_DEFAULTS
+    from dapt.finetune import finetune
+    from dapt.io import read_json
+
+    pretrain_info = read_json(args.pretrain_summary) if args.pretrain_summary else {}
+    pretrain_info = {"chain": pretrain_info.get("chain", ""), "steps": pretrain_info.get("total_steps", 0),
+                     "tokens": pretrain_info.get("total_tokens", 0)}
+    summary = finetune(args.base, args.tokenized, args.out, args.checkpoints, {**FINETUNE_DEFAULTS, **args.params},
+                       args.seed, runtime, pretrain_info)
+    print(f"done: {summary['train_steps']} steps, best epoch {summary['best_epoch']}, "
+          f"validation {summary['best_validation']:.4f}")
+
+
+if __name__ == "__main__":
+    run_main(main)

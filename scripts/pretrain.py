@@ -1,0 +1,26 @@
+"""Continue MLM pretraining of a checkpoint on packed blocks (one DAPT or TAPT stage)."""
+
+from dapt import cli
+from dapt.errors import run_main
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--parent", required=True, help="checkpoint folder to continue from")
+    p.add_argument("--blocks", required=True, help="packed blocks parquet from the tokenize step")
+    p.add_argument("--stage", default="", help="stage name, for logs (e.g. dapt-imdb)")
+    p.add_argument("--checkpoints", required=True, help="folder for resumable checkpoints (kept across reruns)")
+    p.add_argument("--out", required=True, help="output folder: model/, loss.csv, summary.json")
+    args = p.parse_args()
+    runtime = cli.start(args)
+
+    from dapt.config import MLM_DEFAULTS
+    from dapt.pretrain import pretrain
+
+    summary = pretrain(args.parent, args.blocks, args.out, args.checkpoints, {**MLM_DEFAULTS, **args.params},
+                       args.seed, runtime, args.stage)
+    print(f"done: {summary['steps']} steps, loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
+
+
+if __name__ == "__main__":
+    run_main(main)
