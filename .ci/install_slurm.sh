@@ -25,8 +25,8 @@ else
     export DEBIAN_FRONTEND=noninteractive
     echo "install_slurm: installing ${missing[*]}"
     $SUDO apt-get update -qq
-    # policy-rc.d: keep the packages' post-install scripts from starting
-    # daemons in environments where invoke-rc.d would try (we manage them).
+    # (--force-confold: keep existing config files; the test cluster writes
+    # its own configuration and starts the daemons itself)
     $SUDO apt-get install -y -qq --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         "${missing[@]}" >/dev/null
