@@ -1,0 +1,52 @@
+"""Prepare one corpus or task of a study: fetch its source(s) and write normalised parquet files.
+
+Run by the workflow's data rules, e.g.
+    python scripts/prepare_data.py --kind task --name rt_polarity --config-json '{...}' \
+        --out results/data/tasks/rt_polarity --split-seed 0 --cache-dir results/.cache/downloads
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from dapt.data import DEFAULT_CACHE_DIR, allow_unverified_downloads, prepare_corpus, prepare_task
+from dapt.errors import run_main
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", choices=["corpus", "task"], required=True)
+    parser.add_argument("--name", required=True, help="the corpus or task name in the config")
+    parser.add_argument(
+        "--config-json", type=json.loads, required=True, help="the corpus or task entry of the config, as JSON"
+    )
+    parser.add_argument("--out", required=True, help="corpus: the .parquet file; task: the output folder")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the stratified carving (tasks)")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="verified downloads, by sha256")
+    parser.add_argument(
+        "--allow-unverified", action="store_true", help="accept downloads without sha256 (allow_unverified_downloads)"
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    spec = args.config_json
+    if args.allow_unverified:
+        spec = allow_unverified_downloads(spec)
+    if args.kind == "corpus":
+        summary = prepare_corpus(spec, args.name, args.out, args.cache_dir)
+        print(f"corpus {args.name}: {summary['docs']} documents, {summary['chars']} characters -> {args.out}")
+    else:
+        summary = prepare_task(spec, args.name, args.out, args.split_seed, args.cache_dir)
+        rows = ", ".join(f"{split} {n}" for split, n in summary["rows"].items())
+        print(f"task {args.name}: {rows} rows; labels {summary['labels']} -> {args.out}")
+        print(f"class counts: {summary['class_counts']}")
+        print(f"texts shared across splits: {summary['texts_shared_across_splits']}")
+
+
+if __name__ == "__main__":
+    run_main(main)
