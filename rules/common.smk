@@ -63,7 +63,12 @@ RUN = "{task}/{model}/{variant}/{method}/seed{seed}"
 
 
 def as_json(obj):
-    return json.dumps(obj, sort_keys=True)
+    """Keeps the config's order: the report lists variants and methods as the config does."""
+    return json.dumps(obj)
+
+
+def download_args():
+    return " --allow-unverified" if config.get("allow_unverified_downloads") else ""
 
 
 def runtime_args():

@@ -13,6 +13,7 @@ rule prepare_model:
     params:
         spec=lambda w: as_json(config["models"][w.model]),
         cache=CACHE,
+        unverified=download_args(),
     log:
         "results/logs/prepare_model/{model}.log",
     benchmark:
@@ -24,7 +25,7 @@ rule prepare_model:
         mem_mb=4000,
     shell:
         "python {SCRIPTS}/prepare_model.py --config-json {params.spec:q}"
-        " --name {wildcards.model} --out {output} --cache-dir {params.cache} > {log} 2>&1"
+        " --name {wildcards.model} --out {output} --cache-dir {params.cache}{params.unverified} > {log} 2>&1"
 
 
 rule prepare_corpus:
@@ -33,6 +34,7 @@ rule prepare_corpus:
     params:
         spec=lambda w: as_json(config["corpora"][w.corpus]),
         cache=CACHE,
+        unverified=download_args(),
     log:
         "results/logs/prepare_corpus/{corpus}.log",
     benchmark:
@@ -44,7 +46,7 @@ rule prepare_corpus:
         mem_mb=4000,
     shell:
         "python {SCRIPTS}/prepare_data.py --kind corpus --config-json {params.spec:q}"
-        " --name {wildcards.corpus} --out {output} --cache-dir {params.cache} > {log} 2>&1"
+        " --name {wildcards.corpus} --out {output} --cache-dir {params.cache}{params.unverified} > {log} 2>&1"
 
 
 rule prepare_task:
@@ -54,6 +56,7 @@ rule prepare_task:
         spec=lambda w: as_json(config["tasks"][w.task]),
         split_seed=config.get("split_seed", 0),
         cache=CACHE,
+        unverified=download_args(),
     log:
         "results/logs/prepare_task/{task}.log",
     benchmark:
@@ -66,4 +69,4 @@ rule prepare_task:
     shell:
         "python {SCRIPTS}/prepare_data.py --kind task --config-json {params.spec:q}"
         " --name {wildcards.task} --out {output} --split-seed {params.split_seed}"
-        " --cache-dir {params.cache} > {log} 2>&1"
+        " --cache-dir {params.cache}{params.unverified} > {log} 2>&1"
