@@ -8,21 +8,29 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# The workflow's Python package sits beside this file; jobs (local, conda or cluster) import it.
+
+envvars:
+    "PATH",
+
+
 BASE = Path(workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in [str(BASE), os.environ.get("PYTHONPATH", "")] if p
-)
 # `python` in job commands is this interpreter unless a conda env puts its own first.
 os.environ["PATH"] = os.pathsep.join(
-    [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+    [str(Path(sys.executable).parent), os.environ["PATH"]]
 )
+# the workflow's Python package sits beside this file (the scripts find it the same way)
 sys.path.insert(0, str(BASE))
 
 from dapt import config as study  # noqa: E402
 from dapt.errors import UserError  # noqa: E402
 
 SCRIPTS = BASE / "scripts"
+
+
+def script(name):
+    return str(SCRIPTS / name)
+
+
 DEFAULT_CONFIG = BASE / "config" / "config.yaml"
 CACHE = "results/.cache/downloads"
 
@@ -83,7 +91,11 @@ def task_max_length(task):
 
 def checkpoint_of(model, chain):
     """Folder of a checkpoint: the stored base model, or a pretrained chain."""
-    return f"results/models/{model}" if not chain else f"results/pretrain/{model}/{chain}/model"
+    return (
+        f"results/models/{model}"
+        if not chain
+        else f"results/pretrain/{model}/{chain}/model"
+    )
 
 
 def variant_checkpoint(wildcards):
@@ -103,7 +115,13 @@ def runs():
             for variant in config["variants"]:
                 for method in config["methods"]:
                     for seed in config["seeds"]:
-                        yield dict(task=task, model=model, variant=variant, method=method, seed=seed)
+                        yield dict(
+                            task=task,
+                            model=model,
+                            variant=variant,
+                            method=method,
+                            seed=seed,
+                        )
 
 
 def run_files(pattern):
@@ -112,3 +130,55 @@ def run_files(pattern):
 
 def all_outputs():
     return REPORT_FILES
+
+
+def mlm_texts(wildcards):
+    kind, name = wildcards.stage.split("-", 1)
+    if kind == "dapt":
+        return f"results/data/corpora/{name}.parquet"
+    return f"results/data/tasks/{name}"
+
+
+def pretrain_inputs(wildcards):
+    parent, stage = study.split_chain(wildcards.chain)
+    length = study.mlm_params(config, stage)["max_length"]
+    return {
+        "parent": checkpoint_of(wildcards.model, parent),
+        "blocks": f"results/tokenized/{wildcards.model}/mlm/{stage}.L{length}.parquet",
+    }
+
+
+def tokenized_task(wildcards):
+    return f"results/tokenized/{wildcards.model}/tasks/{wildcards.task}.L{task_max_length(wildcards.task)}"
+
+
+def pretrain_chains():
+    return sorted(
+        {
+            (model, study.chain_for(config, variant, task))
+            for task in config["tasks"]
+            for model in config["models"]
+            for variant in config["variants"]
+        }
+        - {(model, "") for model in config["models"]}
+    )
+
+
+REPORT_DIR = "results/report"
+REPORT_FILES = [
+    f"{REPORT_DIR}/{name}"
+    for name in (
+        "table.md",
+        "table.csv",
+        "table.tex",
+        "results.csv",
+        "ensemble.csv",
+        "significance.csv",
+        "runtime.csv",
+        "scores.png",
+        "mlm_loss.png",
+        "finetune_curves.png",
+        "f1_vs_params.png",
+        "provenance.json",
+    )
+]

@@ -10,10 +10,6 @@ localrules:
 rule prepare_model:
     output:
         directory("results/models/{model}"),
-    params:
-        spec=lambda w: as_json(config["models"][w.model]),
-        cache=CACHE,
-        unverified=download_args(),
     log:
         "results/logs/prepare_model/{model}.log",
     benchmark:
@@ -23,18 +19,19 @@ rule prepare_model:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        script=script("prepare_model.py"),
+        spec=lambda w: as_json(config["models"][w.model]),
+        cache=CACHE,
+        unverified=download_args(),
     shell:
-        "python {SCRIPTS}/prepare_model.py --config-json {params.spec:q}"
+        "python {params.script} --config-json {params.spec:q}"
         " --name {wildcards.model} --out {output} --cache-dir {params.cache}{params.unverified} > {log} 2>&1"
 
 
 rule prepare_corpus:
     output:
         "results/data/corpora/{corpus}.parquet",
-    params:
-        spec=lambda w: as_json(config["corpora"][w.corpus]),
-        cache=CACHE,
-        unverified=download_args(),
     log:
         "results/logs/prepare_corpus/{corpus}.log",
     benchmark:
@@ -44,19 +41,19 @@ rule prepare_corpus:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        script=script("prepare_data.py"),
+        spec=lambda w: as_json(config["corpora"][w.corpus]),
+        cache=CACHE,
+        unverified=download_args(),
     shell:
-        "python {SCRIPTS}/prepare_data.py --kind corpus --config-json {params.spec:q}"
+        "python {params.script} --kind corpus --config-json {params.spec:q}"
         " --name {wildcards.corpus} --out {output} --cache-dir {params.cache}{params.unverified} > {log} 2>&1"
 
 
 rule prepare_task:
     output:
         directory("results/data/tasks/{task}"),
-    params:
-        spec=lambda w: as_json(config["tasks"][w.task]),
-        split_seed=config.get("split_seed", 0),
-        cache=CACHE,
-        unverified=download_args(),
     log:
         "results/logs/prepare_task/{task}.log",
     benchmark:
@@ -66,7 +63,13 @@ rule prepare_task:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        script=script("prepare_data.py"),
+        spec=lambda w: as_json(config["tasks"][w.task]),
+        split_seed=config.get("split_seed", 0),
+        cache=CACHE,
+        unverified=download_args(),
     shell:
-        "python {SCRIPTS}/prepare_data.py --kind task --config-json {params.spec:q}"
+        "python {params.script} --kind task --config-json {params.spec:q}"
         " --name {wildcards.task} --out {output} --split-seed {params.split_seed}"
         " --cache-dir {params.cache}{params.unverified} > {log} 2>&1"

@@ -1,10 +1,6 @@
 # Steps 4 and 5: fine-tune every run of the grid, then evaluate it on the test split.
 
 
-def tokenized_task(wildcards):
-    return f"results/tokenized/{wildcards.model}/tasks/{wildcards.task}.L{task_max_length(wildcards.task)}"
-
-
 rule finetune:
     input:
         base=variant_checkpoint,
@@ -14,11 +10,6 @@ rule finetune:
         model=directory(f"results/finetune/{RUN}/model"),
         log=f"results/finetune/{RUN}/log.csv",
         train=f"results/finetune/{RUN}/train.json",
-    params:
-        hp=lambda w: as_json(study.finetune_params(config, w.task, w.method)),
-        runtime=runtime_args(),
-        checkpoints=f"results/checkpoints/finetune/{RUN}",
-        out=f"results/finetune/{RUN}",
     log:
         f"results/logs/finetune/{RUN}.log",
     benchmark:
@@ -30,8 +21,14 @@ rule finetune:
         mem_mb=6000,
         gpu=1,
         runtime=120,
+    params:
+        script=script("finetune.py"),
+        hp=lambda w: as_json(study.finetune_params(config, w.task, w.method)),
+        runtime=runtime_args(),
+        checkpoints=f"results/checkpoints/finetune/{RUN}",
+        out=lambda w, output: os.path.dirname(output.train),
     shell:
-        "python {SCRIPTS}/finetune.py --base {input.base} --tokenized {input.tokenized}"
+        "python {params.script} --base {input.base} --tokenized {input.tokenized}"
         " --pretrain-summary '{input.pretrain}' --params {params.hp:q} --seed {wildcards.seed}"
         " --gpus {resources.gpu} --threads {threads} {params.runtime}"
         " --checkpoints {params.checkpoints} --out {params.out} >> {log} 2>&1"
@@ -46,11 +43,6 @@ rule evaluate:
     output:
         metrics=f"results/evaluate/{RUN}/metrics.json",
         predictions=f"results/evaluate/{RUN}/predictions.csv",
-    params:
-        context=lambda w: as_json(
-            dict(task=w.task, model=w.model, variant=w.variant, method=w.method)
-        ),
-        runtime=runtime_args(),
     log:
         f"results/logs/evaluate/{RUN}.log",
     benchmark:
@@ -62,8 +54,14 @@ rule evaluate:
         mem_mb=4000,
         gpu=1,
         runtime=30,
+    params:
+        script=script("evaluate.py"),
+        context=lambda w: as_json(
+            dict(task=w.task, model=w.model, variant=w.variant, method=w.method)
+        ),
+        runtime=runtime_args(),
     shell:
-        "python {SCRIPTS}/evaluate.py --artifact {input.artifact} --base {input.base}"
+        "python {params.script} --artifact {input.artifact} --base {input.base}"
         " --tokenized {input.tokenized} --context {params.context:q} --seed {wildcards.seed}"
         " --gpus {resources.gpu} --threads {threads} {params.runtime}"
         " --metrics {output.metrics} --predictions {output.predictions} > {log} 2>&1"

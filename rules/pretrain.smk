@@ -2,15 +2,6 @@
 # the chain "dapt-imdb"; each chain is pretrained once and shared by every run that uses it.
 
 
-def pretrain_inputs(wildcards):
-    parent, stage = study.split_chain(wildcards.chain)
-    length = study.mlm_params(config, stage)["max_length"]
-    return {
-        "parent": checkpoint_of(wildcards.model, parent),
-        "blocks": f"results/tokenized/{wildcards.model}/mlm/{stage}.L{length}.parquet",
-    }
-
-
 rule pretrain:
     input:
         unpack(pretrain_inputs),
@@ -18,14 +9,6 @@ rule pretrain:
         model=directory("results/pretrain/{model}/{chain}/model"),
         loss="results/pretrain/{model}/{chain}/loss.csv",
         summary="results/pretrain/{model}/{chain}/summary.json",
-    params:
-        hp=lambda w: as_json(study.mlm_params(config, study.split_chain(w.chain)[1])),
-        stage=lambda w: study.split_chain(w.chain)[1],
-        seed=config.get("pretrain_seed", 0),
-        runtime=runtime_args(),
-        # outside the declared outputs: Snakemake must not wipe them when it reruns a killed job
-        checkpoints="results/checkpoints/pretrain/{model}/{chain}",
-        out="results/pretrain/{model}/{chain}",
     log:
         "results/logs/pretrain/{model}/{chain}.log",
     benchmark:
@@ -37,8 +20,17 @@ rule pretrain:
         mem_mb=8000,
         gpu=1,
         runtime=240,
+    params:
+        script=script("pretrain.py"),
+        hp=lambda w: as_json(study.mlm_params(config, study.split_chain(w.chain)[1])),
+        stage=lambda w: study.split_chain(w.chain)[1],
+        seed=config.get("pretrain_seed", 0),
+        runtime=runtime_args(),
+        # outside the declared outputs: Snakemake must not wipe them when it reruns a killed job
+        checkpoints="results/checkpoints/pretrain/{model}/{chain}",
+        out=lambda w, output: os.path.dirname(output.summary),
     shell:
-        "python {SCRIPTS}/pretrain.py --parent {input.parent} --blocks {input.blocks}"
+        "python {params.script} --parent {input.parent} --blocks {input.blocks}"
         " --stage {params.stage} --params {params.hp:q} --seed {params.seed}"
         " --gpus {resources.gpu} --threads {threads} {params.runtime}"
         " --checkpoints {params.checkpoints} --out {params.out} >> {log} 2>&1"

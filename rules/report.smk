@@ -5,38 +5,6 @@ localrules:
     report,
 
 
-def pretrain_chains():
-    return sorted(
-        {
-            (model, study.chain_for(config, variant, task))
-            for task in config["tasks"]
-            for model in config["models"]
-            for variant in config["variants"]
-        }
-        - {(model, "") for model in config["models"]}
-    )
-
-
-REPORT_DIR = "results/report"
-REPORT_FILES = [
-    f"{REPORT_DIR}/{name}"
-    for name in (
-        "table.md",
-        "table.csv",
-        "table.tex",
-        "results.csv",
-        "ensemble.csv",
-        "significance.csv",
-        "runtime.csv",
-        "scores.png",
-        "mlm_loss.png",
-        "finetune_curves.png",
-        "f1_vs_params.png",
-        "provenance.json",
-    )
-]
-
-
 rule report:
     input:
         metrics=run_files(f"results/evaluate/{RUN}/metrics.json"),
@@ -44,19 +12,37 @@ rule report:
         logs=run_files(f"results/finetune/{RUN}/log.csv"),
         mlm=[f"results/pretrain/{m}/{c}/loss.csv" for m, c in pretrain_chains()],
     output:
-        table_md=report(f"{REPORT_DIR}/table.md", caption="../report/table.rst", category="Tables"),
+        table_md=report(
+            f"{REPORT_DIR}/table.md", caption="../report/table.rst", category="Tables"
+        ),
         table_csv=f"{REPORT_DIR}/table.csv",
         table_tex=f"{REPORT_DIR}/table.tex",
-        results=report(f"{REPORT_DIR}/results.csv", caption="../report/results.rst", category="Tables"),
+        results=report(
+            f"{REPORT_DIR}/results.csv",
+            caption="../report/results.rst",
+            category="Tables",
+        ),
         ensemble=f"{REPORT_DIR}/ensemble.csv",
         significance=report(
             f"{REPORT_DIR}/significance.csv",
             caption="../report/significance.rst",
             category="Tables",
         ),
-        runtime=report(f"{REPORT_DIR}/runtime.csv", caption="../report/runtime.rst", category="Cost"),
-        scores=report(f"{REPORT_DIR}/scores.png", caption="../report/scores.rst", category="Plots"),
-        mlm=report(f"{REPORT_DIR}/mlm_loss.png", caption="../report/mlm_loss.rst", category="Plots"),
+        runtime=report(
+            f"{REPORT_DIR}/runtime.csv",
+            caption="../report/runtime.rst",
+            category="Cost",
+        ),
+        scores=report(
+            f"{REPORT_DIR}/scores.png",
+            caption="../report/scores.rst",
+            category="Plots",
+        ),
+        mlm=report(
+            f"{REPORT_DIR}/mlm_loss.png",
+            caption="../report/mlm_loss.rst",
+            category="Plots",
+        ),
         curves=report(
             f"{REPORT_DIR}/finetune_curves.png",
             caption="../report/finetune_curves.rst",
@@ -72,9 +58,6 @@ rule report:
             caption="../report/provenance.rst",
             category="Provenance",
         ),
-    params:
-        config=lambda w: as_json(config),
-        out=REPORT_DIR,
     log:
         "results/logs/report/report.log",
     benchmark:
@@ -84,7 +67,11 @@ rule report:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        script=script("report.py"),
+        config=lambda w: as_json(config),
+        out=lambda w, output: os.path.dirname(output.table_md),
     shell:
-        "python {SCRIPTS}/report.py --metrics {input.metrics} --logs {input.logs}"
+        "python {params.script} --metrics {input.metrics} --logs {input.logs}"
         " --pretrain-logs {input.mlm} --benchmarks results/benchmarks"
         " --config-json {params.config:q} --out {params.out} > {log} 2>&1"

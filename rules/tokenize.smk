@@ -1,13 +1,6 @@
 # Step 2: tokenize once per (data, tokenizer, max length); every later job reads these files.
 
 
-def mlm_texts(wildcards):
-    kind, name = wildcards.stage.split("-", 1)
-    if kind == "dapt":
-        return f"results/data/corpora/{name}.parquet"
-    return f"results/data/tasks/{name}"
-
-
 rule tokenize_corpus:
     input:
         texts=mlm_texts,
@@ -15,11 +8,6 @@ rule tokenize_corpus:
     output:
         blocks="results/tokenized/{model}/mlm/{stage}.L{length}.parquet",
         stats="results/tokenized/{model}/mlm/{stage}.L{length}.parquet.json",
-    params:
-        # TAPT reads the task's training split only
-        texts=lambda w, input: (
-            input.texts if w.stage.startswith("dapt-") else f"{input.texts}/train.parquet"
-        ),
     log:
         "results/logs/tokenize_corpus/{model}/{stage}.L{length}.log",
     benchmark:
@@ -29,8 +17,16 @@ rule tokenize_corpus:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        script=script("tokenize_data.py"),
+        # TAPT reads the task's training split only
+        texts=lambda w, input: (
+            input.texts
+            if w.stage.startswith("dapt-")
+            else f"{input.texts}/train.parquet"
+        ),
     shell:
-        "python {SCRIPTS}/tokenize_data.py --model {input.model} --max-length {wildcards.length}"
+        "python {params.script} --model {input.model} --max-length {wildcards.length}"
         " --texts {params.texts} --out {output.blocks} > {log} 2>&1"
 
 
@@ -49,6 +45,8 @@ rule tokenize_task:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        script=script("tokenize_data.py"),
     shell:
-        "python {SCRIPTS}/tokenize_data.py --model {input.model} --max-length {wildcards.length}"
+        "python {params.script} --model {input.model} --max-length {wildcards.length}"
         " --task {input.task} --out {output} > {log} 2>&1"

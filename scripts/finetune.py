@@ -1,5 +1,10 @@
 """Fine-tune one run (task, model, variant, method, seed) and keep its best epoch."""
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dapt package beside scripts/
+
 from dapt import cli
 from dapt.errors import run_main
 

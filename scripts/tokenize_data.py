@@ -1,5 +1,10 @@
 """Tokenize once per (data, tokenizer, max length): packed MLM blocks, or a task's three splits."""
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dapt package beside scripts/
+
 import argparse
 
 from dapt.errors import run_main
