@@ -88,3 +88,11 @@ def test_changed_finetune_hyperparameter_reruns_only_downstream(tiny_study, tmp_
     jobs = _dry_run_jobs(tiny_study, "--configfile", str(tiny_study / "changed.yaml"))
     assert jobs.get("finetune", 0) > 0
     assert set(jobs) <= {"finetune", "evaluate", "report", "all"}, jobs
+
+
+def test_snakemake_html_report(tiny_study):
+    proc = run_snakemake(tiny_study, "--report", str(tiny_study / "report.html"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (tiny_study / "report.html").read_text(errors="replace")
+    for name in ("table.md", "scores.png", "significance.csv", "provenance.json"):
+        assert name in html
