@@ -24,7 +24,8 @@ from dapt.train import (Runtime, Timer, check_finite, clear_checkpoints, count_p
 from dapt.errors import UserError
 
 PEFT_KINDS = ("lora", "adalora", "ia3", "prefix", "prompt")
-METHOD_KEYS = ("kind", "r", "alpha", "dropout", "target_modules", "num_virtual_tokens", "reduction_factor", "placement")
+METHOD_KEYS = ("kind", "r", "alpha", "dropout", "target_modules", "num_virtual_tokens", "reduction_factor", "placement",
+               "train_layernorm", "target_r", "tinit_ratio", "tfinal_ratio", "orth_reg_weight", "prefix_projection")
 
 
 def bucketed_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator, chunk: int = 50) -> list[np.ndarray]:
@@ -50,42 +51,118 @@ def load_classifier(model_dir: str, labels: list[str]):
         label2id={l: i for i, l in enumerate(labels)}, use_safetensors=True, trust_remote_code=remote)
 
 
+def _position_budget(model: torch.nn.Module) -> int | None:
+    """Positions the embeddings can address (RoBERTa's start after its padding index)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    emb = getattr(getattr(model, model.base_model_prefix, model), "embeddings", None)
+    pad = getattr(emb, "padding_idx", None)
+    return limit - (pad + 1 if isinstance(pad, int) else 0)
+
+
+def peft_config(model: torch.nn.Module, params: dict):
+    """The peft config of a method. The task head trains and is saved with the adapter: peft adds
+    ``classifier``/``score``; BERT's ``pooler``, which the classifier reads, is added here (an MLM
+    checkpoint may lack it; frozen at a random init it could not be restored from the artifact)."""
+    import peft
+
+    from dapt.adapters import head_module_names
+
+    kind = params["kind"]
+    task = peft.TaskType.SEQ_CLS
+    extra = ["pooler"] if f"{model.base_model_prefix}.pooler" in head_module_names(model) else None
+    common = dict(task_type=task, modules_to_save=extra)
+    if kind == "lora":
+        return peft.LoraConfig(**common, r=params.get("r", 8), lora_alpha=params.get("alpha", 16),
+                               lora_dropout=params.get("dropout", 0.1), target_modules=params.get("target_modules"))
+    if kind == "adalora":
+        total = params.get("total_steps")
+        if not total:
+            raise UserError("methods: kind adalora", "needs the number of training steps (total_steps)")
+        init_r = params.get("r", 12)
+        target_r = params.get("target_r", min(8, init_r))
+        if target_r > init_r:
+            raise UserError("methods: target_r", f"target_r {target_r} exceeds the initial rank r {init_r}")
+        # the AdaLoRA schedule: full rank for tinit steps, cubic budget decay, fixed ranks for tfinal steps
+        tinit = int(params.get("tinit_ratio", 0.1) * total)
+        tfinal = int(params.get("tfinal_ratio", 0.2) * total)
+        if tinit >= total - tfinal:
+            tinit, tfinal = 0, 0
+        return peft.AdaLoraConfig(**common, init_r=init_r, target_r=target_r, lora_alpha=params.get("alpha", 32),
+                                  lora_dropout=params.get("dropout", 0.1), total_step=total, tinit=tinit,
+                                  tfinal=tfinal, deltaT=1, orth_reg_weight=params.get("orth_reg_weight", 0.5),
+                                  target_modules=params.get("target_modules"))
+    if kind == "ia3":
+        return peft.IA3Config(**common, target_modules=params.get("target_modules"))
+    tokens = params.get("num_virtual_tokens", 20)
+    budget = _position_budget(model)
+    if budget is not None and params.get("max_length", 0) + tokens > budget:
+        raise UserError(f"methods: kind {kind}",
+                        f"max_length {params.get('max_length')} + {tokens} virtual tokens exceed the model's "
+                        f"{budget} positions", "lower the task's max_length or num_virtual_tokens")
+    if kind == "prefix":
+        return peft.PrefixTuningConfig(**common, num_virtual_tokens=tokens,
+                                       prefix_projection=params.get("prefix_projection", False))
+    return peft.PromptTuningConfig(**common, num_virtual_tokens=tokens)
+
+
 def apply_method(model: torch.nn.Module, params: dict) -> torch.nn.Module:
     """Wrap or freeze the model for the method; returns the module to train."""
     kind = params["kind"]
     if kind == "full":
         return model
     if kind == "head":
-        head = {n for n, _ in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")}
-        for n, p in model.named_parameters():
-            p.requires_grad = n in head
-        return model
+        from dapt.adapters import train_only_head
+
+        return train_only_head(model)
     if kind == "adapter":
         from dapt.adapters import add_adapters
 
-        return add_adapters(model, params.get("reduction_factor", 16), params.get("placement", "pfeiffer"))
+        return add_adapters(model, params.get("reduction_factor", 16), params.get("placement", "pfeiffer"),
+                            params.get("train_layernorm"))
     if kind in PEFT_KINDS:
         import peft
 
-        task = peft.TaskType.SEQ_CLS
-        if kind == "lora":
-            config = peft.LoraConfig(task_type=task, r=params.get("r", 8), lora_alpha=params.get("alpha", 16),
-                                     lora_dropout=params.get("dropout", 0.1), target_modules=params.get("target_modules"))
-        elif kind == "adalora":
-            config = peft.AdaLoraConfig(task_type=task, init_r=params.get("r", 12), target_r=max(1, params.get("r", 12) // 2),
-                                        lora_alpha=params.get("alpha", 32), lora_dropout=params.get("dropout", 0.1),
-                                        total_step=params["total_steps"], target_modules=params.get("target_modules"))
-        elif kind == "ia3":
-            config = peft.IA3Config(task_type=task, target_modules=params.get("target_modules"))
-        elif kind == "prefix":
-            config = peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=params.get("num_virtual_tokens", 20))
-        else:
-            config = peft.PromptTuningConfig(task_type=task, num_virtual_tokens=params.get("num_virtual_tokens", 20))
-        return peft.get_peft_model(model, config)
+        return peft.get_peft_model(model, peft_config(model, params))
     raise UserError(f"methods.{kind}", f"unknown method kind '{kind}'")
 
 
+def method_penalty(model: torch.nn.Module, params: dict) -> torch.Tensor | float:
+    """A method's own training regulariser, added to the loss: AdaLoRA's orthogonality penalty on
+    P and Q (the mean of ||PP^T - I||_F and ||Q^TQ - I||_F), as peft adds when it computes the loss."""
+    if params["kind"] != "adalora":
+        return 0.0
+    weight = params.get("orth_reg_weight", 0.5)
+    if weight <= 0:
+        return 0.0
+    terms = []
+    for name, p in unwrap(model).base_model.model.named_parameters():
+        if p.requires_grad and (".lora_A." in name or ".lora_B." in name) and p.numel():
+            cov = p @ p.T if ".lora_A." in name else p.T @ p
+            terms.append(torch.linalg.matrix_norm(cov - torch.eye(*cov.shape, device=cov.device, dtype=cov.dtype)))
+    return weight * torch.stack(terms).mean() if terms else 0.0
+
+
+def after_optimizer_step(model: torch.nn.Module, params: dict, step: int) -> None:
+    """AdaLoRA: update importance scores, and mask ranks to the scheduled budget (after
+    ``optimizer.step()``, before the gradients are cleared)."""
+    if params["kind"] == "adalora":
+        unwrap(model).base_model.update_and_allocate(step)
+
+
+def _settle_adalora_ranks(model) -> None:
+    """Save AdaLoRA's ranks as they are in memory. With a ``rank_pattern`` in its config, peft saves
+    (and reloads) only the ranks of the latest mask, while the weights kept may be an earlier, best
+    epoch's; and even where they agree, the smaller matrices round differently (~1e-7). Without it,
+    the adapter is saved at its initial rank, pruned ranks as zero singular values (E): the same
+    function, bit for bit, for a few more kilobytes."""
+    model.peft_config["default"].rank_pattern = None
+
+
 def save_artifact(model: torch.nn.Module, params: dict, labels: list[str], out_dir: Path) -> None:
+    """Save what the method trained: the whole model (full), peft's adapter files (peft kinds: the
+    adapter and the task head), or the trainable weights only (head, adapter)."""
     model = unwrap(model)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -93,6 +170,8 @@ def save_artifact(model: torch.nn.Module, params: dict, labels: list[str], out_d
         if kind == "full":
             model.save_pretrained(tmp)
         elif kind in PEFT_KINDS:
+            if kind == "adalora":
+                _settle_adalora_ranks(model)
             model.save_pretrained(tmp)
         else:  # head, adapter: only what was trained
             save_file(trainable_state(model, only_trainable=True), str(tmp / "trainable.safetensors"))
@@ -116,10 +195,15 @@ def load_finetuned(artifact_dir: str, base_dir: str, labels: list[str]) -> tuple
         model = peft.PeftModel.from_pretrained(load_classifier(base_dir, labels), str(artifact))
     else:
         model = apply_method(load_classifier(base_dir, labels), {**params, "total_steps": info.get("total_steps")})
-        missing = set(load_file(str(artifact / "trainable.safetensors")))
-        model.load_state_dict(load_file(str(artifact / "trainable.safetensors")), strict=False)
-        if not missing:
-            raise UserError(str(artifact), "no trained weights in the artifact")
+        weights = load_file(str(artifact / "trainable.safetensors"))
+        expected = {n for n, p in model.named_parameters() if p.requires_grad}
+        unexpected = sorted(set(weights) - set(model.state_dict()))
+        missing = sorted(expected - set(weights))
+        if unexpected or missing:
+            raise UserError(str(artifact), "the artifact does not fit its method: "
+                            f"{len(missing)} trained weights missing (e.g. {missing[:2]}), "
+                            f"{len(unexpected)} unknown (e.g. {unexpected[:2]})")
+        model.load_state_dict(weights, strict=False)
     return model.eval(), pad_id
 
 
@@ -179,9 +263,10 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
                     logits = train_model(input_ids=ids.to(runtime.device), attention_mask=mask.to(runtime.device)).logits
                 loss = torch.nn.functional.cross_entropy(logits.float(), torch.from_numpy(train["label"][part]).to(runtime.device))
                 check_finite(loss, f"finetune {params['kind']}", state["step"])
-                scaled = loss * len(part) / len(shard)
+                # the logged loss is the task loss; a method's regulariser (AdaLoRA) only trains
+                scaled = (loss + method_penalty(model, params)) * len(part) / len(shard)
                 (scaler.scale(scaled) if scaler else scaled).backward()
-                step_loss += scaled.item()
+                step_loss += loss.item() * len(part) / len(shard)
             if scaler:
                 scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), params["max_grad_norm"])
@@ -190,8 +275,7 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
                 scaler.update()
             else:
                 optimizer.step()
-            if params["kind"] == "adalora":
-                unwrap(model).base_model.update_and_allocate(state["step"])
+            after_optimizer_step(model, params, state["step"])
             scheduler.step()
             state["step"] += 1
             losses.append(step_loss)

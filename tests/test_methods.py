@@ -1,0 +1,349 @@
+"""Every fine-tuning method trains, saves a small artifact that reloads to the same predictions, and
+reports the trainable-parameter count its library reports.
+
+The runs call `dapt.finetune.finetune` directly on a tiny task built from tests/data/rt_sample.csv,
+tokenized with MiniLM's real WordPiece tokenizer, with a randomly initialised 2-layer BERT saved as a
+masked LM (so, like a pretrained checkpoint from the MLM stage, it has no pooler: the classifier's
+pooler is freshly initialised, and must be trained and saved). One test runs two non-default
+methods through Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO, make_workdir, minilm_dir, run_snakemake, tiny_config
+
+HIDDEN, LAYERS, INTERMEDIATE = 32, 2, 64
+
+# name -> method params (the method's kind is `kind`, or the name)
+METHODS = {
+    "full": {"lr": 3e-3},
+    "head": {"lr": 3e-2},
+    "lora": {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.0},
+    "adalora": {"lr": 1e-2, "r": 6, "target_r": 2, "alpha": 12, "dropout": 0.0},
+    "ia3": {"lr": 3e-2},
+    "prefix": {"lr": 1e-2, "num_virtual_tokens": 4},
+    "prefix_mlp": {"kind": "prefix", "lr": 1e-2, "num_virtual_tokens": 4, "prefix_projection": True},
+    "prompt": {"lr": 3e-2, "num_virtual_tokens": 4},
+    "adapter_houlsby": {"kind": "adapter", "lr": 1e-2, "placement": "houlsby", "reduction_factor": 4},
+    "adapter_pfeiffer": {"kind": "adapter", "lr": 1e-2, "placement": "pfeiffer", "reduction_factor": 4},
+}
+TRAIN = {"epochs": 20, "batch_size": 16, "eval_batch_size": 64, "grad_accum": 1, "weight_decay": 0.0,
+         "warmup_ratio": 0.0, "patience": 100, "max_grad_norm": 1.0, "save_steps": 1000,
+         "metric": "macro_f1", "max_length": 48}
+
+
+@pytest.fixture(scope="module")
+def tiny_task(tmp_path_factory):
+    """(base checkpoint folder, tokenized task folder)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from dapt.io import write_json
+    from dapt.tokenize import load_tokenizer, tokenize_task_dir
+
+    root = tmp_path_factory.mktemp("methods")
+    tok = load_tokenizer(minilm_dir())
+    torch.manual_seed(0)
+    # Encoder weights drawn with std 0.2: at BERT's 0.02 a random 2-layer encoder maps every sentence
+    # to nearly the same [CLS] vector (std across sentences ~0.003), and only full fine-tuning learns.
+    # The saved config says 0.02, so the freshly initialised head starts small (loss ~ln 2).
+    config = BertConfig(vocab_size=len(tok), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2,
+                        intermediate_size=INTERMEDIATE, max_position_embeddings=64, initializer_range=0.2,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    mlm = BertForMaskedLM(config)
+    mlm.config.initializer_range = 0.02
+    base = root / "base"
+    mlm.save_pretrained(base)
+    tok.save_pretrained(base)
+
+    df = pd.read_csv(REPO / "tests" / "data" / "rt_sample.csv").rename(columns={"sentence": "text", "sentiment": "label"})
+    df.insert(0, "id", [f"rt{i}" for i in range(len(df))])
+    task = root / "task"
+    task.mkdir()
+    for split, part in {"train": df[:48], "validation": df[48:80], "test": df[80:180]}.items():
+        part.to_parquet(task / f"{split}.parquet", index=False)
+    write_json(task / "labels.json", ["neg", "pos"])
+    tokenized = root / "tokenized"
+    tokenize_task_dir(str(task), str(base), 48, str(tokenized))
+    return base, tokenized
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    from dapt.train import setup_runtime
+
+    torch.set_num_threads(1)
+    return setup_runtime(0, "fp32", threads=1)
+
+
+class Run:
+    def __init__(self, name, summary, model, out, seconds, loss_before, loss_after):
+        self.name, self.summary, self.model, self.out, self.seconds = name, summary, model, out, seconds
+        self.loss_before, self.loss_after = loss_before, loss_after
+
+    @property
+    def artifact_bytes(self) -> int:
+        return sum(f.stat().st_size for f in (self.out / "model").rglob("*") if f.is_file())
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_task, runtime, tmp_path_factory):
+    """Train each method once (on first use); keep the in-memory model that was saved."""
+    import dapt.finetune as ft
+
+    base, tokenized = tiny_task
+    cache: dict[str, Run] = {}
+
+    def get(name: str) -> Run:
+        if name not in cache:
+            saved = {}
+            original = ft.save_artifact
+
+            def keep(model, *args, **kwargs):
+                saved["model"] = model
+                return original(model, *args, **kwargs)
+
+            params = {**TRAIN, **METHODS[name]}
+            params["kind"] = params.get("kind", name)
+            out = tmp_path_factory.mktemp(name)
+            # the model finetune() starts from: same seed, same construction
+            torch.manual_seed(1)
+            initial = ft.apply_method(ft.load_classifier(str(base), ["neg", "pos"]), {**params, "total_steps": 1})
+            loss_before = _train_loss(initial, tokenized)
+            ft.save_artifact = keep
+            try:
+                start = time.perf_counter()
+                summary = ft.finetune(str(base), str(tokenized), str(out / "run"), str(out / "ckpt"), params, 1, runtime)
+                seconds = time.perf_counter() - start
+            finally:
+                ft.save_artifact = original
+            cache[name] = Run(name, summary, saved["model"], out / "run", seconds, loss_before,
+                              _train_loss(saved["model"], tokenized))
+        return cache[name]
+
+    return get
+
+
+def _logits(model, tokenized: Path, runtime) -> torch.Tensor:
+    from dapt.evaluate import collate
+    from dapt.tokenize import read_examples
+
+    test = read_examples(tokenized / "test.parquet")
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        ids, mask = collate(test["input_ids"], np.arange(len(test["label"])), 0)
+        out = model(input_ids=ids, attention_mask=mask).logits.float()
+    model.train(was)
+    return out
+
+
+def _train_loss(model, tokenized: Path) -> float:
+    from dapt.evaluate import collate
+    from dapt.tokenize import read_examples
+
+    train = read_examples(tokenized / "train.parquet")
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        ids, mask = collate(train["input_ids"], np.arange(len(train["label"])), 0)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    model.train(was)
+    return torch.nn.functional.cross_entropy(logits, torch.from_numpy(train["label"])).item()
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_trains_and_its_artifact_reloads_identically(name, trained, tiny_task, runtime):
+    from dapt.finetune import load_finetuned
+
+    base, tokenized = tiny_task
+    run = trained(name)
+    log = pd.read_csv(run.out / "log.csv")
+    print(f"{name}: {run.summary['trainable_params']} trainable ({run.summary['trainable_pct']:.2f}%), "
+          f"artifact {run.artifact_bytes} bytes, {run.seconds:.1f}s, train loss {run.loss_before:.4f} -> "
+          f"{run.loss_after:.4f}, by epoch {log['train_loss'].round(3).tolist()}")
+    assert len(log) == TRAIN["epochs"]
+    assert run.loss_after < run.loss_before - 0.02, "training loss did not fall"
+
+    reloaded, pad_id = load_finetuned(str(run.out / "model"), str(base), ["neg", "pos"])
+    assert pad_id == 0
+    before, after = _logits(run.model, tokenized, runtime), _logits(reloaded, tokenized, runtime)
+    assert torch.equal(before.argmax(1), after.argmax(1))
+    assert torch.equal(before, after), f"max |difference| {(before - after).abs().max().item():.3g}"
+
+
+def _head_params(hidden: int = HIDDEN, labels: int = 2) -> int:
+    return (hidden * hidden + hidden) + (hidden * labels + labels)  # BERT's pooler + classifier
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_trainable_count_is_the_libraries_count(name, trained):
+    from dapt.adapters import adapter_param_count
+
+    run = trained(name)
+    model, summary = run.model, run.summary
+    by_grad = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    everything = sum(p.numel() for p in model.parameters())
+    assert summary["trainable_params"] == by_grad
+    assert summary["total_params"] == everything
+    assert summary["trainable_pct"] == pytest.approx(100.0 * by_grad / everything)
+    params = {**METHODS[name]}
+    kind = params.get("kind", name)
+    if kind == "full":
+        assert by_grad == everything
+    elif kind == "head":
+        assert by_grad == _head_params()
+    elif kind == "adapter":
+        placement = params["placement"]
+        layernorms = LAYERS * 2 * (2 * HIDDEN) if placement == "houlsby" else 0
+        expected = adapter_param_count(model.config, params["reduction_factor"], placement) + _head_params() + layernorms
+        assert by_grad == expected
+    else:  # peft's own count
+        assert model.get_nb_trainable_parameters() == (summary["trainable_params"], summary["total_params"])
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "full"])
+def test_artifact_is_small_and_holds_what_trained(name, trained):
+    from safetensors import safe_open
+
+    run, full = trained(name), trained("full")
+    assert run.artifact_bytes * 50 < full.artifact_bytes, (run.artifact_bytes, full.artifact_bytes)
+    files = {f.name for f in (run.out / "model").iterdir()}
+    kind = METHODS[name].get("kind", name)
+    if kind in ("head", "adapter"):
+        assert files == {"trainable.safetensors", "method.json"}
+        with safe_open(str(run.out / "model" / "trainable.safetensors"), "pt") as f:
+            saved = set(f.keys())
+        assert saved == {n for n, p in run.model.named_parameters() if p.requires_grad}
+    else:
+        assert {"adapter_model.safetensors", "adapter_config.json", "method.json"} <= files
+        # the task head, pooler included, travels with the adapter
+        with safe_open(str(run.out / "model" / "adapter_model.safetensors"), "pt") as f:
+            saved = set(f.keys())
+        assert any("pooler" in k for k in saved) and any("classifier" in k for k in saved), sorted(saved)
+
+
+@pytest.mark.parametrize("name", ["head", "adapter_houlsby", "adapter_pfeiffer"])
+def test_frozen_encoder_stays_as_loaded(name, trained, tiny_task):
+    from safetensors.torch import load_file
+
+    base, _ = tiny_task
+    checkpoint = load_file(str(base / "model.safetensors"))
+    state = trained(name).model.state_dict()
+    layer_keys = [k for k in checkpoint if k.startswith("bert.encoder.") or k.startswith("bert.embeddings.")]
+    assert layer_keys
+    trained_ln = METHODS[name].get("placement") == "houlsby"
+    for key in layer_keys:
+        if trained_ln and "encoder" in key and "LayerNorm" in key:
+            continue
+        assert torch.equal(state[key], checkpoint[key]), key
+
+
+def test_adalora_prunes_to_its_rank_budget(trained):
+    run = trained("adalora")
+    params = METHODS["adalora"]
+    e = [p for n, p in run.model.named_parameters() if ".lora_E." in n]
+    assert e and all(p.numel() == params["r"] for p in e)
+    nonzero = sum(int((p != 0).sum()) for p in e)
+    steps_per_epoch = -(-48 // TRAIN["batch_size"])
+    total = TRAIN["epochs"] * steps_per_epoch
+    if run.summary["best_epoch"] * steps_per_epoch > total - int(0.2 * total):
+        assert nonzero <= params["target_r"] * len(e), nonzero  # the final budget
+    assert nonzero < params["r"] * len(e), "no rank was ever pruned"
+
+
+def _tiny_classifier(kind: str):
+    from transformers import (BertConfig, BertForSequenceClassification, DistilBertConfig,
+                              DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
+
+    torch.manual_seed(0)
+    if kind == "bert":
+        return BertForSequenceClassification(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                                        num_attention_heads=2, intermediate_size=64))
+    if kind == "roberta":
+        return RobertaForSequenceClassification(RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                                              num_attention_heads=2, intermediate_size=64))
+    return DistilBertForSequenceClassification(DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=2,
+                                                                hidden_dim=64))
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])
+def test_adapters_start_as_the_identity_and_train_only_themselves_and_the_head(arch, placement):
+    from dapt.adapters import Bottleneck, add_adapters, adapter_param_count
+
+    model = _tiny_classifier(arch).eval()
+    ids = torch.randint(3, 99, (3, 11))
+    before = model(input_ids=ids).logits
+    add_adapters(model, reduction_factor=8, placement=placement)
+    adapters = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    assert len(adapters) == 2 * (2 if placement == "houlsby" else 1)
+    assert torch.equal(model(input_ids=ids).logits, before)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    head = {"bert": ("bert.pooler.", "classifier."), "roberta": ("classifier.",)}[arch]
+    for n in trainable:
+        assert ".adapter." in n or n.startswith(head) or (placement == "houlsby" and "LayerNorm" in n), n
+    assert sum(model.get_parameter(n).numel() for n in trainable if ".adapter." in n) == \
+        adapter_param_count(model.config, 8, placement)
+    # and the adapters are on the path: perturbing one changes the output
+    with torch.no_grad():
+        adapters[-1].up.weight.normal_()  # (a constant bias would vanish in the LayerNorm)
+    assert not torch.allclose(model(input_ids=ids).logits, before)
+
+
+def test_adapters_refuse_other_architectures_clearly():
+    from dapt.adapters import add_adapters
+    from dapt.errors import UserError
+
+    with pytest.raises(UserError, match="BERT-family.*distilbert"):
+        add_adapters(_tiny_classifier("distilbert"))
+
+
+def test_prefix_tokens_must_fit_the_position_embeddings():
+    from dapt.errors import UserError
+    from dapt.finetune import apply_method
+
+    model = _tiny_classifier("roberta")  # 510 usable positions: 512, less the padding offset of 2
+    apply_method(model, {"kind": "prefix", "num_virtual_tokens": 10, "max_length": 500})
+    with pytest.raises(UserError, match="virtual tokens exceed"):
+        apply_method(_tiny_classifier("roberta"), {"kind": "prompt", "num_virtual_tokens": 20, "max_length": 500})
+
+
+def test_two_peft_and_adapter_methods_through_snakemake(tmp_path):
+    """The tiny study with the base variant and two non-default methods: runs, evaluates, reports
+    each run's trainable share, artifact size, wall time and memory."""
+    config = tiny_config()
+    config["variants"] = {"base": []}
+    config["seeds"] = [1]
+    config["methods"] = {
+        "houlsby": {"kind": "adapter", "placement": "houlsby", "reduction_factor": 4, "lr": 1.0e-2},
+        "prefix": {"num_virtual_tokens": 4, "lr": 1.0e-2},
+    }
+    workdir = make_workdir(tmp_path / "study", config)
+    start = time.perf_counter()
+    proc = run_snakemake(workdir)
+    print(f"snakemake: {time.perf_counter() - start:.1f}s")
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    model_bytes = sum(f.stat().st_size for f in (workdir / "results/models/tiny").glob("*.safetensors"))
+    for method, kind in (("houlsby", "adapter"), ("prefix", "prefix")):
+        run = f"rt_polarity/tiny/base/{method}/seed1"
+        metrics = json.loads((workdir / "results/evaluate" / run / "metrics.json").read_text())
+        train = json.loads((workdir / "results/finetune" / run / "train.json").read_text())
+        assert train["params"]["kind"] == kind
+        assert 0 < metrics["trainable_params"] < metrics["total_params"]
+        assert 0 < metrics["trainable_pct"] < 5
+        assert 0 < metrics["artifact_bytes"] * 20 < model_bytes, (metrics["artifact_bytes"], model_bytes)
+        assert metrics["peak_memory_mb"] > 0
+        for rule in ("finetune", "evaluate"):
+            assert (workdir / "results/benchmarks" / rule / f"{run}.tsv").exists()
+    results = pd.read_csv(workdir / "results/report/results.csv")
+    assert sorted(results["method"]) == ["houlsby", "prefix"]
+    assert results["finetune_wall_s"].gt(0).all() and results["artifact_bytes"].gt(0).all()
