@@ -7,8 +7,13 @@ parse their arguments, call `start()`, and only then import the modules that imp
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
+import socket
 import sys
+import time
+from datetime import datetime, timezone
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -22,14 +27,43 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def _job_line(event: str, fields: dict) -> None:
+    """One ``[dapt.job]`` line on stderr (the job's log): what a scheduler or slot check reads back."""
+    now = time.time()
+    stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    text = " ".join(f"{k}={v}" for k, v in fields.items())
+    print(f"[dapt.job] {event} {stamp} epoch={now:.6f} {text}", file=sys.stderr, flush=True)
+
+
 def start(args: argparse.Namespace):
-    """Claim devices (relaunching under torchrun for several GPUs), then set up torch."""
+    """Claim devices (relaunching under torchrun for several GPUs), then set up torch.
+
+    The process that holds the GPU claim (not the ranks a multi-GPU launch starts) logs a
+    ``[dapt.job] start`` line once its devices are claimed and a ``[dapt.job] end`` line when it
+    exits, both with the claimed ids, CUDA_VISIBLE_DEVICES and the SLURM job id: a job's
+    log shows which devices it held and when.
+    """
     from dapt.devices import claim_devices, maybe_relaunch_distributed
 
-    claim_devices(args.gpus)
+    ids = claim_devices(args.gpus)
+    if "LOCAL_RANK" not in os.environ:
+        fields = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "slurm_job": os.environ.get("SLURM_JOB_ID", "none"),
+            "gpus_requested": args.gpus,
+            "gpus_claimed": ",".join(ids) or "none",
+            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+        }
+        _job_line("start", fields)
+        atexit.register(_job_line, "end", {k: fields[k] for k in ("pid", "gpus_claimed")})
     maybe_relaunch_distributed(args.gpus, sys.argv)
     from dapt.train import setup_runtime
 
     runtime = setup_runtime(args.seed, args.precision, args.threads or None, args.deterministic)
+    if runtime.world_size > 1:
+        from dapt.devices import destroy_distributed
+
+        atexit.register(destroy_distributed)  # every rank leaves the process group on its way out
     print(f"runtime: {json.dumps(runtime.describe())}", flush=True)
     return runtime

@@ -425,8 +425,6 @@ def choose_precision(requested: str, device: torch.device | str) -> dict[str, An
     later, and fp32 weights are kept either way.
     Returns {"device", "device_name", "precision", "autocast_dtype", "use_scaler", "tf32"}.
     """
-    import platform
-
     import torch
 
     if requested not in _PRECISIONS:
@@ -456,7 +454,7 @@ def choose_precision(requested: str, device: torch.device | str) -> dict[str, An
         precision = "fp32" if requested == "auto" else requested
         if precision == "fp16":
             raise UserError("precision", "fp16 needs a GPU", "use bf16, fp32 or auto on CPU")
-        device_name = platform.processor() or platform.machine() or "cpu"
+        device_name = f"cpu ({_cpu_model()})"
 
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     return {
@@ -467,6 +465,21 @@ def choose_precision(requested: str, device: torch.device | str) -> dict[str, An
         "use_scaler": precision == "fp16",
         "tf32": on_cuda,
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"); the architecture ("x86_64") where Linux does not say."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def set_deterministic(flag: bool) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from dapt.devices import all_reduce_sums
 from dapt.evaluate import collate, compute_metrics, predict_proba
 from dapt.io import atomic_path, read_json, write_json
 from dapt.tokenize import read_examples
@@ -253,7 +254,11 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
             if state["step"] >= total:
                 break
             optimizer.zero_grad(set_to_none=True)
-            shard = idx[runtime.rank :: runtime.world_size]
+            # this rank's share of the global batch; DDP averages gradients over the ranks, so each
+            # example weighs world_size / len(idx): the update is the mean over the global batch
+            shard, weight = idx[runtime.rank :: runtime.world_size], runtime.world_size / len(idx)
+            if len(shard) == 0:  # fewer examples than ranks: join the gradient all-reduce, adding nothing
+                shard, weight = idx[:1], 0.0
             micro = -(-len(shard) // accum)
             step_loss = 0.0
             for start in range(0, len(shard), micro):
@@ -264,9 +269,10 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
                 loss = torch.nn.functional.cross_entropy(logits.float(), torch.from_numpy(train["label"][part]).to(runtime.device))
                 check_finite(loss, f"finetune {params['kind']}", state["step"])
                 # the logged loss is the task loss; a method's regulariser (AdaLoRA) only trains
-                scaled = (loss + method_penalty(model, params)) * len(part) / len(shard)
+                scaled = (loss + method_penalty(model, params)) * len(part) * weight
                 (scaler.scale(scaled) if scaler else scaled).backward()
-                step_loss += loss.item() * len(part) / len(shard)
+                step_loss += loss.item() * len(part) * weight / runtime.world_size
+            step_loss = all_reduce_sums({"loss": step_loss}, runtime.device)["loss"]  # the global batch's mean
             if scaler:
                 scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), params["max_grad_norm"])
@@ -287,8 +293,9 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
                 state["epochs_run"] = epoch_no
                 state["log"].append([epoch_no, state["step"], float(np.mean(losses)) if losses else float("nan"),
                                      scores["accuracy"], scores["macro_f1"], scheduler.get_last_lr()[0]])
-                print(f"epoch {epoch_no} step {state['step']}/{total} train_loss {state['log'][-1][2]:.4f} "
-                      f"val_{metric} {scores[metric]:.4f} ({timer.seconds():.0f}s)", flush=True)
+                if runtime.is_main:
+                    print(f"epoch {epoch_no} step {state['step']}/{total} train_loss {state['log'][-1][2]:.4f} "
+                          f"val_{metric} {scores[metric]:.4f} ({timer.seconds():.0f}s)", flush=True)
                 losses.clear()
                 if scores[metric] > state["best"]:
                     state.update(best=scores[metric], best_epoch=epoch_no, bad_epochs=0)
@@ -302,7 +309,7 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
             if state["bad_epochs"] >= params["patience"]:
                 break
 
-    if best_path.exists():
+    if runtime.is_main and best_path.exists():  # (other ranks: rank 0 may be deleting it)
         unwrap(model).load_state_dict(load_file(str(best_path)), strict=False)
     summary = {"n_train": len(lengths), "n_validation": len(val["label"]), "train_steps": state["step"],
                "epochs_run": state["epochs_run"], "best_epoch": state["best_epoch"], "best_validation": state["best"],

@@ -11,6 +11,7 @@ classifier fine-tuned from the result starts from the trained pooler, not a rand
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import shutil
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dapt.devices import all_reduce_sums
+from dapt.errors import UserError
 from dapt.io import atomic_path, read_json, write_json
 from dapt.tokenize import read_blocks
 from dapt.train import (Runtime, Timer, check_finite, checkpoint_step, clear_checkpoints, count_params,
@@ -60,13 +63,15 @@ class MaskedOnlyMLM(torch.nn.Module):
         self.model = model
         self.head = mlm_head(model)
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy over the masked positions: their mean, or with reduction="sum" their sum."""
         if self.head is None:  # unknown architecture: the standard forward, logits everywhere
-            return self.model(input_ids=input_ids, labels=labels).loss
+            loss = self.model(input_ids=input_ids, labels=labels).loss
+            return loss * (labels != -100).sum() if reduction == "sum" else loss
         hidden = self.model.base_model(input_ids=input_ids).last_hidden_state
         selected = labels != -100
         logits = self.head(hidden[selected])
-        return F.cross_entropy(logits.float(), labels[selected])
+        return F.cross_entropy(logits.float(), labels[selected], reduction=reduction)
 
 
 def head_parameter_names(model: torch.nn.Module, missing: set[str]) -> set[str]:
@@ -115,6 +120,9 @@ def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, par
     special = torch.isin(blocks, torch.tensor(sorted(set(tokenizer.all_special_ids))))
     n = len(blocks)
     batch = params["batch_size"]
+    if batch < runtime.world_size:
+        raise UserError("pretrain.batch_size", f"{batch} is smaller than the {runtime.world_size} processes",
+                        "raise the batch size or use fewer GPUs")
     steps_per_epoch = max(1, n // batch)
     total = params.get("max_steps") or math.ceil(params.get("epochs", 1) * steps_per_epoch)
     new_head = head_parameter_names(model, set(info["missing_keys"]))
@@ -137,7 +145,10 @@ def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, par
         main_steps = total - head_steps
         return opt, linear_schedule(opt, int(params["warmup_ratio"] * main_steps), main_steps)
 
-    masking = torch.Generator().manual_seed(seed * 1000 + runtime.rank)
+    # One masking stream for the whole global batch, the same in every rank: N processes mask exactly
+    # what one process would, so the run does not depend on the number of GPUs (and a resumed rank
+    # continues the very stream rank 0 saved).
+    masking = torch.Generator().manual_seed(seed * 1000)
     step, log = 0, []
     saved = checkpoint_step(ckpt_dir)
     # the optimizer of the phase the checkpoint was saved in, so its state loads into the same shape
@@ -155,25 +166,34 @@ def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, par
             optimizer, scheduler = phase_for(step)
         epoch, offset = divmod(step, steps_per_epoch)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        idx = order[offset * batch : offset * batch + batch][runtime.rank :: runtime.world_size]
+        idx = order[offset * batch : offset * batch + batch]  # the global batch, identical in every rank
+        inputs, labels = mask_tokens(blocks[idx], special[idx], params["mlm_probability"],
+                                     tokenizer.mask_token_id, len(tokenizer), masking)
+        masked = max(1, int((labels != -100).sum()))  # masked tokens of the global batch
+        mine = torch.arange(len(idx))[runtime.rank :: runtime.world_size]  # this rank's rows
         optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for start in range(0, len(idx), micro):
-            ids = blocks[idx[start : start + micro]]
-            inputs, labels = mask_tokens(ids, special[idx[start : start + micro]], params["mlm_probability"],
-                                         tokenizer.mask_token_id, len(tokenizer), masking)
-            with runtime.autocast():
-                loss = wrapped(inputs.to(runtime.device), labels.to(runtime.device))
-            check_finite(loss, f"pretrain {stage}", step)
-            (loss * len(ids) / len(idx)).backward()
-            step_loss += loss.item() * len(ids) / len(idx)
+        loss_sum = 0.0
+        for start in range(0, len(mine), micro):
+            rows = mine[start : start + micro]
+            last = start + micro >= len(mine)
+            # gradients are all-reduced once per step, after the last micro-batch
+            sync = contextlib.nullcontext() if last or runtime.world_size == 1 else wrapped.no_sync()
+            with sync:
+                with runtime.autocast():
+                    part = wrapped(inputs[rows].to(runtime.device), labels[rows].to(runtime.device), reduction="sum")
+                check_finite(part, f"pretrain {stage}", step)
+                # DDP averages gradients over the ranks, hence * world_size: the update is the mean over
+                # all masked tokens of the global batch, for any number of processes and micro-batches
+                (part * (runtime.world_size / masked)).backward()
+            loss_sum += part.item()
+        step_loss = all_reduce_sums({"loss": loss_sum}, runtime.device)["loss"] / masked
         torch.nn.utils.clip_grad_norm_(model.parameters(), params["max_grad_norm"])
         optimizer.step()
         scheduler.step()
         step += 1
-        tokens += int((~special[idx]).sum()) * runtime.world_size
+        tokens += int((~special[idx]).sum())
         log.append([step, step_loss, scheduler.get_last_lr()[0], tokens])
-        if step % 10 == 0 or step == total:
+        if runtime.is_main and (step % 10 == 0 or step == total):
             print(f"step {step}/{total} loss {step_loss:.4f} lr {log[-1][2]:.2e} ({timer.seconds():.0f}s)", flush=True)
         if runtime.is_main and step % params["save_steps"] == 0 and step < total:
             save_checkpoint(ckpt_dir, wrapped, optimizer, scheduler, {"step": step, "log": log}, masking)
