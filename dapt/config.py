@@ -1,8 +1,8 @@
 """Study config: validation with one-line errors, and the few derived names the rules share.
 
-A *variant* is a chain of MLM stages ("dapt:<corpus>", "tapt") applied before fine-tuning. Its
-checkpoint folder is named by the chain with the task filled in, e.g. ``dapt-imdb+tapt-rt``, so that
-chains shared by several variants or tasks are pretrained once.
+A *variant* is a chain of MLM stages ("dapt:<corpus>"; "dapt", on the task's own ``domain`` corpus;
+"tapt") applied before fine-tuning. Its checkpoint folder is named by the chain with the task filled
+in, e.g. ``dapt-imdb+tapt-rt``, so that chains shared by several variants or tasks are pretrained once.
 """
 
 from __future__ import annotations
@@ -63,7 +63,17 @@ def validate_config(config: dict, where: str = "config") -> None:
     for variant, stages in config["variants"].items():
         for i, stage in enumerate(stages):
             kind, _, corpus = stage.partition(":")
-            if kind == "dapt" and corpus not in corpora:
+            if stage == "dapt":  # each task's own domain corpus
+                for task, spec in config["tasks"].items():
+                    domain = spec.get("domain")
+                    if domain not in corpora:
+                        raise UserError(
+                            f"{where}: tasks.{task}.domain",
+                            f"unknown corpus '{domain}'" if domain else "missing",
+                            f"variant '{variant}' has a bare 'dapt' stage, which pretrains on the task's domain corpus; "
+                            f"known corpora: {', '.join(corpora) or 'none'}",
+                        )
+            elif kind == "dapt" and corpus not in corpora:
                 raise UserError(
                     f"{where}: variants.{variant}[{i}]",
                     f"unknown corpus '{corpus}'",
@@ -91,6 +101,12 @@ def load_config(path: str | Path) -> dict:
     return config
 
 
+def resolve_stage(config: dict, stage: str, task: str) -> str:
+    """A bare 'dapt' stage is DAPT on the task's own domain corpus (``tasks.<t>.domain``), as in
+    Table 5 of Don't Stop Pretraining, where each task adapts to its own domain."""
+    return f"dapt:{config['tasks'][task]['domain']}" if stage == "dapt" else stage
+
+
 def stage_name(stage: str, task: str) -> str:
     """'dapt:imdb' -> 'dapt-imdb'; 'tapt' -> 'tapt-<task>'."""
     kind, _, corpus = stage.partition(":")
@@ -99,7 +115,7 @@ def stage_name(stage: str, task: str) -> str:
 
 def chain_for(config: dict, variant: str, task: str) -> str:
     """Checkpoint chain of a variant for a task; '' for the base model."""
-    return "+".join(stage_name(s, task) for s in config["variants"][variant])
+    return "+".join(stage_name(resolve_stage(config, s, task), task) for s in config["variants"][variant])
 
 
 def split_chain(chain: str) -> tuple[str, str]:
