@@ -141,7 +141,8 @@ def _logits(model, tokenized: Path, runtime) -> torch.Tensor:
     model.eval()
     with torch.inference_mode():
         ids, mask = collate(test["input_ids"], np.arange(len(test["label"])), 0)
-        out = model(input_ids=ids, attention_mask=mask).logits.float()
+        device = next(model.parameters()).device
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
     model.train(was)
     return out
 
@@ -155,7 +156,8 @@ def _train_loss(model, tokenized: Path) -> float:
     model.eval()
     with torch.inference_mode():
         ids, mask = collate(train["input_ids"], np.arange(len(train["label"])), 0)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        device = next(model.parameters()).device
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
     model.train(was)
     return torch.nn.functional.cross_entropy(logits, torch.from_numpy(train["label"])).item()
 
