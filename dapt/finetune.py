@@ -152,6 +152,18 @@ def after_optimizer_step(model: torch.nn.Module, params: dict, step: int) -> Non
         unwrap(model).base_model.update_and_allocate(step)
 
 
+def resume_method(model: torch.nn.Module, params: dict) -> None:
+    """Restore method state that checkpoints do not hold. AdaLoRA: peft's rank pattern, which its
+    final phase masks by (and fails without), rebuilt from the checkpointed weights, in which the
+    ranks it drops have E = 0. (Its importance averages restart: a resumed AdaLoRA run allocates
+    ranks close to, not exactly as, an uninterrupted one.)"""
+    if params["kind"] == "adalora":
+        peft_model = unwrap(model)
+        peft_model.peft_config["default"].rank_pattern = {
+            name: (p.detach() != 0).view(-1).tolist()
+            for name, p in peft_model.base_model.model.named_parameters() if ".lora_E.default" in name}
+
+
 def _settle_adalora_ranks(model) -> None:
     """Save AdaLoRA's ranks as they are in memory. With a ``rank_pattern`` in its config, peft saves
     (and reloads) only the ranks of the latest mask, while the weights kept may be an earlier, best
@@ -243,6 +255,7 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
     resumed = load_checkpoint(ckpt_dir, train_model, optimizer, scheduler, scaler=scaler)
     if resumed is not None:
         state = resumed
+        resume_method(model, params)
         print(f"resumed from checkpoint at step {state['step']}/{total}", flush=True)
 
     timer = Timer()

@@ -349,3 +349,33 @@ def test_two_peft_and_adapter_methods_through_snakemake(tmp_path):
     results = pd.read_csv(workdir / "results/report/results.csv")
     assert sorted(results["method"]) == ["houlsby", "prefix"]
     assert results["finetune_wall_s"].gt(0).all() and results["artifact_bytes"].gt(0).all()
+
+
+def test_adalora_resumed_in_its_final_phase_keeps_its_ranks():
+    """Checkpoints hold the weights, not peft's rank pattern; a run resumed after the final rank
+    allocation must go on masking by the same pattern (peft fails on a missing one)."""
+    from dapt.finetune import after_optimizer_step, apply_method, resume_method
+
+    model = _tiny_classifier("bert")
+    params = {"kind": "adalora", "r": 4, "target_r": 1, "total_steps": 10, "tinit_ratio": 0.0, "tfinal_ratio": 0.4}
+    model = apply_method(model, params)
+    config = model.peft_config["default"]
+    assert (config.tinit, config.tfinal, config.total_step) == (0, 4, 10)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    torch.manual_seed(0)
+    for step in range(10):
+        ids = torch.randint(3, 99, (4, 9))
+        loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits, torch.tensor([0, 1, 0, 1]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        after_optimizer_step(model, params, step)
+        if step == 7:  # a checkpoint is written here and the run killed; what a resumed run loads:
+            fixed = config.rank_pattern
+            assert fixed and sum(map(sum, fixed.values())) == len(fixed)  # target_r 1: the final budget
+            config.rank_pattern = None
+            resume_method(model, params)
+            assert config.rank_pattern == fixed
+    assert config.rank_pattern == fixed
+    e = [p for n, p in model.named_parameters() if ".lora_E." in n]
+    assert sum(int((p != 0).sum()) for p in e) == len(e)
