@@ -51,6 +51,7 @@ def start(args: argparse.Namespace):
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "slurm_job": os.environ.get("SLURM_JOB_ID", "none"),
+            "slurm_cpus": os.environ.get("SLURM_CPUS_PER_TASK", "none"),
             "gpus_requested": args.gpus,
             "gpus_claimed": ",".join(ids) or "none",
             "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),

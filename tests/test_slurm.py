@@ -6,20 +6,24 @@ with tests/slurm/cluster.sh (needs root and the packages from
 are run through ``snakemake --workflow-profile profiles/slurm`` by
 :func:`run_snakemake_on_slurm`.
 
-For now the test drives a toy workflow that uses the real rule names, so the
-profile's set-resources/set-threads/groups apply.  To run the real study
-instead, call::
+The test runs the tiny study (tests/config/tiny.yaml on a reduced grid: one
+seed, method full, variants base and dapt) end to end: prepare_* and report
+run in the Snakemake process (localrules), tokenize_* are CPU jobs, pretrain
+and finetune are GPU jobs, and the two evaluate jobs go into one SLURM job
+(the profile's group "evaluation").  Every training/evaluation script writes
+a ``[dapt.job] start`` line into its log under results/logs/ with the SLURM
+job id, the CPUs SLURM gave it and the CUDA_VISIBLE_DEVICES it saw; the test
+reads those back.  The GPU is a fake one (a device file, see cluster.sh), so
+torch still runs on CPU.
 
-    run_snakemake_on_slurm(REPO / "Snakefile", tmp_path,
-                           ["--configfile", str(REPO / "tests/config/tiny.yaml")])
-
-Run: ``pytest -m slurm tests/test_slurm.py``.
+Run: ``pytest -m slurm tests/test_slurm.py`` (about 4 minutes on 2 cores).
 Set DAPT_SLURM_KEEP_STATE=1 to keep the cluster's state directory (configs,
 daemon logs) after the session.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,11 +31,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import make_workdir, tiny_config
 
 pytestmark = pytest.mark.slurm
 
@@ -40,7 +45,7 @@ CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "profiles" / "slurm"
 DAEMONS = ("munged", "slurmctld", "slurmd")
 
-# Whole Snakemake run; the toy workflow needs well under a minute.
+# Whole Snakemake run; the reduced tiny study takes about 4 minutes on 2 busy cores.
 SNAKEMAKE_TIMEOUT_S = int(os.environ.get("DAPT_SLURM_TIMEOUT", "900"))
 
 
@@ -200,79 +205,94 @@ def run_snakemake_on_slurm(
     return result
 
 
-# A toy workflow with the real rule names: prepare_model runs locally,
-# tokenize_corpus is a CPU job, pretrain and evaluate are GPU jobs and the two
-# evaluate jobs are grouped into one SLURM job by the profile.
-TOY_SNAKEFILE = textwrap.dedent(
-    r"""
-    localrules: all, prepare_model
+# --------------------------------------------------------------------------- the tiny study
 
-    rule all:
-        input:
-            "toy/pretrain.txt",
-            expand("toy/eval_{task}.txt", task=["a", "b"]),
+JOB_START = re.compile(r"^\[dapt\.job\] start \S+ epoch=[\d.]+ (.*)$", re.M)
+RUNTIME = re.compile(r"^runtime: (\{.*\})$", re.M)
 
-    rule prepare_model:
-        output: "toy/model.txt"
-        shell: "echo SLURM_JOB_ID=${{SLURM_JOB_ID:-none}} > {output}"
 
-    rule tokenize_corpus:
-        input: "toy/model.txt"
-        output: "toy/tokens.txt"
-        shell:
-            "echo SLURM_JOB_ID=$SLURM_JOB_ID SLURM_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK "
-            "threads={threads} > {output}"
+def reduced_tiny_config() -> dict:
+    """tests/config/tiny.yaml on a smaller grid: 1 seed, method full, variants base and dapt.
 
-    rule pretrain:
-        input: "toy/tokens.txt"
-        output: "toy/pretrain.txt"
-        resources: gpu=1
-        shell:
-            "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES "
-            "SLURM_JOB_ID=$SLURM_JOB_ID > {output}"
-
-    rule evaluate:
-        input: "toy/pretrain.txt"
-        output: "toy/eval_{task}.txt"
-        resources: gpu=1
-        shell:
-            "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES "
-            "SLURM_JOB_ID=$SLURM_JOB_ID > {output}"
+    (A config file rather than --config overrides: Snakemake merges --config into nested
+    mappings key by key, so it cannot drop variants or methods, and it reads `seeds=[1]` as
+    strings.)
     """
-)
+    config = tiny_config()
+    config["variants"] = {name: config["variants"][name] for name in ("base", "dapt")}
+    config["methods"] = {"full": config["methods"]["full"]}
+    config["seeds"] = [1]
+    return config
 
 
-def _env_line(path: Path) -> dict[str, str]:
-    return dict(re.findall(r"(\w+)=(\S*)", path.read_text()))
+def job_record(log: Path) -> dict:
+    """The `[dapt.job] start` fields and the runtime line a training/evaluation script logged."""
+    text = log.read_text(errors="replace")
+    starts = JOB_START.findall(text)
+    runtimes = RUNTIME.findall(text)
+    assert len(starts) == 1 and len(runtimes) == 1, f"{log}: want one start and one runtime line:\n{text[-3000:]}"
+    return {"log": log.name, "text": text, **dict(re.findall(r"(\w+)=(\S+)", starts[0])),
+            "runtime": json.loads(runtimes[0])}
 
 
-def test_toy_workflow_on_slurm(slurm_cluster, tmp_path):
+def slurm_jobs_by_rule(workdir: Path) -> dict[str, set[str]]:
+    """{rule_<rule> or group_<group>: SLURM job ids}, from the plugin's per-job logs."""
+    jobs: dict[str, set[str]] = {}
+    for log in (workdir / ".snakemake" / "slurm_logs").rglob("*.log"):
+        top = log.relative_to(workdir / ".snakemake" / "slurm_logs").parts[0]
+        if top.startswith("group_"):  # group_<group>_<rules of its members>
+            top = "_".join(top.split("_")[:2])
+        jobs.setdefault(top, set()).add(log.stem)
+    return jobs
+
+
+def test_tiny_study_on_slurm(slurm_cluster, tmp_path):
     cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout
     assert int(cpus.split()[0]) >= 2, "profiles/slurm asks for 2 CPUs per job; node has fewer"
-    snakefile = tmp_path / "Snakefile"
-    snakefile.write_text(TOY_SNAKEFILE)
-    workdir = tmp_path / "work"
-    workdir.mkdir()
+    workdir = make_workdir(tmp_path / "study", reduced_tiny_config())
 
-    run_snakemake_on_slurm(snakefile, workdir, [])
+    run_snakemake_on_slurm(
+        REPO / "Snakefile",
+        workdir,
+        ["--configfile", workdir / "study.yaml",
+         # first status poll sooner than the profile's 10 s: the tiny jobs are short
+         "--slurm-init-seconds-before-status-checks", "3"],
+    )  # fmt: skip
 
-    toy = workdir / "toy"
-    model = _env_line(toy / "model.txt")
-    tokens = _env_line(toy / "tokens.txt")
-    pretrain = _env_line(toy / "pretrain.txt")
-    evals = [_env_line(toy / f"eval_{t}.txt") for t in ("a", "b")]
+    report = workdir / "results" / "report"
+    assert "rt_polarity" in (report / "table.md").read_text()
+    assert json.loads((report / "provenance.json").read_text())["runs"]["count"] == 2
 
-    # local rule: ran in the Snakemake process, not in a SLURM job
-    assert model["SLURM_JOB_ID"] == "none"
-    # CPU job: a SLURM job with the profile's set-threads (2) as CPUs
-    assert tokens["SLURM_JOB_ID"].isdigit()
-    assert tokens["SLURM_CPUS_PER_TASK"] == "2" and tokens["threads"] == "2"
-    # GPU job: got the (fake) GPU through --gpus=1
-    assert pretrain["SLURM_JOB_ID"].isdigit()
-    assert pretrain["CUDA_VISIBLE_DEVICES"] == "0"
-    assert pretrain["SLURM_JOB_ID"] != tokens["SLURM_JOB_ID"]
-    # grouped evaluate jobs: one SLURM job, one GPU
-    assert all(e["CUDA_VISIBLE_DEVICES"] == "0" for e in evals)
-    assert evals[0]["SLURM_JOB_ID"] == evals[1]["SLURM_JOB_ID"]
-    assert evals[0]["SLURM_JOB_ID"].isdigit()
-    assert evals[0]["SLURM_JOB_ID"] not in (pretrain["SLURM_JOB_ID"], tokens["SLURM_JOB_ID"])
+    # Which rules ran as SLURM jobs: prepare_* and report are localrules, the evaluate jobs are
+    # one group job.
+    by_rule = slurm_jobs_by_rule(workdir)
+    print({name: sorted(ids) for name, ids in by_rule.items()})
+    assert set(by_rule) == {"rule_tokenize_corpus", "rule_tokenize_task", "rule_pretrain", "rule_finetune",
+                            "group_evaluation"}, by_rule
+    assert len(by_rule["rule_finetune"]) == 2 and len(by_rule["group_evaluation"]) == 1
+
+    logs = workdir / "results" / "logs"
+    run = "rt_polarity/tiny/{}/full/seed1.log"
+    pretrain = job_record(logs / "pretrain" / "tiny" / "dapt-imdb.log")
+    finetunes = [job_record(logs / "finetune" / run.format(v)) for v in ("base", "dapt")]
+    evaluates = [job_record(logs / "evaluate" / run.format(v)) for v in ("base", "dapt")]
+    for job in (pretrain, *finetunes, *evaluates):
+        # a GPU rule (resources gpu=1 -> sbatch --gpus=1) ran in a SLURM job and saw its GPU
+        assert job["slurm_job"].isdigit(), job["log"]
+        assert job["CUDA_VISIBLE_DEVICES"] == "0", job["log"]
+        assert f"SLURM job {job['slurm_job']} assigned GPU(s) 0; claiming nothing" in job["text"]
+        assert job["gpus_requested"] == "1" and job["gpus_claimed"] == "0"
+        assert job["runtime"]["device"].startswith("cpu (")  # the GPU is a fake: torch runs on CPU
+    assert pretrain["slurm_job"] in by_rule["rule_pretrain"]
+    assert {j["slurm_job"] for j in finetunes} == by_rule["rule_finetune"]
+    # the profile's set-threads became --cpus-per-task, and the script's torch threads
+    for job in (pretrain, *finetunes):
+        assert job["slurm_cpus"] == "2" and job["runtime"]["threads"] == 2, job["log"]
+    # both evaluations ran one after the other inside the one group job
+    assert {j["slurm_job"] for j in evaluates} == by_rule["group_evaluation"]
+    assert all(j["runtime"]["threads"] == 1 for j in evaluates)
+
+    for variant in ("base", "dapt"):
+        metrics = json.loads((workdir / "results/evaluate/rt_polarity/tiny" / variant / "full/seed1/metrics.json")
+                             .read_text())
+        assert metrics["device"].startswith("cpu (") and metrics["precision"] == "fp32"
