@@ -45,8 +45,23 @@ FINETUNE_KEYS = set(FINETUNE_DEFAULTS)
 
 
 def _key_path(error) -> str:
-    parts = [str(p) for p in error.absolute_path]
-    return ".".join(parts) if parts else "(top level)"
+    """The key as the user writes it: variants.dapt[0], tasks.rt.max_length."""
+    path = ""
+    for p in error.absolute_path:
+        path += f"[{p}]" if isinstance(p, int) else (f".{p}" if path else str(p))
+    return path or "(top level)"
+
+
+def _message(error) -> str:
+    """jsonschema's message, without the schema internals a user cannot act on."""
+    if error.validator == "pattern" and "variants" in list(error.absolute_path)[:1]:
+        return f"{error.instance!r} is not a pretraining stage (use dapt:<corpus>, dapt or tapt)"
+    if error.validator == "oneOf" and all("required" in s for s in error.validator_value):
+        choices = " or ".join(f"{s['required'][0]}:" for s in error.validator_value)
+        return f"needs exactly one of {choices}"
+    if error.validator in ("pattern", "oneOf", "anyOf"):
+        return f"{error.instance!r} is not valid here" if not isinstance(error.instance, dict) else "is not valid here"
+    return error.message.replace("\n", " ")
 
 
 def validate_config(config: dict, where: str = "config") -> None:
@@ -58,7 +73,7 @@ def validate_config(config: dict, where: str = "config") -> None:
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         err = errors[0]
-        raise UserError(f"{where}: {_key_path(err)}", err.message.replace("\n", " "), "see config/README.md")
+        raise UserError(f"{where}: {_key_path(err)}", _message(err), "see config/README.md")
     corpora = config.get("corpora") or {}
     for variant, stages in config["variants"].items():
         for i, stage in enumerate(stages):

@@ -39,7 +39,8 @@ from dapt.io import atomic_path, sha256_file, write_parquet
 logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path("results/.cache/downloads")
-DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation, not for the whole download
+# per socket operation, not for the whole download; DAPT_DOWNLOAD_TIMEOUT_S overrides it (slow mirrors, tests)
+DOWNLOAD_TIMEOUT_S = float(os.environ.get("DAPT_DOWNLOAD_TIMEOUT_S", "60"))
 DEFAULT_VALIDATION_SIZE = 0.1  # of the rows carved from, when a task neither has nor carves validation
 SPLITS = ("train", "validation", "test")
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".txt": "txt"}

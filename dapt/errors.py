@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import sys
 from collections.abc import Callable
 
@@ -18,9 +19,16 @@ class UserError(Exception):
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a script's main(); a UserError becomes one line on stderr and exit status 2."""
+    """Run a script's main(); a UserError becomes one line on stderr and exit status 2.
+
+    The line is printed by an exit handler registered before main() runs, so it runs after every
+    handler main() registers (they run last-in, first-out, e.g. a job's closing ``[dapt.job]`` line):
+    the error is the last line of the job's log, where Snakemake's show-failed-logs and users look.
+    """
+    failure: list[str] = []
+    atexit.register(lambda: failure and print(failure[0], file=sys.stderr, flush=True))
     try:
         main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        failure.append(f"error: {err}")
         sys.exit(2)

@@ -89,6 +89,9 @@ def evaluate_run(artifact_dir: str, base_dir: str, tokenized_dir: str, out_metri
               **{k: train_info[k] for k in ("n_train", "n_validation", "train_steps", "epochs_run", "best_epoch",
                                             "trainable_params", "total_params", "trainable_pct", "peak_memory_mb",
                                             "device", "precision", "pretrain", "truncated")}}
+    # data issues that are counted, not fixed: texts repeated across splits (truncation: from train.json)
+    stats = read_json(Path(tokenized_dir) / "stats.json")
+    result["texts_shared_across_splits"] = stats.get("texts_shared_across_splits", {})
     write_predictions(out_predictions, test["id"], test["label"], probs, labels)
     write_json(out_metrics, result)
     return result

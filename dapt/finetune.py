@@ -41,12 +41,15 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, generator: torch.Gene
     return [batches[i] for i in perm]
 
 
-def load_classifier(model_dir: str, labels: list[str]):
+def load_classifier(model_dir: str, labels: list[str], trust: bool | None = None):
+    """Safetensors weights only; custom model code only if the model's config entry opted in
+    (`trust`: that opt-in, when `model_dir` is an artifact that does not record it itself)."""
     from transformers import AutoModelForSequenceClassification
 
+    from dapt.models import trusts_remote_code
+
     model_dir = str(model_dir)
-    config_path = Path(model_dir) / "config.json"
-    remote = read_json(config_path).get("dapt_trust_remote_code", False) if config_path.exists() else False
+    remote = trusts_remote_code(model_dir) if trust is None else trust
     return AutoModelForSequenceClassification.from_pretrained(
         model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={l: i for i, l in enumerate(labels)}, use_safetensors=True, trust_remote_code=remote)
@@ -201,10 +204,14 @@ def load_finetuned(artifact_dir: str, base_dir: str, labels: list[str]) -> tuple
     params = info["method"]
     pad_id = AutoTokenizer.from_pretrained(str(base_dir)).pad_token_id
     if params["kind"] == "full":
-        model = load_classifier(str(artifact), labels)
+        from dapt.models import trusts_remote_code
+
+        model = load_classifier(str(artifact), labels, trust=trusts_remote_code(base_dir))
     elif params["kind"] in PEFT_KINDS:
         import peft
 
+        if not (artifact / "adapter_model.safetensors").is_file():  # peft would fall back to a pickle
+            raise UserError(str(artifact), "no adapter_model.safetensors", "only safetensors weights are loaded")
         model = peft.PeftModel.from_pretrained(load_classifier(base_dir, labels), str(artifact))
     else:
         model = apply_method(load_classifier(base_dir, labels), {**params, "total_steps": info.get("total_steps")})
@@ -251,7 +258,11 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
     metric = params["metric"]
 
     state = {"step": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0, "log": [], "epochs_run": 0, "losses": []}
-    best_path = Path(ckpt_dir) / "best.safetensors"
+    # one file per best epoch: the state a checkpoint records always names weights that exist, even
+    # if a kill fell between writing a new best and the checkpoint after it
+    def best_path(epoch: int) -> Path:
+        return Path(ckpt_dir) / f"best-epoch{epoch}.safetensors"
+
     resumed = load_checkpoint(ckpt_dir, train_model, optimizer, scheduler, scaler=scaler)
     if resumed is not None:
         state = resumed
@@ -259,6 +270,7 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
         print(f"resumed from checkpoint at step {state['step']}/{total}", flush=True)
 
     timer = Timer()
+    timer.start -= state.get("seconds", 0.0)  # time spent before a kill counts too
     losses = state["losses"]  # this epoch's step losses; part of the checkpoint so a resumed log matches
     while state["step"] < total and state["bad_epochs"] < params["patience"]:
         epoch, offset = divmod(state["step"], steps_per_epoch)
@@ -313,17 +325,21 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
                 if scores[metric] > state["best"]:
                     state.update(best=scores[metric], best_epoch=epoch_no, bad_epochs=0)
                     if runtime.is_main:
-                        with atomic_path(best_path) as tmp:
+                        with atomic_path(best_path(epoch_no)) as tmp:
                             save_file(trainable_state(model, only_trainable=True), str(tmp))
                 else:
                     state["bad_epochs"] += 1
             if runtime.is_main and (end_of_epoch or state["step"] % params["save_steps"] == 0) and state["step"] < total:
+                state["seconds"] = timer.seconds()
                 save_checkpoint(ckpt_dir, train_model, optimizer, scheduler, state, scaler=scaler)
+                for old in Path(ckpt_dir).glob("best-epoch*.safetensors"):  # the checkpoint names only its own
+                    if old != best_path(state["best_epoch"]):
+                        old.unlink(missing_ok=True)
             if state["bad_epochs"] >= params["patience"]:
                 break
 
-    if runtime.is_main and best_path.exists():  # (other ranks: rank 0 may be deleting it)
-        unwrap(model).load_state_dict(load_file(str(best_path)), strict=False)
+    if runtime.is_main and state["best_epoch"] and best_path(state["best_epoch"]).exists():  # (other ranks: rank 0 may be deleting it)
+        unwrap(model).load_state_dict(load_file(str(best_path(state["best_epoch"]))), strict=False)
     summary = {"n_train": len(lengths), "n_validation": len(val["label"]), "train_steps": state["step"],
                "epochs_run": state["epochs_run"], "best_epoch": state["best_epoch"], "best_validation": state["best"],
                "trainable_params": trainable, "total_params": total_params,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -17,16 +18,21 @@ from typing import Any
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
 
-    Works for files and folders alike (whatever the block creates at the temporary path).
+    Works for files and folders alike (whatever the block creates at the temporary path). An old
+    folder is first renamed aside, never deleted in place, so a kill at any moment leaves the old
+    output whole, the new one whole, or none; never a mix. Temporaries a killed earlier attempt left
+    beside `path` are removed first (one job writes a given output at a time).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+            os.replace(path, tmp / ".replaced")  # atomic; removed with tmp below
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -70,3 +76,46 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Resumable jobs
+# --------------------------------------------------------------------------------------------
+
+
+def job_identity(args: dict, inputs: list[str], ignore: tuple[str, ...] = ("gpus", "threads")) -> dict:
+    """What a job's checkpoints belong to: its arguments and the size and mtime of every input file.
+
+    A rerun of the same job (same arguments, untouched inputs) resumes; one with changed
+    hyperparameters or re-made inputs (Snakemake reruns downstream jobs) must not.
+    """
+    args = {k: v for k, v in args.items() if k not in ignore}  # resources, not the computation
+    files = {}
+    for root in filter(None, inputs):  # "" (an optional input not given) is no folder to list
+        root = Path(root)
+        for f in sorted([root] if root.is_file() else root.rglob("*") if root.is_dir() else []):
+            if f.is_file():
+                st = f.stat()
+                files[str(f)] = [st.st_size, st.st_mtime_ns]
+    return json.loads(json.dumps({"args": args, "inputs": files}, sort_keys=True, default=str))
+
+
+def guard_checkpoints(ckpt_dir: str | Path, identity: dict) -> None:
+    """Discard checkpoints of a different job (see `job_identity`), then record this job's identity.
+
+    Call once per job, before any rank reads the checkpoints (multi-GPU: in the launching process).
+    Checkpoints live outside the job's declared outputs, which Snakemake deletes before a rerun.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    record = ckpt_dir / "job.json"
+    if ckpt_dir.exists():
+        try:
+            same = json.loads(record.read_text(encoding="utf-8")) == identity
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            if any(p.name != "job.json" for p in ckpt_dir.iterdir()):
+                print(f"discarding checkpoints in {ckpt_dir}: they belong to a run with other arguments or inputs",
+                      flush=True)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    write_json(record, identity)

@@ -240,9 +240,17 @@ def _matching(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, g) for g in patterns))
 
 
-def _trusts_remote_code(model_dir: str | os.PathLike) -> bool:
+def trusts_remote_code(model_dir: str | os.PathLike) -> bool:
+    """Whether the model's config entry opted in to custom modelling code (``trust_remote_code: true``).
+
+    Read from the folder's source.json (written here, carried along by every pretraining stage);
+    a folder without one never runs remote code.
+    """
     source_json = Path(model_dir) / "source.json"
     return bool(source_json.is_file() and read_json(source_json).get("trust_remote_code", False))
+
+
+_trusts_remote_code = trusts_remote_code
 
 
 def _some(values: Any, n: int = 3) -> str:

@@ -105,6 +105,12 @@ def save_mlm_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, parent_dir:
         for name in TOKENIZER_FILES:
             if (tokenizer_dir / name).exists():
                 shutil.copy(tokenizer_dir / name, tmp / name)
+        # the model's origin and its trust_remote_code opt-in (with its code) travel along the chain
+        if (parent_dir / "source.json").exists():
+            shutil.copy(parent_dir / "source.json", tmp / "source.json")
+            if read_json(parent_dir / "source.json").get("trust_remote_code"):
+                for code in parent_dir.glob("*.py"):
+                    shutil.copy(code, tmp / code.name)
 
 
 def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, params: dict, seed: int,
@@ -112,9 +118,17 @@ def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, par
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     parent = Path(parent_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(parent))
-    model, info = AutoModelForMaskedLM.from_pretrained(str(parent), output_loading_info=True, use_safetensors=True)
+    from dapt.models import trusts_remote_code
+
+    trust = trusts_remote_code(parent)  # only if the model's config entry opted in
+    tokenizer = AutoTokenizer.from_pretrained(str(parent), trust_remote_code=trust)
+    model, info = AutoModelForMaskedLM.from_pretrained(str(parent), output_loading_info=True, use_safetensors=True,
+                                                       trust_remote_code=trust)
     model.to(runtime.device).train()
+    if runtime.device.type == "cpu":
+        # with dropout, SDPA falls back to its unfused math path on a CPU, which adds masking passes and
+        # copies: eager attention trains MiniLM ~15% faster there (bench/README.md); GPUs keep SDPA
+        model.set_attn_implementation("eager")
 
     blocks = torch.from_numpy(read_blocks(blocks_path)).long()
     special = torch.isin(blocks, torch.tensor(sorted(set(tokenizer.all_special_ids))))
@@ -160,6 +174,7 @@ def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, par
 
     tokens = log[-1][3] if log else 0
     timer = Timer()
+    timer.start -= (resumed or {}).get("seconds", 0.0)  # time spent before a kill counts too
     micro = batch // params["grad_accum"]
     while step < total:
         if head_steps and step == head_steps:
@@ -196,7 +211,8 @@ def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, par
         if runtime.is_main and (step % 10 == 0 or step == total):
             print(f"step {step}/{total} loss {step_loss:.4f} lr {log[-1][2]:.2e} ({timer.seconds():.0f}s)", flush=True)
         if runtime.is_main and step % params["save_steps"] == 0 and step < total:
-            save_checkpoint(ckpt_dir, wrapped, optimizer, scheduler, {"step": step, "log": log}, masking)
+            save_checkpoint(ckpt_dir, wrapped, optimizer, scheduler, {"step": step, "log": log, "seconds": timer.seconds()},
+                            masking)
 
     trainable, total_params = count_params(model)
     summary = {"stage": stage, "steps": total, "head_warmup_steps": head_steps, "new_head_parameters": sorted(new_head),

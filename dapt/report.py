@@ -822,6 +822,14 @@ def build_notes(results: pd.DataFrame, config: Mapping) -> str:
                         _range_text(g["best_epoch"], "{:g}") if "best_epoch" in g else DASH,
                         " ".join(str(s) for s in sorted(g["seed"]))])
     ft_rows.sort(key=lambda r: (tasks.index(r[0]), r[1], methods.index(r[2]), variants.index(r[3])))
+    data_rows = []  # counted, not errors: texts cut at max_length, texts that occur in two splits
+    for task in tasks:
+        t = results[results["task"] == task]
+        truncated = [_range_text(t[f"truncated.{s}"]) if f"truncated.{s}" in t else DASH
+                     for s in ("train", "validation", "test")]
+        shared = [c for c in t.columns if c.startswith("texts_shared_across_splits.")]
+        shared_text = ", ".join(f"{c.split('.', 1)[1]}: {_range_text(t[c])}" for c in sorted(shared)) or DASH
+        data_rows.append([task, *truncated, shared_text])
     return "\n".join([
         "## What each number rests on\n",
         "Examples per split (the test split is what every score and p-value is computed on):\n",
@@ -831,6 +839,10 @@ def build_notes(results: pd.DataFrame, config: Mapping) -> str:
         md_table(["task", "model", "variant", "chain", "MLM steps", "MLM tokens"], pre_rows, "llllrr"),
         "Fine-tuning per run (optimizer steps, epochs run, best epoch; ranges over seeds):\n",
         md_table(["task", "model", "method", "variant", "steps", "epochs", "best epoch", "seeds"], ft_rows, "llllrrrl"),
+        "Data caveats (kept, not errors): texts truncated to the task's max_length per split (per "
+        "tokenizer; ranges over models), and texts that occur in two splits:\n",
+        md_table(["task", "truncated train", "truncated validation", "truncated test", "texts shared across splits"],
+                 data_rows, "lrrrl"),
     ])
 
 

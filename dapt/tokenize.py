@@ -22,7 +22,9 @@ SPLITS = ("train", "validation", "test")
 def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(model_dir))
+    from dapt.models import trusts_remote_code
+
+    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trusts_remote_code(model_dir))
 
 
 def _encode(tokenizer, texts: list[str], batch: int = 1000) -> list[list[int]]:
@@ -40,10 +42,37 @@ def pack_blocks(sequences: list[list[int]], block: int) -> tuple[np.ndarray, int
     return flat[: n * block].reshape(n, block), int(len(flat) - n * block)
 
 
-def tokenize_mlm(texts: list[str], tokenizer, max_length: int) -> tuple[pa.Table, dict]:
+# models whose position ids start after the padding index (fairseq heritage)
+POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "longformer", "xmod", "data2vec-text")
+
+
+def position_limit(model_dir: str | Path) -> int | None:
+    """The longest sequence the model's position embeddings can take (None if its config does not say)."""
+    config_path = Path(model_dir) / "config.json"
+    config = read_json(config_path) if config_path.is_file() else {}
+    limit = config.get("max_position_embeddings")
+    if not isinstance(limit, int):
+        return None
+    if config.get("model_type") in POSITION_OFFSET_TYPES:
+        limit -= (config.get("pad_token_id") or 1) + 1
+    return limit
+
+
+def check_max_length(model_dir: str | Path, max_length: int, key: str) -> None:
+    """Refuse a length the model cannot embed (it would fail mid-training with an index error)."""
+    if max_length < 8:
+        raise UserError(key, f"max_length {max_length} is too small (at least 8 tokens)")
+    limit = position_limit(model_dir)
+    if limit is not None and max_length > limit:
+        raise UserError(key, f"max_length {max_length} exceeds the {limit} positions of the model in {model_dir}",
+                        f"use max_length <= {limit}")
+
+
+def tokenize_mlm(texts: list[str], tokenizer, max_length: int, where: str = "tokenize") -> tuple[pa.Table, dict]:
     blocks, dropped = pack_blocks(_encode(tokenizer, texts), max_length)
     if len(blocks) == 0:
-        raise UserError("tokenize", f"{len(texts)} texts make no full block of {max_length} tokens", "use more text or a smaller max_length")
+        raise UserError(where, f"{len(texts)} texts make no full block of {max_length} tokens",
+                        "use more text or a smaller max_length")
     table = pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.reshape(-1)), max_length)})
     stats = {"documents": len(texts), "blocks": len(blocks), "block_length": max_length,
              "tokens": int(blocks.size), "tokens_left_over": dropped}
@@ -66,19 +95,28 @@ def tokenize_examples(ids: list[str], texts: list[str], labels: list[int], token
     return table, stats
 
 
-def tokenize_mlm_file(text_parquet: str, model_dir: str, max_length: int, out: str) -> dict:
+def tokenize_mlm_file(text_parquet: str, model_dir: str, max_length: int, out: str, key: str = "max_length") -> dict:
+    check_max_length(model_dir, max_length, key)
     texts = pq.read_table(text_parquet, columns=["text"]).column("text").to_pylist()
-    table, stats = tokenize_mlm(texts, load_tokenizer(model_dir), max_length)
+    table, stats = tokenize_mlm(texts, load_tokenizer(model_dir), max_length, where=str(text_parquet))
     write_parquet(out, table)
     write_json(str(out) + ".json", stats)
     return stats
 
 
-def tokenize_task_dir(task_dir: str, model_dir: str, max_length: int, out_dir: str) -> dict:
+def tokenize_task_dir(task_dir: str, model_dir: str, max_length: int, out_dir: str, key: str = "max_length") -> dict:
+    check_max_length(model_dir, max_length, key)
     tokenizer = load_tokenizer(model_dir)
     labels = read_json(Path(task_dir) / "labels.json")
     label2id = {label: i for i, label in enumerate(labels)}
     stats: dict = {"labels": labels}
+    # what the data step counted but kept (texts in more than one split), carried to metrics and report
+    data_summary = Path(task_dir) / "summary.json"
+    if data_summary.is_file():
+        summary = read_json(data_summary)
+        for field in ("texts_shared_across_splits", "duplicate_texts_within_split"):
+            if field in summary:
+                stats[field] = summary[field]
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for split in SPLITS:

@@ -13,6 +13,7 @@ import math
 import os
 import resource
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dapt.devices import choose_precision, dist_info, init_distributed, pick_device, set_deterministic
-from dapt.io import atomic_path
 
 
 @dataclass
@@ -44,7 +44,8 @@ class Runtime:
 
     def describe(self) -> dict:
         return {"device": self.precision.get("device_name", str(self.device)), "precision": self.precision["precision"],
-                "world_size": self.world_size, "threads": torch.get_num_threads()}
+                "world_size": self.world_size, "threads": torch.get_num_threads(),
+                "deterministic": torch.are_deterministic_algorithms_enabled()}
 
 
 def setup_runtime(seed: int, precision: str = "auto", threads: int | None = None, deterministic: bool = False) -> Runtime:
@@ -91,9 +92,16 @@ def trainable_state(model: torch.nn.Module, only_trainable: bool = False) -> dic
 
 def save_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module, optimizer, scheduler, state: dict,
                     generator: torch.Generator | None = None, scaler=None) -> None:
-    with atomic_path(Path(ckpt_dir) / "last") as tmp:
-        tmp.mkdir()
-        save_file(trainable_state(model), str(tmp / "model.safetensors"))
+    """Write ``last/`` (model.safetensors + trainer.pt). The previous ``last`` is renamed to ``prev``
+    before the new one is renamed into place, so a kill at any moment leaves one whole checkpoint."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    last, prev = ckpt_dir / "last", ckpt_dir / "prev"
+    tmp = Path(tempfile.mkdtemp(prefix=".last.", suffix=".tmp", dir=ckpt_dir))
+    try:
+        new = tmp / "last"
+        new.mkdir()
+        save_file(trainable_state(model), str(new / "model.safetensors"))
         extra: dict[str, Any] = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -105,17 +113,43 @@ def save_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module, optimizer, sch
             extra["cuda_rng"] = torch.cuda.get_rng_state_all()
         if scaler is not None:
             extra["scaler"] = scaler.state_dict()
-        torch.save(extra, tmp / "trainer.pt")
+        torch.save(extra, new / "trainer.pt")
+        if _complete(last):
+            shutil.rmtree(prev, ignore_errors=True)
+            os.replace(last, prev)
+        else:
+            shutil.rmtree(last, ignore_errors=True)
+        os.replace(new, last)
+        shutil.rmtree(prev, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "trainer.pt").is_file() and (folder / "model.safetensors").is_file()
+
+
+def _read_latest(ckpt_dir: str | Path) -> tuple[dict, dict] | None:
+    """(weights, trainer state) of the newest whole checkpoint: ``last``, else ``prev`` (a kill
+    between the two renames of `save_checkpoint`); None if there is none."""
+    for folder in (Path(ckpt_dir) / "last", Path(ckpt_dir) / "prev"):
+        if not _complete(folder):
+            continue
+        try:
+            return load_file(str(folder / "model.safetensors")), torch.load(folder / "trainer.pt", weights_only=True)
+        except Exception as err:  # unreadable: fall back to the older one, or start afresh
+            print(f"ignoring unreadable checkpoint {folder}: {type(err).__name__}: {err}", flush=True)
+    return None
 
 
 def load_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module, optimizer, scheduler,
                     generator: torch.Generator | None = None, scaler=None) -> dict | None:
     """Restore the last checkpoint if there is one; returns its training state or None."""
-    last = Path(ckpt_dir) / "last"
-    if not (last / "trainer.pt").exists():
+    latest = _read_latest(ckpt_dir)
+    if latest is None:
         return None
-    unwrap(model).load_state_dict(load_file(str(last / "model.safetensors")), strict=False)
-    extra = torch.load(last / "trainer.pt", weights_only=True)
+    weights, extra = latest
+    unwrap(model).load_state_dict(weights, strict=False)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["torch_rng"])
@@ -129,8 +163,8 @@ def load_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module, optimizer, sch
 
 
 def checkpoint_step(ckpt_dir: str | Path) -> int | None:
-    last = Path(ckpt_dir) / "last" / "trainer.pt"
-    return torch.load(last, weights_only=True)["state"]["step"] if last.exists() else None
+    latest = _read_latest(ckpt_dir)
+    return latest[1]["state"]["step"] if latest is not None else None
 
 
 def clear_checkpoints(ckpt_dir: str | Path) -> None:
@@ -160,7 +194,8 @@ def check_finite(loss: torch.Tensor, where: str, step: int) -> None:
     if not math.isfinite(loss.item()):
         from dapt.errors import UserError
 
-        raise UserError(where, f"loss is {loss.item()} at step {step}", "lower the learning rate or use fp32 (precision: fp32)")
+        raise UserError(where, f"loss is {loss.item()} at step {step}: training diverged",
+                        "lower lr, the learning rate, in the config, or use precision: fp32")
 
 
 def env_flag(name: str) -> bool:

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -48,11 +48,14 @@ def _load_study_config():
 
 
 CONFIG_SOURCE = _load_study_config()
-validate(config, BASE / "config" / "schema.yaml")
+# dapt.config checks the schema (config/schema.yaml) and the cross-references, and names the first
+# problem in one line; snakemake.utils.validate would print the whole schema and config instead.
 try:
     study.validate_config(config, CONFIG_SOURCE)
 except UserError as err:
-    raise WorkflowError(f"error: {err}")
+    # one line, the last on stderr, and exit status 2 (as the scripts): no traceback into this file
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 wildcard_constraints:

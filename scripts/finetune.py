@@ -1,5 +1,6 @@
 """Fine-tune one run (task, model, variant, method, seed) and keep its best epoch."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dapt package
 
 from dapt import cli
 from dapt.errors import run_main
+from dapt.io import guard_checkpoints, job_identity
 
 
 def main() -> None:
@@ -17,6 +19,8 @@ def main() -> None:
     p.add_argument("--checkpoints", required=True, help="folder for resumable checkpoints (kept across reruns)")
     p.add_argument("--out", required=True, help="output folder: model/, log.csv, train.json")
     args = p.parse_args()
+    if "LOCAL_RANK" not in os.environ:  # once per job, before any rank reads the checkpoints
+        guard_checkpoints(args.checkpoints, job_identity(vars(args), [args.base, args.tokenized, args.pretrain_summary]))
     runtime = cli.start(args)
 
     from dapt.config import FINETUNE_DEFAULTS

@@ -1,5 +1,6 @@
 """Continue MLM pretraining of a checkpoint on packed blocks (one DAPT or TAPT stage)."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dapt package
 
 from dapt import cli
 from dapt.errors import run_main
+from dapt.io import guard_checkpoints, job_identity
 
 
 def main() -> None:
@@ -17,6 +19,8 @@ def main() -> None:
     p.add_argument("--checkpoints", required=True, help="folder for resumable checkpoints (kept across reruns)")
     p.add_argument("--out", required=True, help="output folder: model/, loss.csv, summary.json")
     args = p.parse_args()
+    if "LOCAL_RANK" not in os.environ:  # once per job, before any rank reads the checkpoints
+        guard_checkpoints(args.checkpoints, job_identity(vars(args), [args.parent, args.blocks]))
     runtime = cli.start(args)
 
     from dapt.config import MLM_DEFAULTS

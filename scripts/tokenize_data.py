@@ -23,10 +23,22 @@ def main() -> None:
     from dapt import tokenize
 
     if args.texts:
-        stats = tokenize.tokenize_mlm_file(args.texts, args.model, args.max_length, args.out)
+        # the config key behind the length, for messages: the stage's kind from "<kind>-<name>.L<n>.parquet"
+        key = f"pretrain.{Path(args.out).name.split('-', 1)[0]}.max_length"
+        stats = tokenize.tokenize_mlm_file(args.texts, args.model, args.max_length, args.out, key)
     else:
-        stats = tokenize.tokenize_task_dir(args.task, args.model, args.max_length, args.out)
+        key = f"tasks.{Path(args.task).name}.max_length"
+        stats = tokenize.tokenize_task_dir(args.task, args.model, args.max_length, args.out, key)
     print(stats)
+    # kept, but worth knowing: counted here, in stats.json, in metrics.json and in the report's notes
+    for split in tokenize.SPLITS:
+        if isinstance(stats.get(split), dict) and stats[split].get("truncated"):
+            s = stats[split]
+            print(f"warning: {s['truncated']} of {s['examples']} {split} texts are longer than {s['max_length']} "
+                  f"tokens and were truncated ({key})")
+    for pair, n in (stats.get("texts_shared_across_splits") or {}).items():
+        if n:
+            print(f"warning: {n} texts occur in two splits ({pair}); kept, as in the source")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +36,14 @@ def make_workdir(path: Path, config: dict) -> Path:
     return path
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "study.yaml"), "--cores", "2", *args]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    return [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--configfile", str(workdir / "study.yaml"), "--cores", "2", *args]
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    return subprocess.run(snakemake_command(workdir, *args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +54,59 @@ def tiny_study(tmp_path_factory) -> Path:
     if proc.returncode != 0:
         pytest.fail(f"snakemake failed:\n{proc.stderr[-6000:]}")
     return workdir
+
+
+# --- reliability: one chain, one run, checkpoints every few steps (resume, determinism, security) ---
+
+HUB_TOKEN_CANARY = "hf_secret_canary_123"  # in the environment of every reliability run; must never be written
+RELIABILITY_RUN = "rt_polarity/tiny/dapt/full/seed1"
+RELIABILITY_TARGETS = ("results/pretrain/tiny/dapt-imdb/summary.json", f"results/evaluate/{RELIABILITY_RUN}/metrics.json")
+PREPARED = ("models", "data", "tokenized")  # results/ folders every reliability workdir starts from
+
+
+def reliability_config() -> dict:
+    """The tiny study cut to one DAPT chain and one fine-tuning run, checkpointing every few steps:
+    pretraining 16 steps (3 head warm-up), saved every 3; fine-tuning 2 epochs of 30 steps, saved every 7."""
+    config = tiny_config()
+    config["variants"] = {"dapt": ["dapt:imdb"]}
+    config["pretrain"] = {"dapt": {**config["pretrain"]["dapt"], "max_steps": 16, "save_steps": 3}}
+    config["finetune"] = {**config["finetune"], "epochs": 2, "batch_size": 8, "save_steps": 7}
+    config["methods"] = {"full": {}}
+    config["seeds"] = [1]
+    return config
+
+
+@pytest.fixture(scope="session")
+def reliability_inputs(tmp_path_factory) -> Path:
+    """Models, data and tokenized files of the reliability study, made once through Snakemake."""
+    workdir = make_workdir(tmp_path_factory.mktemp("prepared"), reliability_config())
+    targets = ["results/tokenized/tiny/mlm/dapt-imdb.L64.parquet", "results/tokenized/tiny/tasks/rt_polarity.L48"]
+    proc = run_snakemake(workdir, *targets, env={"HF_TOKEN": HUB_TOKEN_CANARY})
+    if proc.returncode != 0:
+        pytest.fail(f"snakemake failed:\n{proc.stderr[-6000:]}")
+    return workdir
+
+
+def copy_prepared(prepared: Path, workdir: Path) -> Path:
+    """A fresh study folder holding the prepared inputs (mtimes kept, so Snakemake does not redo them)."""
+    make_workdir(workdir, reliability_config())
+    for name in PREPARED:
+        shutil.copytree(prepared / "results" / name, workdir / "results" / name, symlinks=True)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def clean_run(reliability_inputs, tmp_path_factory) -> Path:
+    """The whole reliability study (report included), uninterrupted, with a hub token in the environment."""
+    workdir = copy_prepared(reliability_inputs, tmp_path_factory.mktemp("clean"))
+    proc = run_snakemake(workdir, env={"HF_TOKEN": HUB_TOKEN_CANARY})
+    if proc.returncode != 0:
+        pytest.fail(f"snakemake failed:\n{proc.stderr[-6000:]}")
+    return workdir
+
+
+NOT_SCIENTIFIC = ("seconds", "peak_memory_mb")  # may differ between identical runs
+
+
+def scientific(obj: dict) -> dict:
+    return {k: v for k, v in obj.items() if k not in NOT_SCIENTIFIC}
