@@ -84,7 +84,7 @@ def test_finished_study_reruns_nothing_fast(tiny_study):
 def test_changed_finetune_hyperparameter_reruns_only_downstream(tiny_study, tmp_path):
     config = tiny_config()
     config["finetune"]["lr"] = 5e-4
-    (tiny_study / "changed.yaml").write_text(yaml.safe_dump(config))
+    (tiny_study / "changed.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = _dry_run_jobs(tiny_study, "--configfile", str(tiny_study / "changed.yaml"))
     assert jobs.get("finetune", 0) > 0
     assert set(jobs) <= {"finetune", "evaluate", "report", "all"}, jobs
