@@ -69,7 +69,7 @@ rule report:
         mem_mb=4000,
     params:
         script=script("report.py"),
-        config=lambda w: as_json(config),
+        config=lambda w: as_json(config, keep_order=True),
         out=lambda w, output: os.path.dirname(output.table_md),
     shell:
         "python {params.script} --metrics {input.metrics} --logs {input.logs}"
