@@ -73,9 +73,10 @@ wildcard_constraints:
 RUN = "{task}/{model}/{variant}/{method}/seed{seed}"
 
 
-def as_json(obj):
-    """Keeps the config's order: the report lists variants and methods as the config does."""
-    return json.dumps(obj)
+def as_json(obj, keep_order=False):
+    """Sorted keys, so reordering a config reruns nothing; the report keeps the config's order
+    (it lists variants and methods as the config does)."""
+    return json.dumps(obj, sort_keys=not keep_order)
 
 
 def download_args():
