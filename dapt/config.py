@@ -100,6 +100,14 @@ def validate_config(config: dict, where: str = "config") -> None:
         for method in spec.get("methods") or {}:
             if method not in config["methods"]:
                 raise UserError(f"{where}: tasks.{task}.methods.{method}", "not a method of the study", "add it under methods")
+    overrides = [(f"methods.{m}", spec) for m, spec in config["methods"].items()]
+    overrides += [(f"tasks.{t}.methods.{m}", spec) for t, tspec in config["tasks"].items()
+                  for m, spec in (tspec.get("methods") or {}).items()]
+    for key, spec in overrides:
+        for i, variant in enumerate(spec.get("variants") or []):
+            if variant not in config["variants"]:
+                raise UserError(f"{where}: {key}.variants[{i}]", f"unknown variant '{variant}'",
+                                f"known variants: {', '.join(config['variants'])}")
 
 
 def load_config(path: str | Path) -> dict:
@@ -148,12 +156,22 @@ def method_kind(config: dict, method: str) -> str:
     return config["methods"][method].get("kind", method)
 
 
+def method_variants(config: dict, task: str, method: str) -> list[str]:
+    """The variants a method runs on for a task (task.methods.<m>.variants < methods.<m>.variants <
+    every variant), in the config's variant order: a study can afford a costly method on fewer
+    variants without dropping it."""
+    chosen = ((config["tasks"][task].get("methods") or {}).get(method) or {}).get("variants") \
+        or config["methods"][method].get("variants")
+    return [v for v in config["variants"] if chosen is None or v in chosen]
+
+
 def finetune_params(config: dict, task: str, method: str) -> dict:
     """Hyperparameters of one run: finetune < task.finetune < methods.<m> < task.methods.<m>."""
     task_spec = config["tasks"][task]
     merged = {**FINETUNE_DEFAULTS, **(config.get("finetune") or {}), **(task_spec.get("finetune") or {})}
     merged.update(config["methods"][method])
     merged.update((task_spec.get("methods") or {}).get(method, {}))
+    merged.pop("variants", None)  # which runs exist, not how one trains
     merged["kind"] = method_kind(config, method)
     merged["metric"] = task_spec.get("metric", "macro_f1")
     merged["max_length"] = task_spec.get("max_length", 128)

@@ -118,6 +118,8 @@ def runs():
         for model in config["models"]:
             for variant in config["variants"]:
                 for method in config["methods"]:
+                    if variant not in study.method_variants(config, task, method):
+                        continue
                     for seed in config["seeds"]:
                         yield dict(
                             task=task,
@@ -159,10 +161,8 @@ def tokenized_task(wildcards):
 def pretrain_chains():
     return sorted(
         {
-            (model, study.chain_for(config, variant, task))
-            for task in config["tasks"]
-            for model in config["models"]
-            for variant in config["variants"]
+            (r["model"], study.chain_for(config, r["variant"], r["task"]))
+            for r in runs()
         }
         - {(model, "") for model in config["models"]}
     )

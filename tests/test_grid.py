@@ -155,3 +155,44 @@ def test_bare_dapt_pretrains_each_task_on_its_own_domain():
     config["tasks"]["task1"]["domain"] = "law"
     with pytest.raises(UserError, match="unknown corpus 'law'"):
         study.validate_config(config)
+
+
+def test_method_variants_restrict_the_grid(tmp_path):
+    """`methods.<m>.variants` (and its per-task override) choose the variants a method runs on; a
+    variant that no run uses is not pretrained; the variants' names are checked."""
+    from dapt import config as study
+    from dapt.errors import UserError
+
+    config = grid_config(n_tasks=3, n_models=1, n_seeds=2)
+    config["methods"] = {"full": {}, "adapter": {"variants": ["dapt_tapt", "base"]}, "head": {"variants": ["base"]}}
+    config["tasks"]["task2"]["methods"] = {"adapter": {"variants": ["tapt"]}}
+    config["variants"]["news"] = ["dapt:news"]  # only full runs on it
+    study.validate_config(config)
+    assert study.method_variants(config, "task0", "adapter") == ["base", "dapt_tapt"]  # config order
+    assert study.method_variants(config, "task2", "adapter") == ["tapt"]
+    assert study.method_variants(config, "task0", "full") == list(config["variants"])
+    assert "variants" not in study.finetune_params(config, "task0", "adapter")  # not a training key
+
+    proc = run_snakemake(make_workdir(tmp_path / "grid", config), "-n", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = _jobs(proc.stdout + proc.stderr)
+    # full: 3 tasks x 5 variants; adapter: 2 + 2 + 1 variants; head: 3 x base; x 2 seeds
+    assert jobs["finetune"] == jobs["evaluate"] == (15 + 5 + 3) * 2
+    # dapt-bio, dapt-news, and tapt + dapt-bio+tapt for each task: news is pretrained for full only
+    assert jobs["pretrain"] == 2 + 3 * 2
+
+    config["methods"]["full"]["variants"] = ["base"]
+    config["methods"]["adapter"]["variants"] = ["base"]
+    del config["tasks"]["task2"]["methods"]
+    proc = run_snakemake(make_workdir(tmp_path / "base_only", config), "-n", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = _jobs(proc.stdout + proc.stderr)
+    assert jobs["finetune"] == 3 * 3 * 2 and "pretrain" not in jobs  # nothing to pretrain
+
+    config["methods"]["head"]["variants"] = ["base", "dpat"]
+    with pytest.raises(UserError, match=r"methods\.head\.variants\[1\]: unknown variant 'dpat'"):
+        study.validate_config(config)
+    config["methods"]["head"]["variants"] = ["base"]
+    config["tasks"]["task0"]["methods"] = {"head": {"variants": []}}
+    with pytest.raises(UserError, match=r"tasks\.task0\.methods\.head\.variants"):
+        study.validate_config(config)
