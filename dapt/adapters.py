@@ -17,6 +17,8 @@ for Houlsby, who trains them; not for Pfeiffer), the encoder layers' LayerNorms.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -69,6 +71,91 @@ def train_only_head(model: nn.Module) -> nn.Module:
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith(heads)
     return model
+
+
+class _StoredEncoder(nn.Module):
+    """Stands in for a frozen encoder stack: returns each text's stored first-position output."""
+
+    def __init__(self, features: dict[bytes, torch.Tensor], output_type: type) -> None:
+        super().__init__()
+        self.features, self.output_type, self.keys = features, output_type, []
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        rows = torch.stack([self.features[k] for k in self.keys]).to(hidden_states.device)
+        return self.output_type(last_hidden_state=rows)
+
+
+def _text_keys(args: tuple, kwargs: dict) -> list[bytes]:
+    """One key per text of a batch: its token ids without padding."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    mask = kwargs.get("attention_mask")
+    if ids is None:
+        raise ValueError("the encoder cache needs input_ids")
+    mask = torch.ones_like(ids) if mask is None else mask
+    return [row[m.bool()].cpu().numpy().tobytes() for row, m in zip(ids, mask)]
+
+
+def store_frozen_encoder(model: nn.Module, texts: list, pad_id: int, runtime, batch_size: int):
+    """For the ``head`` method, whose encoder is frozen: run the encoder once per text, in eval mode,
+    and let the task head read the stored output every epoch instead of running the encoder again
+    (3 epochs: about a third of the encoder passes). Only the first position is stored, which is
+    what BERT-family task heads read (pooler, RoBERTa's classifier); a model whose head reads more
+    is caught by comparing logits with and without the store, and then trains as before.
+
+    Returns a function that puts the real encoder back, or None where the store does not apply (the
+    features are then those of the encoder in train mode, dropout included)."""
+    from dapt.evaluate import collate, length_sorted_batches
+
+    base = getattr(model, model.base_model_prefix, None)
+    encoder = getattr(base, "encoder", None)
+    if not isinstance(encoder, nn.Module) or any(p.requires_grad for p in encoder.parameters()):
+        return None
+    features: dict[bytes, torch.Tensor] = {}
+    seen: dict[str, Any] = {}
+
+    def remember(module, args, output):
+        seen["type"] = type(output)
+        for key, row in zip(seen["keys"], output.last_hidden_state[:, :1]):
+            features.setdefault(key, row.detach().clone())
+
+    def note_keys(module, args, kwargs):
+        seen["keys"] = _text_keys(args, kwargs)
+        if isinstance(base.encoder, _StoredEncoder):
+            base.encoder.keys = seen["keys"]
+
+    pre = base.register_forward_pre_hook(note_keys, with_kwargs=True)
+    post = encoder.register_forward_hook(remember)
+    was_training = model.training
+    model.eval()
+    check = None
+    try:
+        with torch.no_grad():  # not inference_mode: the task head trains on these tensors
+            for ids_list in texts:
+                for idx in length_sorted_batches([len(x) for x in ids_list], batch_size):
+                    ids, mask = collate(ids_list, idx, pad_id)
+                    with runtime.autocast():
+                        logits = model(input_ids=ids.to(runtime.device), attention_mask=mask.to(runtime.device)).logits
+                    check = check or (ids, mask, logits.float())
+        post.remove()
+        if check is None:
+            pre.remove()
+            return None
+        base.encoder = _StoredEncoder(features, seen["type"])
+        ids, mask, expected = check
+        with torch.no_grad(), runtime.autocast():
+            got = model(input_ids=ids.to(runtime.device), attention_mask=mask.to(runtime.device)).logits.float()
+    finally:
+        post.remove()
+        model.train(was_training)
+
+    def restore() -> None:
+        base.encoder = encoder
+        pre.remove()
+
+    if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+        restore()
+        return None
+    return restore
 
 
 def encoder_layers(model: nn.Module) -> list[nn.Module]:

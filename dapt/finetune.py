@@ -271,6 +271,13 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
 
     timer = Timer()
     timer.start -= state.get("seconds", 0.0)  # time spent before a kill counts too
+    restore_encoder = None
+    if params["kind"] == "head" and runtime.world_size == 1:
+        from dapt.adapters import store_frozen_encoder
+
+        restore_encoder = store_frozen_encoder(model, [train["input_ids"], val["input_ids"]], pad_id, runtime,
+                                               params["eval_batch_size"])
+        print(f"head: encoder outputs {'stored once' if restore_encoder else 'recomputed every step'}", flush=True)
     losses = state["losses"]  # this epoch's step losses; part of the checkpoint so a resumed log matches
     while state["step"] < total and state["bad_epochs"] < params["patience"]:
         epoch, offset = divmod(state["step"], steps_per_epoch)
@@ -338,6 +345,8 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
             if state["bad_epochs"] >= params["patience"]:
                 break
 
+    if restore_encoder:
+        restore_encoder()
     if runtime.is_main and state["best_epoch"] and best_path(state["best_epoch"]).exists():  # (other ranks: rank 0 may be deleting it)
         unwrap(model).load_state_dict(load_file(str(best_path(state["best_epoch"]))), strict=False)
     summary = {"n_train": len(lengths), "n_validation": len(val["label"]), "train_steps": state["step"],

@@ -379,3 +379,74 @@ def test_adalora_resumed_in_its_final_phase_keeps_its_ranks():
     assert config.rank_pattern == fixed
     e = [p for n, p in model.named_parameters() if ".lora_E." in n]
     assert sum(int((p != 0).sum()) for p in e) == len(e)
+
+
+def _runtime_fp32():
+    from dapt.train import setup_runtime
+
+    return setup_runtime(0, "fp32", threads=1)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_head_stores_the_frozen_encoder_output_and_gives_the_same_logits(arch):
+    from dapt.adapters import store_frozen_encoder, train_only_head
+
+    model = train_only_head(_tiny_classifier(arch))
+    encoder = getattr(model, model.base_model_prefix).encoder
+    texts = [np.array([5, 6, 7, 8]), np.array([9, 10]), np.array([11, 12, 13, 14, 15, 16])]
+    ids = torch.full((3, 6), 1)
+    mask = torch.zeros((3, 6), dtype=torch.long)
+    for i, t in enumerate(texts):
+        ids[i, : len(t)], mask[i, : len(t)] = torch.from_numpy(t), 1
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    model.train()
+    restore = store_frozen_encoder(model, [texts[:2], texts[2:]], 1, _runtime_fp32(), batch_size=2)
+    assert restore is not None
+    assert getattr(model, model.base_model_prefix).encoder is not encoder  # the encoder no longer runs
+    model.eval()
+    with torch.no_grad():
+        got = model(input_ids=ids[[2, 0]], attention_mask=mask[[2, 0]]).logits  # any order, any batch
+    assert torch.equal(got, expected[[2, 0]])
+    restore()
+    assert getattr(model, model.base_model_prefix).encoder is encoder
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, expected)
+
+
+def test_head_store_steps_aside_where_the_head_reads_more_than_the_first_position():
+    from dapt.adapters import store_frozen_encoder, train_only_head
+
+    texts = [np.array([5, 6, 7, 8]), np.array([9, 10, 11])]
+    model = train_only_head(_tiny_classifier("bert"))
+    pooler, encoder = model.bert.pooler, model.bert.encoder
+    pooler.forward = lambda hidden: pooler.activation(pooler.dense(hidden.mean(1)))  # mean pooling
+    assert store_frozen_encoder(model, [texts], 1, _runtime_fp32(), batch_size=2) is None
+    assert model.bert.encoder is encoder
+    distil = train_only_head(_tiny_classifier("distilbert"))  # no `encoder`: trains as before
+    assert store_frozen_encoder(distil, [texts], 1, _runtime_fp32(), batch_size=2) is None
+    full = _tiny_classifier("bert")  # the encoder trains: nothing to store
+    assert store_frozen_encoder(full, [texts], 1, _runtime_fp32(), batch_size=2) is None
+
+
+def test_head_trains_the_same_with_and_without_the_store(tiny_task, runtime, tmp_path, monkeypatch, capsys):
+    """The tiny model has no dropout, so storing the encoder's output must not change training."""
+    import dapt.adapters
+    import dapt.finetune as ft
+
+    base, tokenized = tiny_task
+    params = {**TRAIN, **METHODS["head"], "kind": "head", "epochs": 4}
+    stored = ft.finetune(str(base), str(tokenized), str(tmp_path / "a"), str(tmp_path / "ca"), params, 1, runtime)
+    assert "encoder outputs stored once" in capsys.readouterr().out
+    monkeypatch.setattr(dapt.adapters, "store_frozen_encoder", lambda *a, **k: None)
+    plain = ft.finetune(str(base), str(tokenized), str(tmp_path / "b"), str(tmp_path / "cb"), params, 1, runtime)
+    assert "recomputed every step" in capsys.readouterr().out
+    log_a, log_b = pd.read_csv(tmp_path / "a" / "log.csv"), pd.read_csv(tmp_path / "b" / "log.csv")
+    assert log_a["train_loss"].iloc[-1] < log_a["train_loss"].iloc[0]
+    np.testing.assert_allclose(log_a.to_numpy(), log_b.to_numpy(), rtol=1e-5, atol=1e-6)
+    assert stored["trainable_params"] == plain["trainable_params"] and stored["total_params"] == plain["total_params"]
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(str(tmp_path / d / "model" / "trainable.safetensors")) for d in ("a", "b"))
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
