@@ -160,10 +160,7 @@ def tokenized_task(wildcards):
 
 def pretrain_chains():
     return sorted(
-        {
-            (r["model"], study.chain_for(config, r["variant"], r["task"]))
-            for r in runs()
-        }
+        {(r["model"], study.chain_for(config, r["variant"], r["task"])) for r in runs()}
         - {(model, "") for model in config["models"]}
     )
 

@@ -4,8 +4,8 @@ reports the trainable-parameter count its library reports.
 The runs call `dapt.finetune.finetune` directly on a tiny task built from tests/data/rt_sample.csv,
 tokenized with MiniLM's real WordPiece tokenizer, with a randomly initialised 2-layer BERT saved as a
 masked LM (so, like a pretrained checkpoint from the MLM stage, it has no pooler: the classifier's
-pooler is freshly initialised, and must be trained and saved). One test runs two non-default
-methods through Snakemake.
+pooler is freshly initialised, and must be trained and saved). One test runs every method that the
+tiny study (full, lora) does not through Snakemake.
 """
 
 from __future__ import annotations
@@ -319,27 +319,43 @@ def test_prefix_tokens_must_fit_the_position_embeddings():
         apply_method(_tiny_classifier("roberta"), {"kind": "prompt", "num_virtual_tokens": 20, "max_length": 500})
 
 
-def test_two_peft_and_adapter_methods_through_snakemake(tmp_path):
-    """The tiny study with the base variant and two non-default methods: runs, evaluates, reports
-    each run's trainable share, artifact size, wall time and memory."""
+# the tiny study (tests/conftest.py `tiny_study`) runs full and lora through Snakemake; these, the rest
+WORKFLOW_METHODS = {
+    "head": ("head", {"lr": 3.0e-2}),
+    "adalora": ("adalora", {"r": 6, "target_r": 2, "alpha": 12, "lr": 1.0e-2}),
+    "ia3": ("ia3", {"lr": 3.0e-2}),
+    "prefix": ("prefix", {"num_virtual_tokens": 4, "lr": 1.0e-2}),
+    "prompt": ("prompt", {"num_virtual_tokens": 4, "lr": 3.0e-2}),
+    "houlsby": ("adapter", {"kind": "adapter", "placement": "houlsby", "reduction_factor": 4, "lr": 1.0e-2}),
+    "pfeiffer": ("adapter", {"kind": "adapter", "placement": "pfeiffer", "reduction_factor": 4, "lr": 1.0e-2}),
+}
+
+
+def test_every_other_method_through_snakemake(tmp_path, tiny_task):
+    """The tiny study with the base variant and every method the tiny study does not run: each
+    fine-tunes (its training loss falls), evaluates, and the report gives each run's trainable
+    share, artifact size, wall time and memory. The model is this module's tiny BERT (spread-out
+    random encoder), on which every method can learn something in a few steps."""
     config = tiny_config()
+    config["models"] = {"tiny": {"source": {"kind": "local", "path": str(tiny_task[0])}}}
     config["variants"] = {"base": []}
     config["seeds"] = [1]
-    config["methods"] = {
-        "houlsby": {"kind": "adapter", "placement": "houlsby", "reduction_factor": 4, "lr": 1.0e-2},
-        "prefix": {"num_virtual_tokens": 4, "lr": 1.0e-2},
-    }
+    config["finetune"].update(epochs=6, patience=6)
+    config["methods"] = {name: params for name, (_, params) in WORKFLOW_METHODS.items()}
     workdir = make_workdir(tmp_path / "study", config)
     start = time.perf_counter()
     proc = run_snakemake(workdir)
     print(f"snakemake: {time.perf_counter() - start:.1f}s")
     assert proc.returncode == 0, proc.stderr[-6000:]
     model_bytes = sum(f.stat().st_size for f in (workdir / "results/models/tiny").glob("*.safetensors"))
-    for method, kind in (("houlsby", "adapter"), ("prefix", "prefix")):
+    for method, (kind, _) in WORKFLOW_METHODS.items():
         run = f"rt_polarity/tiny/base/{method}/seed1"
         metrics = json.loads((workdir / "results/evaluate" / run / "metrics.json").read_text())
         train = json.loads((workdir / "results/finetune" / run / "train.json").read_text())
+        log = pd.read_csv(workdir / "results/finetune" / run / "log.csv")
+        print(f"{method}: train loss by epoch {log['train_loss'].round(4).tolist()}")
         assert train["params"]["kind"] == kind
+        assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0] - 0.02, method
         assert 0 < metrics["trainable_params"] < metrics["total_params"]
         assert 0 < metrics["trainable_pct"] < 5
         assert 0 < metrics["artifact_bytes"] * 20 < model_bytes, (metrics["artifact_bytes"], model_bytes)
@@ -347,7 +363,7 @@ def test_two_peft_and_adapter_methods_through_snakemake(tmp_path):
         for rule in ("finetune", "evaluate"):
             assert (workdir / "results/benchmarks" / rule / f"{run}.tsv").exists()
     results = pd.read_csv(workdir / "results/report/results.csv")
-    assert sorted(results["method"]) == ["houlsby", "prefix"]
+    assert sorted(results["method"]) == sorted(WORKFLOW_METHODS)
     assert results["finetune_wall_s"].gt(0).all() and results["artifact_bytes"].gt(0).all()
 
 
