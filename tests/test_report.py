@@ -479,3 +479,30 @@ def test_seeds_with_different_test_sets_are_refused(small_study):
     df.to_csv(path, index=False)
     with pytest.raises(UserError, match="other test examples"):
         _load_script().main(_cli_args(small_study, small_study / "out"))
+
+
+def test_a_method_on_fewer_variants_leaves_its_cells_empty(small_study):
+    """`methods.<m>.variants`: lora runs on base only; its dapt cells are '–', it has no p-value and
+    no significance row, and full is reported as before."""
+    import shutil
+
+    for kind in ("evaluate", "finetune", "benchmarks/finetune", "benchmarks/evaluate"):
+        for d in (small_study / "results" / kind).glob("*/minilm/dapt/lora"):
+            shutil.rmtree(d)
+    out = small_study / "out"
+    _load_script().main([*_cli_args(small_study, out), "--bootstrap-resamples", "200"])
+    table = pd.read_csv(out / "table.csv")
+    seeds = table[table["row"] == "seeds"].set_index(["task", "method"])
+    for task in TASKS:
+        lora, full = seeds.loc[(task, "lora")], seeds.loc[(task, "full")]
+        assert lora["dapt"] == "–" and lora["dapt_n"] == 0 and np.isnan(lora["p_dapt"])
+        assert lora["base_n"] == len(SEEDS) and lora["best"] == "base"
+        assert full["dapt_n"] == len(SEEDS) and full["p_dapt"] < 0.01
+    sig = pd.read_csv(out / "significance.csv")
+    assert set(sig["method"]) == {"full"} and len(sig) == len(TASKS)
+    ensemble = table[(table["row"] == "ensemble") & (table["method"] == "lora")]
+    assert (ensemble["dapt"] == "–").all() and (ensemble["dapt_n"] == 0).all()
+    md_rows = [r for r in _md_rows((out / "table.md").read_text()) if len(r) > 5 and r[2] == "lora"]
+    assert md_rows and all("–" in r for r in md_rows)
+    for name in ("scores.png", "f1_vs_params.png"):
+        assert (out / name).stat().st_size > 1000
