@@ -100,6 +100,14 @@ def validate_config(config: dict, where: str = "config") -> None:
         for method in spec.get("methods") or {}:
             if method not in config["methods"]:
                 raise UserError(f"{where}: tasks.{task}.methods.{method}", "not a method of the study", "add it under methods")
+    labels = (config.get("report") or {}).get("labels") or {}
+    domains = {spec.get("domain") for spec in config["tasks"].values()} - {None}
+    for kind, names in (("models", config["models"]), ("tasks", config["tasks"]), ("domains", domains),
+                        ("variants", config["variants"]), ("methods", config["methods"])):
+        for name in labels.get(kind) or {}:
+            if name not in names:
+                raise UserError(f"{where}: report.labels.{kind}.{name}", f"not one of the study's {kind}",
+                                f"known: {', '.join(sorted(names)) or 'none'}")
     overrides = [(f"methods.{m}", spec) for m, spec in config["methods"].items()]
     overrides += [(f"tasks.{t}.methods.{m}", spec) for t, tspec in config["tasks"].items()
                   for m, spec in (tspec.get("methods") or {}).items()]

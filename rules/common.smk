@@ -172,6 +172,7 @@ REPORT_FILES = [
         "table.md",
         "table.csv",
         "table.tex",
+        "table_paper.tex",
         "results.csv",
         "ensemble.csv",
         "significance.csv",

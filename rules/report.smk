@@ -17,6 +17,7 @@ rule report:
         ),
         table_csv=f"{REPORT_DIR}/table.csv",
         table_tex=f"{REPORT_DIR}/table.tex",
+        table_paper_tex=f"{REPORT_DIR}/table_paper.tex",
         results=report(
             f"{REPORT_DIR}/results.csv",
             caption="../report/results.rst",

@@ -506,3 +506,71 @@ def test_a_method_on_fewer_variants_leaves_its_cells_empty(small_study):
     assert md_rows and all("–" in r for r in md_rows)
     for name in ("scores.png", "f1_vs_params.png"):
         assert (out / name).stat().st_size > 1000
+
+
+def _paper_table(methods=("full",)) -> pd.DataFrame:
+    """The `seeds` rows of table.csv for a Table-5-like study: 4 tasks in 2 domains, one micro-F1."""
+    rows = []
+    for i, (task, metric) in enumerate((("chemprot", "micro_f1"), ("rct", "micro_f1"), ("ag_news", "macro_f1"),
+                                        ("hyperpartisan", "macro_f1"))):
+        for j, method in enumerate(methods):
+            row = {"task": task, "metric": metric, "model": "roberta", "method": method, "row": "seeds",
+                   "n_seeds": 5}
+            for k, v in enumerate(("base", "dapt", "tapt", "dapt_tapt")):
+                row[f"{v}_mean"], row[f"{v}_std"] = 80.0 + i + k * 0.51 - j, 0.1 * (k + 1)
+            row["best"] = "dapt_tapt"
+            rows.append(row)
+            rows.append({**row, "row": "ensemble"})
+    return pd.DataFrame(rows)
+
+
+PAPER_CONFIG = {
+    "tasks": {"chemprot": {"domain": "biomed"}, "rct": {"domain": "biomed"}, "hyperpartisan": {"domain": "news"},
+              "ag_news": {"domain": "news"}},
+    "models": {"roberta": {}}, "methods": {"full": {}, "lora": {}},
+    "report": {"labels": {"variants": {"base": "RoBERTa", "dapt": "DAPT", "tapt": "TAPT", "dapt_tapt": "DAPT + TAPT"},
+                          "tasks": {"chemprot": "ChemProt", "rct": "RCT", "ag_news": "AGNews"},
+                          "domains": {"biomed": "BioMed", "news": "News"}}},
+}
+
+
+def test_paper_layout_table_reads_like_table_5():
+    from dapt.report import render_paper_latex
+
+    tex = render_paper_latex(_paper_table(), ["base", "dapt", "tapt", "dapt_tapt"], PAPER_CONFIG)
+    lines = tex.splitlines()
+    assert "Domain & Task & RoBERTa & DAPT & TAPT & DAPT + TAPT \\\\" in lines
+    body = [line for line in lines if line.count("&") == 5 and "$_{" in line]
+    # tasks in config order within domains, the domain named on its first row; one rule between domains
+    assert [line.split(" & ")[:2] for line in body] == [
+        ["BioMed", "ChemProt"], ["", "RCT"], ["News", "hyperpartisan"], ["", "AGNews"]]
+    assert lines[lines.index(body[2]) - 1] == "\\midrule" and lines[lines.index(body[1]) - 1] == body[0]
+    assert body[0].split(" & ")[2:] == ["80.0$_{0.1}$", "80.5$_{0.2}$", "81.0$_{0.3}$", "\\textbf{81.5}$_{0.4}$ \\\\"]
+    assert "\\multicolumn" not in tex  # one model and one method: no block headings
+    caption = next(line for line in lines if line.startswith("\\caption"))
+    assert "test macro-F1, except for ChemProt and RCT, for which we report micro-F1" in caption
+    assert "averages across 5 random seeds, with standard deviations as subscripts" in caption
+    assert "Results of RoBERTa, DAPT, TAPT and DAPT + TAPT" in caption
+
+    two = render_paper_latex(_paper_table(("full", "lora")), ["base", "dapt", "tapt", "dapt_tapt"], PAPER_CONFIG)
+    heads = [line for line in two.splitlines() if line.startswith("\\multicolumn")]
+    assert heads == ["\\multicolumn{6}{l}{\\textit{roberta, full}} \\\\", "\\multicolumn{6}{l}{\\textit{roberta, lora}} \\\\"]
+    assert sum(line.startswith("BioMed & ChemProt") for line in two.splitlines()) == 2
+
+
+def test_report_labels_must_name_the_studys_things():
+    from dapt import config as study
+
+    config = {"models": {"m": {"source": {"kind": "local", "path": "m"}}},
+              "tasks": {"t": {"source": {"kind": "local", "path": "t.csv"}, "domain": "bio"}},
+              "corpora": {"bio": {"source": {"kind": "local", "path": "b.txt"}}},
+              "variants": {"base": [], "dapt": ["dapt"]}, "pretrain": {"dapt": {"max_steps": 1}},
+              "methods": {"full": {}}, "seeds": [1],
+              "report": {"labels": {"variants": {"base": "RoBERTa"}, "domains": {"bio": "BioMed"}}}}
+    study.validate_config(config, "study.yaml")
+    config["report"]["labels"]["tasks"] = {"tt": "T"}
+    with pytest.raises(UserError, match=r"study.yaml: report.labels.tasks.tt: not one of the study's tasks"):
+        study.validate_config(config, "study.yaml")
+    config["report"]["labels"]["tasks"] = {"t": 3}
+    with pytest.raises(UserError, match=r"report.labels.tasks.t"):
+        study.validate_config(config, "study.yaml")
