@@ -155,16 +155,35 @@ def after_optimizer_step(model: torch.nn.Module, params: dict, step: int) -> Non
         unwrap(model).base_model.update_and_allocate(step)
 
 
-def resume_method(model: torch.nn.Module, params: dict) -> None:
-    """Restore method state that checkpoints do not hold. AdaLoRA: peft's rank pattern, which its
-    final phase masks by (and fails without), rebuilt from the checkpointed weights, in which the
-    ranks it drops have E = 0. (Its importance averages restart: a resumed AdaLoRA run allocates
-    ranks close to, not exactly as, an uninterrupted one.)"""
-    if params["kind"] == "adalora":
-        peft_model = unwrap(model)
-        peft_model.peft_config["default"].rank_pattern = {
-            name: (p.detach() != 0).view(-1).tolist()
-            for name, p in peft_model.base_model.model.named_parameters() if ".lora_E.default" in name}
+ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+
+def method_state(model: torch.nn.Module, params: dict) -> dict:
+    """Method state that the weights do not hold, for checkpoints. AdaLoRA: its rank allocator's
+    importance scores and their moving averages, which decide the ranks it keeps."""
+    if params["kind"] != "adalora":
+        return {}
+    allocator = unwrap(model).base_model.rankallocator
+    return {key: {n: t.detach().to("cpu", copy=True) for n, t in getattr(allocator, key).items()}
+            for key in ALLOCATOR_STATE}
+
+
+def resume_method(model: torch.nn.Module, params: dict, saved: dict | None = None) -> None:
+    """Restore method state that the checkpointed weights do not hold. AdaLoRA: peft's rank pattern,
+    which its final phase masks by (and fails without), rebuilt from the weights, in which the ranks
+    it drops have E = 0; and the allocator's importance averages (`method_state`), so a resumed run
+    allocates ranks exactly as an uninterrupted one."""
+    if params["kind"] != "adalora":
+        return
+    peft_model = unwrap(model)
+    peft_model.peft_config["default"].rank_pattern = {
+        name: (p.detach() != 0).view(-1).tolist()
+        for name, p in peft_model.base_model.model.named_parameters() if ".lora_E.default" in name}
+    if saved:
+        allocator = peft_model.base_model.rankallocator
+        devices = {n: p.device for n, p in peft_model.base_model.model.named_parameters()}
+        for key in ALLOCATOR_STATE:
+            setattr(allocator, key, {n: t.to(devices.get(n, t.device)) for n, t in saved[key].items()})
 
 
 def _settle_adalora_ranks(model) -> None:
@@ -266,7 +285,7 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
     resumed = load_checkpoint(ckpt_dir, train_model, optimizer, scheduler, scaler=scaler)
     if resumed is not None:
         state = resumed
-        resume_method(model, params)
+        resume_method(model, params, state.get("method_state"))
         print(f"resumed from checkpoint at step {state['step']}/{total}", flush=True)
 
     timer = Timer()
@@ -338,6 +357,7 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
                     state["bad_epochs"] += 1
             if runtime.is_main and (end_of_epoch or state["step"] % params["save_steps"] == 0) and state["step"] < total:
                 state["seconds"] = timer.seconds()
+                state["method_state"] = method_state(model, params)
                 save_checkpoint(ckpt_dir, train_model, optimizer, scheduler, state, scaler=scaler)
                 for old in Path(ckpt_dir).glob("best-epoch*.safetensors"):  # the checkpoint names only its own
                     if old != best_path(state["best_epoch"]):
