@@ -17,6 +17,7 @@ for Houlsby, who trains them; not for Pfeiffer), the encoder layers' LayerNorms.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -86,13 +87,14 @@ class _StoredEncoder(nn.Module):
 
 
 def _text_keys(args: tuple, kwargs: dict) -> list[bytes]:
-    """One key per text of a batch: its token ids without padding."""
+    """One key per text of a batch: a 128-bit digest of its token ids without padding."""
     ids = kwargs.get("input_ids", args[0] if args else None)
     mask = kwargs.get("attention_mask")
     if ids is None:
         raise ValueError("the encoder cache needs input_ids")
     mask = torch.ones_like(ids) if mask is None else mask
-    return [row[m.bool()].cpu().numpy().tobytes() for row, m in zip(ids, mask)]
+    return [hashlib.blake2b(row[m.bool()].cpu().numpy().tobytes(), digest_size=16).digest()
+            for row, m in zip(ids, mask)]
 
 
 def store_frozen_encoder(model: nn.Module, texts: list, pad_id: int, runtime, batch_size: int):
