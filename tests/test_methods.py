@@ -501,3 +501,17 @@ def test_adalora_killed_and_resumed_ends_exactly_as_uninterrupted(tiny_task, run
     b = load_file(str(tmp_path / "resumed" / "model" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), \
         [k for k in a if not torch.equal(a[k], b[k])][:3]
+
+
+def test_head_store_steps_aside_where_the_head_cannot_read_the_stored_output():
+    from dapt.adapters import store_frozen_encoder, train_only_head
+
+    model = train_only_head(_tiny_classifier("bert"))
+    pooler, encoder = model.bert.pooler, model.bert.encoder
+    pooler.forward = lambda hidden: pooler.activation(pooler.dense(hidden[:, 1]))  # reads position 1
+    texts = [np.array([5, 6, 7, 8]), np.array([9, 10, 11])]
+    assert store_frozen_encoder(model, [texts], 1, _runtime_fp32(), batch_size=2) is None
+    assert model.bert.encoder is encoder and not model.bert._forward_pre_hooks
+    model.eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert model(input_ids=ids).logits.shape == (1, 2)  # the model still works as before
