@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import shutil
 import subprocess
@@ -110,3 +112,19 @@ NOT_SCIENTIFIC = ("seconds", "peak_memory_mb")  # may differ between identical r
 
 def scientific(obj: dict) -> dict:
     return {k: v for k, v in obj.items() if k not in NOT_SCIENTIFIC}
+
+
+PRETRAIN = "results/pretrain/tiny/dapt-imdb"
+FINETUNE = f"results/finetune/{RELIABILITY_RUN}"
+EVALUATE = f"results/evaluate/{RELIABILITY_RUN}"
+
+
+def assert_same_results(workdir: Path, clean: Path) -> None:
+    """The reliability run in `workdir` ended as the clean one: byte-identical MLM loss curve, weights,
+    fine-tuning log and predictions; identical metrics and summaries but for time and memory."""
+    for path in (f"{PRETRAIN}/loss.csv", f"{PRETRAIN}/model/model.safetensors", f"{FINETUNE}/log.csv",
+                 f"{FINETUNE}/model/model.safetensors", f"{EVALUATE}/predictions.csv"):
+        assert (workdir / path).read_bytes() == (clean / path).read_bytes(), path
+    for path in (f"{EVALUATE}/metrics.json", f"{FINETUNE}/train.json", f"{PRETRAIN}/summary.json"):
+        again, first = (json.loads((d / path).read_text()) for d in (workdir, clean))
+        assert scientific(again) == scientific(first), path

@@ -12,12 +12,8 @@ import re
 import torch
 import yaml
 
-from conftest import (RELIABILITY_RUN, RELIABILITY_TARGETS, copy_prepared, reliability_config, run_snakemake,
-                      scientific)
-
-PRETRAIN = "results/pretrain/tiny/dapt-imdb"
-FINETUNE = f"results/finetune/{RELIABILITY_RUN}"
-EVALUATE = f"results/evaluate/{RELIABILITY_RUN}"
+from conftest import (EVALUATE, FINETUNE, PRETRAIN, RELIABILITY_TARGETS, assert_same_results, copy_prepared,
+                      reliability_config, run_snakemake)
 
 
 def test_two_runs_same_seed_identical_results(clean_run, reliability_inputs, tmp_path):
@@ -25,12 +21,7 @@ def test_two_runs_same_seed_identical_results(clean_run, reliability_inputs, tmp
     proc = run_snakemake(workdir, *RELIABILITY_TARGETS)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    for path in (f"{EVALUATE}/predictions.csv", f"{PRETRAIN}/loss.csv", f"{FINETUNE}/log.csv",
-                 f"{PRETRAIN}/model/model.safetensors", f"{FINETUNE}/model/model.safetensors"):
-        assert (workdir / path).read_bytes() == (clean_run / path).read_bytes(), path
-    for path in (f"{EVALUATE}/metrics.json", f"{FINETUNE}/train.json", f"{PRETRAIN}/summary.json"):
-        again, clean = (json.loads((d / path).read_text()) for d in (workdir, clean_run))
-        assert scientific(again) == scientific(clean), path
+    assert_same_results(workdir, clean_run)
     # the predictions carry information (probabilities), not only a constant class
     probs = [line.split(",")[-1] for line in (workdir / EVALUATE / "predictions.csv").read_text().splitlines()[1:]]
     assert len(set(probs)) > 10

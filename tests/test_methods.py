@@ -132,15 +132,16 @@ def trained(tiny_task, runtime, tmp_path_factory):
     return get
 
 
-def _logits(model, tokenized: Path, runtime) -> torch.Tensor:
+def _logits(model, tokenized: Path, runtime=None, split: str = "test") -> torch.Tensor:
+    """Logits of a split, in one eval-mode batch."""
     from dapt.evaluate import collate
     from dapt.tokenize import read_examples
 
-    test = read_examples(tokenized / "test.parquet")
+    data = read_examples(tokenized / f"{split}.parquet")
     was = model.training
     model.eval()
     with torch.inference_mode():
-        ids, mask = collate(test["input_ids"], np.arange(len(test["label"])), 0)
+        ids, mask = collate(data["input_ids"], np.arange(len(data["label"])), 0)
         device = next(model.parameters()).device
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
     model.train(was)
@@ -148,18 +149,10 @@ def _logits(model, tokenized: Path, runtime) -> torch.Tensor:
 
 
 def _train_loss(model, tokenized: Path) -> float:
-    from dapt.evaluate import collate
     from dapt.tokenize import read_examples
 
-    train = read_examples(tokenized / "train.parquet")
-    was = model.training
-    model.eval()
-    with torch.inference_mode():
-        ids, mask = collate(train["input_ids"], np.arange(len(train["label"])), 0)
-        device = next(model.parameters()).device
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-    model.train(was)
-    return torch.nn.functional.cross_entropy(logits, torch.from_numpy(train["label"])).item()
+    labels = read_examples(tokenized / "train.parquet")["label"]
+    return torch.nn.functional.cross_entropy(_logits(model, tokenized, split="train"), torch.from_numpy(labels)).item()
 
 
 @pytest.mark.parametrize("name", list(METHODS))

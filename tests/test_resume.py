@@ -22,16 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (RELIABILITY_RUN, RELIABILITY_TARGETS, copy_prepared, run_snakemake, scientific,
-                      snakemake_command)
+from conftest import (EVALUATE, FINETUNE, PRETRAIN, RELIABILITY_RUN, RELIABILITY_TARGETS, assert_same_results,
+                      copy_prepared, run_snakemake, snakemake_command)
 from dapt import io
 from dapt.train import checkpoint_step, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.resume
 
-PRETRAIN = "results/pretrain/tiny/dapt-imdb"
-FINETUNE = f"results/finetune/{RELIABILITY_RUN}"
-EVALUATE = f"results/evaluate/{RELIABILITY_RUN}"
 
 
 def kill_after_checkpoint(workdir: Path, ckpt_dir: str, min_step: int, timeout: float = 400) -> int:
@@ -98,14 +95,7 @@ def test_sigkill_then_rerun_ends_exactly_as_an_uninterrupted_run(clean_run, reli
     assert resumed_step(workdir / "results/logs/pretrain/tiny/dapt-imdb.log") >= killed_pretrain
     assert resumed_step(workdir / f"results/logs/finetune/{RELIABILITY_RUN}.log") >= killed_finetune
 
-    # byte-identical MLM loss curve, weights, fine-tuning log and predictions
-    for path in (f"{PRETRAIN}/loss.csv", f"{PRETRAIN}/model/model.safetensors", f"{FINETUNE}/log.csv",
-                 f"{FINETUNE}/model/model.safetensors", f"{EVALUATE}/predictions.csv"):
-        assert (workdir / path).read_bytes() == (clean_run / path).read_bytes(), path
-    # identical metrics and summaries, but for time and memory
-    for path in (f"{EVALUATE}/metrics.json", f"{FINETUNE}/train.json", f"{PRETRAIN}/summary.json"):
-        resumed, clean = (json.loads((d / path).read_text()) for d in (workdir, clean_run))
-        assert scientific(resumed) == scientific(clean), path
+    assert_same_results(workdir, clean_run)
     metrics = json.loads((workdir / EVALUATE / "metrics.json").read_text())
     clean_metrics = json.loads((clean_run / EVALUATE / "metrics.json").read_text())
     assert (metrics["accuracy"], metrics["macro_f1"]) == (clean_metrics["accuracy"], clean_metrics["macro_f1"])
