@@ -59,7 +59,6 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -217,7 +216,7 @@ def quiet_transformers() -> None:
 def prepare_inputs(cfg: dict, args, work: Path) -> dict:
     from dapt.data import prepare_corpus, prepare_task
     from dapt.models import prepare_model
-    from dapt.tokenize import tokenize_mlm_file, tokenize_task_dir
+    from dapt.tokenization import tokenize_mlm_file, tokenize_task_dir
 
     corpus = args.corpus or next(iter(cfg["corpora"]))
     task = args.task or next(iter(cfg["tasks"]))
@@ -405,7 +404,7 @@ def bench_pretrain(cfg: dict, args, inp: dict, fp: dict, tmp: Path) -> dict:
 
     from dapt.config import MLM_DEFAULTS
     from dapt.pretrain import pretrain
-    from dapt.tokenize import read_blocks
+    from dapt.tokenization import read_blocks
 
     tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
     seed = args.seed_list[0]
@@ -513,8 +512,8 @@ def bench_finetune(cfg: dict, args, inp: dict, vocab_size: int, tmp: Path) -> di
     from dapt.config import finetune_params
     from dapt.evaluate import compute_metrics, predict_proba
     from dapt.finetune import finetune, load_finetuned
-    from dapt.io import read_json
-    from dapt.tokenize import read_examples
+    from dapt.files import read_json
+    from dapt.tokenization import read_examples
 
     tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
     labels = read_json(inp["task_tok"] / "labels.json")
@@ -587,8 +586,8 @@ def bench_eval(cfg: dict, args, inp: dict, ft: dict, vocab_size: int, tmp: Path)
     from transformers import AutoTokenizer, Trainer, default_data_collator
 
     from dapt.evaluate import compute_metrics, predict_proba
-    from dapt.io import read_json
-    from dapt.tokenize import read_examples
+    from dapt.files import read_json
+    from dapt.tokenization import read_examples
 
     tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
     labels = read_json(inp["task_tok"] / "labels.json")

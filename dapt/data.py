@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 from dapt.errors import UserError
-from dapt.io import atomic_path, sha256_file, write_parquet
+from dapt.files import atomic_path, sha256_file, write_parquet
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dapt.io import atomic_path, write_json
+from dapt.files import atomic_path, write_json
 
 METRICS = ("accuracy", "macro_f1", "micro_f1")
 
@@ -74,8 +74,8 @@ def write_predictions(path: str | Path, ids: list[str], gold: np.ndarray, probs:
 def evaluate_run(artifact_dir: str, base_dir: str, tokenized_dir: str, out_metrics: str, out_predictions: str,
                  runtime, context: dict, batch_size: int = 128) -> dict:
     from dapt.finetune import load_finetuned
-    from dapt.tokenize import read_examples
-    from dapt.io import read_json
+    from dapt.tokenization import read_examples
+    from dapt.files import read_json
 
     labels = read_json(Path(tokenized_dir) / "labels.json")
     model, pad_id = load_finetuned(artifact_dir, base_dir, labels)

@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from dapt.devices import all_reduce_sums
 from dapt.evaluate import collate, compute_metrics, predict_proba
-from dapt.io import atomic_path, read_json, write_json
-from dapt.tokenize import read_examples
+from dapt.files import atomic_path, read_json, write_json
+from dapt.tokenization import read_examples
 from dapt.train import (Runtime, Timer, check_finite, clear_checkpoints, count_params,
                         linear_schedule, load_checkpoint, make_optimizer, peak_memory_mb, save_checkpoint,
                         trainable_state, unwrap)

@@ -20,7 +20,7 @@ from typing import Any
 
 from dapt.data import DEFAULT_CACHE_DIR, describe_source, fetch, public_spec
 from dapt.errors import UserError
-from dapt.io import atomic_path, read_json
+from dapt.files import atomic_path, read_json
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from safetensors.torch import save_file
 
 from dapt.devices import all_reduce_sums
 from dapt.errors import UserError
-from dapt.io import atomic_path, read_json, write_json
-from dapt.tokenize import read_blocks
+from dapt.files import atomic_path, read_json, write_json
+from dapt.tokenization import read_blocks
 from dapt.train import (Runtime, Timer, check_finite, checkpoint_step, clear_checkpoints, count_params,
                         linear_schedule, load_checkpoint, make_optimizer, peak_memory_mb, save_checkpoint, unwrap)
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dapt import io
+from dapt import files
 from dapt.errors import UserError
 
 METRICS = ("accuracy", "macro_f1", "micro_f1")
@@ -70,7 +70,7 @@ def read_metrics(path: str | os.PathLike) -> dict:
     """Read one run's metrics.json and check the keys the report depends on."""
     path = Path(path)
     try:
-        data = io.read_json(path)
+        data = files.read_json(path)
     except FileNotFoundError:
         raise UserError(str(path), "metrics file is missing", "re-run the evaluate rule") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -997,7 +997,7 @@ def _empty_figure(message: str):
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     """Save a figure atomically (PNG) and free it."""
     plt = _plt()
-    with io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
     plt.close(fig)
 
@@ -1232,7 +1232,7 @@ OUTPUTS = (
 
 
 def _write_text(path: Path, text: str, secrets: Sequence[str]) -> None:
-    io.write_text(path, scrub(text, secrets))
+    files.write_text(path, scrub(text, secrets))
 
 
 def _write_csv(path: Path, df: pd.DataFrame, secrets: Sequence[str]) -> None:
@@ -1306,5 +1306,5 @@ def make_report(
     save_figure(plot_finetune_curves(ft_logs, config), paths["finetune_curves.png"])
     save_figure(plot_f1_vs_params(results, config), paths["f1_vs_params.png"])
     _write_text(paths["provenance.json"],
-                json.dumps(prov, indent=2, sort_keys=True, default=io._json_default) + "\n", secrets)
+                json.dumps(prov, indent=2, sort_keys=True, default=files._json_default) + "\n", secrets)
     return paths

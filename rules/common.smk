@@ -18,8 +18,6 @@ BASE = Path(workflow.basedir)
 os.environ["PATH"] = os.pathsep.join(
     [str(Path(sys.executable).parent), os.environ["PATH"]]
 )
-# the workflow's Python package sits beside this file (the scripts find it the same way)
-sys.path.insert(0, str(BASE))
 
 from dapt import config as study  # noqa: E402
 from dapt.errors import UserError  # noqa: E402

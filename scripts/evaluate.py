@@ -1,9 +1,5 @@
 """Predict the test split with a fine-tuned run; write predictions and metrics."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dapt package beside scripts/
 
 from dapt import cli
 from dapt.errors import run_main

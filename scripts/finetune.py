@@ -1,14 +1,10 @@
 """Fine-tune one run (task, model, variant, method, seed) and keep its best epoch."""
 
 import os
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dapt package beside scripts/
 
 from dapt import cli
 from dapt.errors import run_main
-from dapt.io import guard_checkpoints, job_identity
+from dapt.files import guard_checkpoints, job_identity
 
 
 def main() -> None:
@@ -25,7 +21,7 @@ def main() -> None:
 
     from dapt.config import FINETUNE_DEFAULTS
     from dapt.finetune import finetune
-    from dapt.io import read_json
+    from dapt.files import read_json
 
     pretrain_info = read_json(args.pretrain_summary) if args.pretrain_summary else {}
     pretrain_info = {"chain": pretrain_info.get("chain", ""), "steps": pretrain_info.get("total_steps", 0),

@@ -7,12 +7,6 @@ Run by the workflow's data rules, e.g.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dapt package beside scripts/
-
-
 import argparse
 import logging
 

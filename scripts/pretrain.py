@@ -1,14 +1,10 @@
 """Continue MLM pretraining of a checkpoint on packed blocks (one DAPT or TAPT stage)."""
 
 import os
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dapt package beside scripts/
 
 from dapt import cli
 from dapt.errors import run_main
-from dapt.io import guard_checkpoints, job_identity
+from dapt.files import guard_checkpoints, job_identity
 
 
 def main() -> None:

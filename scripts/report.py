@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
 from dapt import report  # noqa: E402
 from dapt.errors import UserError, run_main  # noqa: E402

@@ -1,11 +1,7 @@
 """Tokenize once per (data, tokenizer, max length): packed MLM blocks, or a task's three splits."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dapt package beside scripts/
-
 import argparse
+from pathlib import Path
 
 from dapt.errors import run_main
 
@@ -20,18 +16,18 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
-    from dapt import tokenize
+    from dapt import tokenization
 
     if args.texts:
         # the config key behind the length, for messages: the stage's kind from "<kind>-<name>.L<n>.parquet"
         key = f"pretrain.{Path(args.out).name.split('-', 1)[0]}.max_length"
-        stats = tokenize.tokenize_mlm_file(args.texts, args.model, args.max_length, args.out, key)
+        stats = tokenization.tokenize_mlm_file(args.texts, args.model, args.max_length, args.out, key)
     else:
         key = f"tasks.{Path(args.task).name}.max_length"
-        stats = tokenize.tokenize_task_dir(args.task, args.model, args.max_length, args.out, key)
+        stats = tokenization.tokenize_task_dir(args.task, args.model, args.max_length, args.out, key)
     print(stats)
     # kept, but worth knowing: counted here, in stats.json, in metrics.json and in the report's notes
-    for split in tokenize.SPLITS:
+    for split in tokenization.SPLITS:
         if isinstance(stats.get(split), dict) and stats[split].get("truncated"):
             s = stats[split]
             print(f"warning: {s['truncated']} of {s['examples']} {split} texts are longer than {s['max_length']} "

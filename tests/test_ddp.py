@@ -50,7 +50,7 @@ def inputs(tmp_path_factory) -> dict:
     from dapt import config as study
     from dapt.data import prepare_corpus, prepare_task
     from dapt.models import prepare_model
-    from dapt.tokenize import tokenize_mlm_file, tokenize_task_dir
+    from dapt.tokenization import tokenize_mlm_file, tokenize_task_dir
 
     root = tmp_path_factory.mktemp("ddp")
     config = tiny_config()

@@ -46,8 +46,8 @@ def tiny_task(tmp_path_factory):
     """(base checkpoint folder, tokenized task folder)."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from dapt.io import write_json
-    from dapt.tokenize import load_tokenizer, tokenize_task_dir
+    from dapt.files import write_json
+    from dapt.tokenization import load_tokenizer, tokenize_task_dir
 
     root = tmp_path_factory.mktemp("methods")
     tok = load_tokenizer(minilm_dir())
@@ -135,7 +135,7 @@ def trained(tiny_task, runtime, tmp_path_factory):
 def _logits(model, tokenized: Path, runtime=None, split: str = "test") -> torch.Tensor:
     """Logits of a split, in one eval-mode batch."""
     from dapt.evaluate import collate
-    from dapt.tokenize import read_examples
+    from dapt.tokenization import read_examples
 
     data = read_examples(tokenized / f"{split}.parquet")
     was = model.training
@@ -149,7 +149,7 @@ def _logits(model, tokenized: Path, runtime=None, split: str = "test") -> torch.
 
 
 def _train_loss(model, tokenized: Path) -> float:
-    from dapt.tokenize import read_examples
+    from dapt.tokenization import read_examples
 
     labels = read_examples(tokenized / "train.parquet")["label"]
     return torch.nn.functional.cross_entropy(_logits(model, tokenized, split="train"), torch.from_numpy(labels)).item()

@@ -24,7 +24,7 @@ import torch
 
 from conftest import (EVALUATE, FINETUNE, PRETRAIN, RELIABILITY_RUN, RELIABILITY_TARGETS, assert_same_results,
                       copy_prepared, run_snakemake, snakemake_command)
-from dapt import io
+from dapt import files
 from dapt.train import checkpoint_step, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.resume
@@ -167,35 +167,35 @@ def test_checkpoints_of_another_run_are_discarded(tmp_path, capsys):
     inputs = tmp_path / "blocks.parquet"
     inputs.write_bytes(b"v1")
     args = {"params": {"lr": 0.001}, "seed": 0, "gpus": 1, "threads": 2}
-    io.guard_checkpoints(ckpt, io.job_identity(args, [str(inputs), ""]))
+    files.guard_checkpoints(ckpt, files.job_identity(args, [str(inputs), ""]))
     (ckpt / "last").mkdir()
     # the same job (other resources only) keeps them
-    io.guard_checkpoints(ckpt, io.job_identity({**args, "gpus": 0, "threads": 1}, [str(inputs), ""]))
+    files.guard_checkpoints(ckpt, files.job_identity({**args, "gpus": 0, "threads": 1}, [str(inputs), ""]))
     assert (ckpt / "last").is_dir()
     # other hyperparameters: discarded
-    io.guard_checkpoints(ckpt, io.job_identity({**args, "params": {"lr": 0.01}}, [str(inputs), ""]))
+    files.guard_checkpoints(ckpt, files.job_identity({**args, "params": {"lr": 0.01}}, [str(inputs), ""]))
     assert not (ckpt / "last").exists() and "discarding checkpoints" in capsys.readouterr().out
     # a re-made input (Snakemake reran the job upstream): discarded
     (ckpt / "last").mkdir()
     time.sleep(0.01)
     inputs.write_bytes(b"v2")
-    io.guard_checkpoints(ckpt, io.job_identity({**args, "params": {"lr": 0.01}}, [str(inputs)]))
+    files.guard_checkpoints(ckpt, files.job_identity({**args, "params": {"lr": 0.01}}, [str(inputs)]))
     assert not (ckpt / "last").exists()
 
 
 def test_atomic_folder_replace_never_mixes_old_and_new(tmp_path):
     out = tmp_path / "model"
-    with io.atomic_path(out) as tmp:
+    with files.atomic_path(out) as tmp:
         tmp.mkdir()
         (tmp / "a").write_text("old")
     (tmp_path / ".model.killed.tmp").mkdir()  # left by a killed attempt
     with pytest.raises(RuntimeError):
-        with io.atomic_path(out) as tmp:
+        with files.atomic_path(out) as tmp:
             tmp.mkdir()
             (tmp / "a").write_text("half")
             raise RuntimeError("killed")
     assert (out / "a").read_text() == "old"
-    with io.atomic_path(out) as tmp:
+    with files.atomic_path(out) as tmp:
         tmp.mkdir()
         (tmp / "b").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and [p.name for p in out.iterdir()] == ["b"]

@@ -15,7 +15,7 @@ from dapt.errors import UserError
 from dapt.evaluate import compute_metrics, length_sorted_batches
 from dapt.finetune import bucketed_batches
 from dapt.pretrain import MaskedOnlyMLM, mask_tokens, save_mlm_checkpoint
-from dapt.tokenize import load_tokenizer, pack_blocks, tokenize_examples
+from dapt.tokenization import load_tokenizer, pack_blocks, tokenize_examples
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dapt.errors import UserError
-from dapt.io import read_json, write_json, write_parquet, atomic_path
+from dapt.files import read_json, write_json, write_parquet, atomic_path
 
 SPLITS = ("train", "validation", "test")
 
