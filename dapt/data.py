@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 
 from dapt.errors import UserError
+from dapt.redact import public_spec, redact_url
 from dapt.files import atomic_path, sha256_file, write_parquet
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ SPLITS = ("train", "validation", "test")
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".txt": "txt"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ZIP_SUFFIXES = (".zip", ".whl")
-SECRET_KEY = re.compile(r"token|secret|password|passwd|credential|api_key", re.IGNORECASE)
 
 
 def add_download_args(parser) -> None:
@@ -231,21 +231,11 @@ def describe_source(source: dict) -> str:
         name = source.get("id", "") + (f"/{source['name']}" if source.get("name") else "")
         return f"hf:{name}" + (f"@{source['revision']}" if source.get("revision") else "")
     if kind == "url":
-        return _redact_url(source.get("url", "")) + (f" [{member}]" if member else "")
+        return redact_url(source.get("url", "")) + (f" [{member}]" if member else "")
     if kind == "pypi":
         return f"pypi:{source.get('package')}=={source.get('version')}" + (f" [{member}]" if member else "")
     return str(source.get("path"))
 
-
-def public_spec(spec: Any) -> Any:
-    """The spec without anything secret-looking (keys named like tokens, passwords in URLs)."""
-    if isinstance(spec, dict):
-        return {k: public_spec(v) for k, v in spec.items() if not SECRET_KEY.search(str(k))}
-    if isinstance(spec, list):
-        return [public_spec(v) for v in spec]
-    if isinstance(spec, str) and re.match(r"^(https?|file)://", spec):
-        return _redact_url(spec)
-    return spec
 
 
 def allow_unverified_downloads(spec: dict) -> dict:
@@ -287,7 +277,7 @@ def pip_download(package: str, version: str, sdist: bool, dest: Path, where: str
 
 def _download_url(source: dict, where: str, cache_dir: Path, tmp: Path) -> Path:
     url = _required(source, "url", where)
-    shown = _redact_url(url)
+    shown = redact_url(url)
     sha256 = _expected_sha256(source, where, shown)
     name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name or "download"
     if sha256 and (hit := _cached(cache_dir, sha256)):
@@ -697,12 +687,6 @@ def _required(mapping: dict, key: str, where: str) -> Any:
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
-
-def _redact_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.username or parts.password:
-        parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
-    return urllib.parse.urlunsplit(parts)
 
 
 def _some(values: Any, n: int = 5) -> str:

@@ -8,7 +8,6 @@ method trains: the whole model for ``full``, the adapter (and classifier) for th
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np

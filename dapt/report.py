@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ import pandas as pd
 
 from dapt import files
 from dapt.errors import UserError
+from dapt.redact import redact_config, scrub, secret_values
 
 METRICS = ("accuracy", "macro_f1", "micro_f1")
 DEFAULT_METRIC = "macro_f1"
@@ -57,9 +57,6 @@ DASH = "–"
 
 # Environment variables whose values must never reach an output, even by accident (e.g. a token
 # pasted into a config URL). Nothing in the report reads the environment on purpose.
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_?KEY|AUTH", re.I)
-_SECRET_KEY = re.compile(r"token|secret|password|passwd|credential|api_?key|access_?key|auth", re.I)
-REDACTED = "<redacted>"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1130,30 +1127,6 @@ def plot_f1_vs_params(results: pd.DataFrame, config: Mapping):
 # --------------------------------------------------------------------------------------------
 # Provenance and secrets
 # --------------------------------------------------------------------------------------------
-
-def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Values of environment variables that look like credentials (to be scrubbed from outputs)."""
-    environ = os.environ if environ is None else environ
-    vals = {v for k, v in environ.items() if _SECRET_NAME.search(k) and v and len(v) >= 6}
-    return sorted(vals, key=len, reverse=True)
-
-
-def scrub(text: str, secrets: Sequence[str] | None = None) -> str:
-    """Replace any credential value by a marker. The report never reads the environment on purpose;
-    this guards against a token that leaked into a config value or an input file."""
-    for s in secret_values() if secrets is None else secrets:
-        text = text.replace(s, REDACTED)
-    return text
-
-
-def redact_config(obj: Any) -> Any:
-    """Copy of the config without credential-like keys (token, api_key, password, ...)."""
-    if isinstance(obj, Mapping):
-        return {k: (REDACTED if _SECRET_KEY.search(str(k)) else redact_config(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact_config(v) for v in obj]
-    return obj
-
 
 def package_versions(packages: Sequence[str] = PROVENANCE_PACKAGES) -> dict:
     """Installed versions (None when absent), read from metadata so nothing heavy is imported."""
