@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dapt.data import DEFAULT_CACHE_DIR, describe_source, fetch, public_spec
 from dapt.errors import UserError
 from dapt.files import atomic_path, read_json
+from dapt.redact import public_spec
+from dapt.sources import DEFAULT_CACHE_DIR, describe_source, fetch
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def load_tokenizer(model_dir: str | os.PathLike) -> Any:
     """The tokenizer of a folder written by `prepare_model`, trusting remote code only if its spec did."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=_trusts_remote_code(model_dir))
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trusts_remote_code(model_dir))
 
 
 @contextlib.contextmanager
@@ -249,8 +250,6 @@ def trusts_remote_code(model_dir: str | os.PathLike) -> bool:
     source_json = Path(model_dir) / "source.json"
     return bool(source_json.is_file() and read_json(source_json).get("trust_remote_code", False))
 
-
-_trusts_remote_code = trusts_remote_code
 
 
 def _some(values: Any, n: int = 3) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from dapt.data import add_download_args, download_spec, prepare_corpus, prepare_task
+from dapt.data import prepare_corpus, prepare_task
 from dapt.errors import run_main
+from dapt.sources import add_download_args, download_spec
 
 
 def parse_args() -> argparse.Namespace:

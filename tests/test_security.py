@@ -104,7 +104,8 @@ def test_hub_token_is_never_written(clean_run, reliability_inputs):
 
 @pytest.mark.parametrize("url", ["https://user:hf_secret_canary_123@example.org/data.csv"])
 def test_credentials_in_urls_are_not_kept(url):
-    from dapt.data import describe_source, public_spec
+    from dapt.redact import public_spec
+    from dapt.sources import describe_source
 
     assert HUB_TOKEN_CANARY not in json.dumps(public_spec({"source": {"kind": "url", "url": url, "token": "x"}}))
     assert HUB_TOKEN_CANARY not in describe_source({"kind": "url", "url": url})

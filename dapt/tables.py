@@ -1,0 +1,206 @@
+"""Reading one source into a table of strings: file formats, encodings, hub datasets, column roles.
+
+Whatever the source's format, the rest of the workflow sees string columns `id`, `text` (and
+`label`), with no empty texts or labels and no duplicate ids, so each problem is reported once,
+here, naming the file and the config key to change.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dapt.errors import UserError
+from dapt.sources import describe_source, fetch, required
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".txt": "txt"}
+
+
+def load_source(
+    source: dict, where: str, cache_dir: str | os.PathLike, id_prefix: str, with_label: bool
+) -> pd.DataFrame:
+    """Fetch one source and return its rows as string columns id, text (and label).
+
+    Ids the source lacks become "{id_prefix}-{row}", row counting from 0 in the file's order.
+    """
+    origin = describe_source(source)
+    if source.get("kind") == "hf":
+        raw = load_hf_dataset(source, where, cache_dir)
+    else:
+        with fetch(source, where, cache_dir) as path:
+            raw = read_table(path, source, where, origin)
+    return normalise(raw, source.get("columns") or {}, where, origin, id_prefix, with_label)
+
+
+def load_hf_dataset(source: dict, where: str, cache_dir: str | os.PathLike) -> pd.DataFrame:
+    """Load one split with `datasets`; the hub token comes only from HF_TOKEN in the environment."""
+    import datasets
+
+    dataset_id = required(source, "id", where)
+    try:
+        ds = datasets.load_dataset(
+            dataset_id,
+            source.get("name"),
+            split=source.get("split", "train"),
+            revision=source.get("revision"),
+            cache_dir=str(Path(cache_dir) / "hf-datasets"),
+            token=os.environ.get("HF_TOKEN") or False,
+        )
+    except Exception as err:  # the hub and the builders raise many unrelated types
+        raise UserError(
+            f"{where}.id",
+            f"cannot load dataset {dataset_id!r}: {type(err).__name__}: {err}",
+            "check id, name, split and revision; private datasets need HF_TOKEN set",
+        ) from None
+    table = ds.to_pandas()
+    for column, feature in ds.features.items():
+        if isinstance(feature, datasets.ClassLabel):  # store label names, not class numbers; -1 means none
+            table[column] = [feature.int2str(int(i)) if i >= 0 else "" for i in table[column]]
+    return table
+
+
+def read_table(path: Path, source: dict, where: str, origin: str) -> pd.DataFrame:
+    """Read a csv/tsv/jsonl/parquet/txt file with every value as found (strings for text formats).
+
+    Without a header the columns are numbered 0, 1, ...; a txt file is one column "text",
+    one text per non-blank line; tsv fields are never quoted (as in GLUE-style files).
+    """
+    if path.is_dir():
+        raise UserError(origin, "is a folder, not a data file", "point path/member at a file")
+    fmt = _table_format(path, source, where)
+    if path.stat().st_size == 0:
+        raise UserError(origin, "the file is empty")
+    encoding = source.get("encoding", "utf-8-sig")
+    try:
+        table = _read_format(path, fmt, encoding, source.get("header", True), origin)
+    except UnicodeDecodeError as err:
+        raise UserError(
+            origin,
+            f"is not valid {encoding} text ({err.reason} at byte {err.start} of a block)",
+            f"set encoding: in {where} (e.g. latin-1) or re-save the file as UTF-8",
+        ) from None
+    except LookupError as err:
+        raise UserError(f"{where}.encoding", str(err), "use a Python codec name such as utf-8 or latin-1") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(origin, "the file has no data") from None
+    except (pd.errors.ParserError, OSError, ValueError) as err:
+        raise UserError(origin, f"cannot read as {fmt}: {err}", f"check the file or set format: in {where}") from None
+    if table.empty:
+        raise UserError(origin, "the file has no rows")
+    return table
+
+
+def _read_format(path: Path, fmt: str, encoding: str, header: bool, origin: str) -> pd.DataFrame:
+    """The file read as `fmt`; decoding and parsing errors are left to `read_table` to explain."""
+    if fmt in ("csv", "tsv"):
+        return pd.read_csv(
+            path,
+            sep="," if fmt == "csv" else "\t",
+            quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,  # tsv has no quoting
+            header=0 if header else None,
+            encoding=encoding,
+            dtype=str,
+            keep_default_na=False,
+        )
+    if fmt == "jsonl":
+        return _read_jsonl(path, encoding, origin)
+    if fmt == "parquet":
+        return pd.read_parquet(path)
+    with open(path, encoding=encoding) as f:
+        return pd.DataFrame({"text": [line for line in f.read().splitlines() if line.strip()]})
+
+
+def _read_jsonl(path: Path, encoding: str, origin: str) -> pd.DataFrame:
+    """One JSON object per non-blank line; a bad line is named by its number."""
+    rows = []
+    with open(path, encoding=encoding) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{origin}:{lineno}", f"not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{origin}:{lineno}", "each line must be one JSON object")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _table_format(path: Path, source: dict, where: str) -> str:
+    """The declared format, else the one the file's extension names."""
+    fmt = source.get("format") or FORMATS.get(path.suffix.lower())
+    if fmt not in FORMATS.values():
+        problem = f"unknown format {fmt!r}" if fmt else f"cannot tell the format of {path.name} from its extension"
+        raise UserError(f"{where}.format", problem, f"set format: to one of {sorted(set(FORMATS.values()))}")
+    return fmt
+
+
+def normalise(
+    raw: pd.DataFrame, columns: dict, where: str, origin: str, id_prefix: str, with_label: bool
+) -> pd.DataFrame:
+    """Map the user's columns to id/text/label strings and refuse empty texts or labels, duplicate ids."""
+    roles = ("text", "label") if with_label else ("text",)
+    table = pd.DataFrame(index=raw.index)
+    for role in roles:
+        table[role] = _as_strings(raw[_column(raw, columns, role, where, origin)]).str.strip()
+    if "id" in columns or "id" in raw.columns:
+        table["id"] = _as_strings(raw[_column(raw, columns, "id", where, origin)]).str.strip()
+    else:
+        table["id"] = [f"{id_prefix}-{row}" for row in range(len(raw))]
+
+    for role in roles:
+        empty = table["id"][table[role] == ""]
+        if len(empty):
+            raise UserError(
+                origin,
+                f"{len(empty)} of {len(table)} rows have an empty {role} (ids: {some(empty)})",
+                f"remove those rows or check {where}.columns.{role}",
+            )
+    duplicated = table["id"][table["id"].duplicated()]
+    if len(duplicated):
+        raise UserError(
+            origin,
+            f"{len(duplicated)} duplicate ids (e.g. {some(duplicated.unique())})",
+            f"map {where}.columns.id to a unique column, or leave it out to number the rows",
+        )
+    return table[["id", *roles]]
+
+
+def _column(raw: pd.DataFrame, columns: dict, role: str, where: str, origin: str) -> Any:
+    """The raw column for a role: a name, a 0-based position, or by default the role's own name."""
+    key = columns.get(role, role)
+    if isinstance(key, int) and not isinstance(key, bool):
+        if 0 <= key < len(raw.columns):
+            return raw.columns[key]
+        problem = f"column position {key} is out of range: {origin} has {len(raw.columns)} columns"
+    elif key in raw.columns:
+        return key
+    else:
+        problem = f"no column {key!r} in {origin}"
+    raise UserError(
+        f"{where}.columns.{role}",
+        f"{problem}; columns are {list(raw.columns)}",
+        f"set columns.{role} to a column name or a 0-based position",
+    )
+
+
+def _as_strings(values: pd.Series) -> pd.Series:
+    """Strings for every cell, missing as ""; whole floats (1.0 from a column with gaps) as "1"."""
+    if pd.api.types.is_float_dtype(values) and (values.dropna() % 1 == 0).all():
+        values = values.astype("Int64")
+    missing = values.isna()
+    return pd.Series(
+        ["" if gap else str(v) for v, gap in zip(values.astype(object), missing)], index=values.index, dtype=str
+    )
+
+
+def some(values: Any, n: int = 5) -> str:
+    """The first `n` values for a message, and how many more there are, so messages stay one line."""
+    values = list(values)
+    return ", ".join(map(str, values[:n])) + (f", ... ({len(values) - n} more)" if len(values) > n else "")
