@@ -42,6 +42,60 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "save_steps": 50,
 }
 FINETUNE_KEYS = set(FINETUNE_DEFAULTS)
+# Tokens per task example when the config gives no tasks.<t>.max_length (names the tokenized folder, .L<n>).
+TASK_MAX_LENGTH = 128
+# Every fine-tuning method kind, checked here so that a typo fails before any download, not in the first
+# fine-tuning job. The peft kinds are the ones dapt.finetune hands to peft.
+PEFT_KINDS: tuple[str, ...] = ("lora", "adalora", "ia3", "prefix", "prompt")
+METHOD_KINDS: tuple[str, ...] = ("full", "head", *PEFT_KINDS, "adapter")
+
+
+class _DuplicateKey(Exception):
+    """Raised inside the YAML loader; read_yaml turns it into a UserError naming the file."""
+
+    def __init__(self, key: Any, line: int):
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader keeps the last of two equal keys; a study config must not lose a value silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden, as YAML intends
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                continue
+            if duplicate:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A config file's content; a key given twice, or text that is not YAML, is a UserError naming the line.
+
+    Snakemake parses ``--configfile`` itself (keeping the last of two equal keys), so the workflow reads
+    the files again through this to refuse duplicates.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise UserError(str(path), f"cannot read: {err.strerror or err}") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as err:
+        raise UserError(f"{path}: line {err.line}", f"key '{err.key}' given twice") from None
+    except yaml.MarkedYAMLError as err:
+        line = f": line {err.problem_mark.line + 1}" if err.problem_mark else ""
+        raise UserError(f"{path}{line}", f"not valid YAML: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise UserError(str(path), f"not valid YAML: {' '.join(str(err).split())}") from None
 
 
 def _key_path(error) -> str:
@@ -74,6 +128,15 @@ def validate_config(config: dict, where: str = "config") -> None:
     if errors:
         err = errors[0]
         raise UserError(f"{where}: {_key_path(err)}", _message(err), "see config/README.md")
+    for method in config["methods"]:
+        kind = method_kind(config, method)
+        if kind in METHOD_KINDS:
+            continue
+        known = ", ".join(METHOD_KINDS)
+        if "kind" in config["methods"][method]:
+            raise UserError(f"{where}: methods.{method}.kind", f"unknown method kind '{kind}'", f"known kinds: {known}")
+        raise UserError(f"{where}: methods.{method}", f"no kind: given and '{kind}' is not a method kind",
+                        f"add kind: one of {known}")
     corpora = config.get("corpora") or {}
     for variant, stages in config["variants"].items():
         for i, stage in enumerate(stages):
@@ -118,20 +181,6 @@ def validate_config(config: dict, where: str = "config") -> None:
                                 f"known variants: {', '.join(config['variants'])}")
 
 
-def load_config(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(str(path), "config file not found")
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise UserError(str(path), f"not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(config, dict):
-        raise UserError(str(path), "must be a mapping of config keys")
-    validate_config(config, str(path))
-    return config
-
-
 def resolve_stage(config: dict, stage: str, task: str) -> str:
     """A bare 'dapt' stage is DAPT on the task's own domain corpus (``tasks.<t>.domain``), as in
     Table 5 of Don't Stop Pretraining, where each task adapts to its own domain."""
@@ -161,6 +210,7 @@ def mlm_params(config: dict, stage: str) -> dict:
 
 
 def method_kind(config: dict, method: str) -> str:
+    """A method's kind: its ``kind`` key, else its name (``methods: {lora: {}}``)."""
     return config["methods"][method].get("kind", method)
 
 
@@ -182,5 +232,10 @@ def finetune_params(config: dict, task: str, method: str) -> dict:
     merged.pop("variants", None)  # which runs exist, not how one trains
     merged["kind"] = method_kind(config, method)
     merged["metric"] = task_spec.get("metric", "macro_f1")
-    merged["max_length"] = task_spec.get("max_length", 128)
+    merged["max_length"] = task_max_length(config, task)
     return merged
+
+
+def task_max_length(config: dict, task: str) -> int:
+    """Tokens per example of a task: the rules name the tokenized folder by it, fine-tuning reads it."""
+    return config["tasks"][task].get("max_length", TASK_MAX_LENGTH)

@@ -3,7 +3,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -34,10 +33,14 @@ CACHE = "results/.cache/downloads"
 
 
 def _load_study_config():
-    """--configfile replaces the default study (no merging of models/tasks); --config overrides keys."""
+    """--configfile replaces the default study (no merging of models/tasks); --config overrides keys.
+    Files are read with study.read_yaml, which refuses a key given twice (Snakemake's own parse of
+    --configfile keeps the last one silently)."""
     if workflow.configfiles:
+        for path in workflow.configfiles:
+            study.read_yaml(path)
         return ", ".join(str(f) for f in workflow.configfiles)
-    default = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    default = study.read_yaml(DEFAULT_CONFIG)
     overrides = dict(config)
     config.clear()
     config.update(default)
@@ -45,10 +48,10 @@ def _load_study_config():
     return str(DEFAULT_CONFIG.relative_to(BASE))
 
 
-CONFIG_SOURCE = _load_study_config()
 # dapt.config checks the schema (config/schema.yaml) and the cross-references, and names the first
 # problem in one line; snakemake.utils.validate would print the whole schema and config instead.
 try:
+    CONFIG_SOURCE = _load_study_config()
     study.validate_config(config, CONFIG_SOURCE)
 except UserError as err:
     # one line, the last on stderr, and exit status 2 (as the scripts): no traceback into this file
@@ -88,7 +91,7 @@ def runtime_args():
 
 
 def task_max_length(task):
-    return config["tasks"][task].get("max_length", 128)
+    return study.task_max_length(config, task)
 
 
 def checkpoint_of(model, chain):

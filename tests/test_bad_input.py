@@ -61,13 +61,24 @@ def prepare_model(ctx: Ctx, path: str) -> tuple[list[str], str]:
             "--out", "results/models/m", "--cache-dir", CACHE], "results/models/m"
 
 
-def config_error(change: Callable[[dict], None]) -> Callable[[Ctx], tuple[list[str], str]]:
+def config_error(change: Callable[[dict], None], *args: str) -> Callable[[Ctx], tuple[list[str], str]]:
     def make(ctx: Ctx):
         config = reliability_config()
         change(config)
         make_workdir(ctx.cwd, config)
-        return ["snakemake"], "results/report"
+        return ["snakemake", *args], "results/report"
     return make
+
+
+def finetune_epochs_twice(ctx: Ctx) -> tuple[list[str], str]:
+    """study.yaml with `epochs:` given twice under finetune (PyYAML, and so Snakemake, keeps the last)."""
+    make_workdir(ctx.cwd, reliability_config())
+    path = ctx.cwd / "study.yaml"
+    lines = path.read_text().splitlines()
+    start = lines.index("finetune:")
+    lines.insert(start + 1, "  epochs: 9")
+    path.write_text("\n".join(lines) + "\n")
+    return ["snakemake", "-n"], "results/report"
 
 
 def task_file(name: str, content: bytes | None = None, rows=None, **source) -> Callable[[Ctx], tuple[list[str], str]]:
@@ -157,7 +168,10 @@ CASES = [
     Case("config-wrong-type", config_error(lambda c: c["finetune"].update(epochs="three")),
          ["study.yaml: finetune.epochs", "'three' is not of type"]),
     Case("config-unknown-method-kind", config_error(lambda c: c["methods"]["full"].update(kind="fancy")),
-         ["methods.full.kind", "'fancy'"]),
+         ["methods.full.kind", "'fancy'", "known kinds: full, head, lora, adalora, ia3, prefix, prompt, adapter"]),
+    Case("config-method-name-not-a-kind", config_error(lambda c: c["methods"].update(qlora={}), "-n"),
+         ["study.yaml: methods.qlora:", "'qlora' is not a method kind", "full, head, lora"]),
+    Case("config-key-given-twice", finetune_epochs_twice, ["study.yaml: line ", ": key 'epochs' given twice"]),
     Case("config-unknown-variant-stage", config_error(lambda c: c["variants"].update(mlm=["mlm:imdb"])),
          ["variants.mlm[0]", "'mlm:imdb' is not a pretraining stage"]),
     Case("config-unknown-corpus", config_error(lambda c: c["variants"].update(wiki=["dapt:wiki"])),

@@ -129,9 +129,9 @@ def test_paper_config_dry_runs():
         jobs = _jobs(proc.stdout + proc.stderr)
         print(f"paper dry run: {jobs.get('total')} jobs in {elapsed:.1f}s ({jobs})")
         # 8 tasks x 1 model x 4 variants x methods x 5 seeds
-        from dapt.config import load_config
+        from dapt.config import read_yaml
 
-        paper = load_config(REPO / "config" / "paper.yaml")
+        paper = read_yaml(REPO / "config" / "paper.yaml")
         runs = len(paper["tasks"]) * len(paper["models"]) * len(paper["variants"]) * len(paper["methods"]) * len(paper["seeds"])
         assert jobs["finetune"] == jobs["evaluate"] == runs
         assert not list(Path(tmp).glob("results/**/*.parquet"))  # nothing was downloaded
@@ -196,3 +196,46 @@ def test_method_variants_restrict_the_grid(tmp_path):
     config["tasks"]["task0"]["methods"] = {"head": {"variants": []}}
     with pytest.raises(UserError, match=r"tasks\.task0\.methods\.head\.variants"):
         study.validate_config(config)
+
+
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/paper.yaml", "tests/config/tiny.yaml"])
+def test_shipped_configs_read_strictly_and_validate(path):
+    """The shipped studies have no key given twice and pass the checks every run makes."""
+    from dapt import config as study
+
+    config = study.read_yaml(REPO / path)
+    study.validate_config(config, path)
+    assert all(study.method_kind(config, m) in study.METHOD_KINDS for m in config["methods"])
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    """PyYAML keeps the last of two equal keys; read_yaml names the second one's line instead. A
+    merge key (<<) may still be overridden, as YAML intends."""
+    from dapt import config as study
+    from dapt.errors import UserError
+
+    path = tmp_path / "s.yaml"
+    path.write_text("methods:\n  full: {}\n  lora:\n    r: 8\n    lr: 1.0e-3\n    r: 16\nseeds: [1]\n")
+    with pytest.raises(UserError) as err:
+        study.read_yaml(path)
+    assert str(err.value) == f"{path}: line 6: key 'r' given twice"
+    path.write_text("base: &b {lr: 1.0e-3, r: 8}\nlora:\n  <<: *b\n  r: 16\n")
+    assert study.read_yaml(path)["lora"] == {"lr": 1.0e-3, "r": 16}
+
+
+def test_unknown_method_kinds_are_refused_naming_the_known_ones():
+    from dapt import config as study
+    from dapt.errors import UserError
+
+    config = grid_config(n_tasks=3, n_models=1, n_seeds=1)
+    study.validate_config(config)  # every kind of the grid is known (lora_r4 has kind: lora)
+    for methods, key in (({"qlora": {}}, "methods.qlora"), ({"m": {"kind": "qlora"}}, "methods.m.kind")):
+        config["methods"] = {**config["methods"], **methods}
+        with pytest.raises(UserError) as err:
+            study.validate_config(config, "study.yaml")
+        assert str(err.value).startswith(f"study.yaml: {key}: ") and "'qlora'" in str(err.value)
+        assert ", ".join(study.METHOD_KINDS) in str(err.value)
+        config["methods"] = {m: spec for m, spec in config["methods"].items() if m not in methods}
+    assert study.task_max_length(config, "task0") == 64 and study.finetune_params(config, "task0", "full")["max_length"] == 64
+    del config["tasks"]["task0"]["max_length"]
+    assert study.task_max_length(config, "task0") == study.finetune_params(config, "task0", "full")["max_length"] == 128
