@@ -1,19 +1,32 @@
-"""Security properties of the package: no pickles, no remote code unless opted in, no leaked hub token.
+"""Security properties of the package: no pickles, no remote code unless opted in, no leaked hub token,
+no archive that writes outside its folder, no pickled adapter weights.
 
-Unsafe archives (absolute paths, `..`, escaping links) and unverified downloads are refused: see
-tests/test_data.py (test_unsafe_archives_are_refused, test_url_without_sha256_is_refused, ...) and
-the download cases of tests/test_bad_input.py.
+The behaviour tests here each fail when the protection they check is removed. More archive and
+download cases: tests/test_data.py (test_unsafe_archives_are_refused, test_url_without_sha256_is_refused,
+...) and the download cases of tests/test_bad_input.py.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
+import http.server
+import io
 import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import tarfile
+import threading
+import urllib.parse
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from conftest import HUB_TOKEN_CANARY, REPO
+from conftest import HUB_TOKEN_CANARY, REPO, minilm_dir
 
 SOURCES = sorted([*(REPO / "dapt").glob("*.py"), *(REPO / "scripts").glob("*.py")])
 
@@ -109,3 +122,117 @@ def test_credentials_in_urls_are_not_kept(url):
 
     assert HUB_TOKEN_CANARY not in json.dumps(public_spec({"source": {"kind": "url", "url": url, "token": "x"}}))
     assert HUB_TOKEN_CANARY not in describe_source({"kind": "url", "url": url})
+
+
+# --------------------------------------------------------------------------------------------
+# Archives: nothing may be written outside the extraction folder
+# --------------------------------------------------------------------------------------------
+
+
+def take(tmp_path: Path, name: str, content: bytes, member: str) -> Path:
+    """Extract `member` from the archive `content` (saved as `name`) the way a source's member is taken."""
+    from dapt.archives import take_member
+
+    archive = tmp_path / name
+    archive.write_bytes(content)
+    return take_member(archive, member, tmp_path / "extracted", "tasks.t.source")
+
+
+def expect_refused(call, *parts: str) -> None:
+    from dapt.errors import UserError
+
+    with pytest.raises(UserError) as info:
+        call()
+    for part in parts:
+        assert part in str(info.value), f"{part!r} not in {info.value}"
+
+
+@pytest.mark.parametrize("evil", ["../evil.csv", "pkg/../../evil.csv", "/tmp/evil.csv"])
+def test_zip_entry_outside_the_archive_is_refused(tmp_path, evil):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("pkg/rt.csv", "text,label\na,pos\n")
+        zf.writestr(zipfile.ZipInfo(evil), "x")  # ZipInfo keeps the name as given
+    expect_refused(lambda: take(tmp_path, "evil.zip", buffer.getvalue(), "pkg"), "refusing archive entry", evil)
+    assert not (tmp_path / "extracted").exists() and not (tmp_path / "evil.csv").exists()
+
+
+def test_zip_symbolic_link_is_refused(tmp_path):
+    """zipfile would write the link as a small file; a reader that follows its text must never see it."""
+    link = zipfile.ZipInfo("pkg/link")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("pkg/rt.csv", "text,label\na,pos\n")
+        zf.writestr(link, "../../outside")
+    expect_refused(lambda: take(tmp_path, "link.zip", buffer.getvalue(), "pkg"), "refusing symbolic link", "pkg/link")
+    assert not (tmp_path / "extracted" / "pkg" / "link").exists()
+
+
+@pytest.mark.parametrize("target", ["../outside.txt", "pkg/../../outside.txt", "/etc/passwd"])
+def test_tar_hard_link_out_of_the_archive_is_refused(tmp_path, target):
+    """Our own check names the link (tarfile's data filter is a second, separate guard)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("pkg/rt.csv")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"a,b\n"))
+        hard = tarfile.TarInfo("pkg/hard")
+        hard.type, hard.linkname = tarfile.LNKTYPE, target
+        tar.addfile(hard)
+    expect_refused(
+        lambda: take(tmp_path, "hard.tar.gz", buffer.getvalue(), "pkg"), "refusing link 'pkg/hard'", "points outside"
+    )
+    assert not (tmp_path / "extracted").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters: peft falls back to a pickle (adapter_model.bin); only safetensors may load
+# --------------------------------------------------------------------------------------------
+
+
+def _load_finetuned():
+    """`load_finetuned` wherever the package keeps it (it moves between dapt.finetune and dapt.methods)."""
+    try:
+        from dapt.methods import load_finetuned
+    except ImportError:
+        from dapt.finetune import load_finetuned
+    return load_finetuned
+
+
+@pytest.fixture(scope="module")
+def lora_artifacts(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(tiny base model, LoRA artifact saved as safetensors, the same saved only as adapter_model.bin)."""
+    import peft
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+    root = tmp_path_factory.mktemp("adapters")
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    config = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    torch.manual_seed(0)
+    base = root / "base"
+    BertForMaskedLM(config).save_pretrained(base)
+    tok.save_pretrained(base)
+    lora = peft.LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["query", "value"])
+    classifier = BertForSequenceClassification.from_pretrained(base, num_labels=2, use_safetensors=True)
+    model = peft.get_peft_model(classifier, lora)
+    method = {"method": {"kind": "lora", "r": 2, "alpha": 4}, "labels": ["neg", "pos"], "total_steps": 1}
+    folders = []
+    for name, safe in (("safe", True), ("pickle", False)):
+        folder = root / name
+        model.save_pretrained(folder, safe_serialization=safe)
+        (folder / "method.json").write_text(json.dumps(method))
+        folders.append(folder)
+    assert (root / "pickle" / "adapter_model.bin").is_file()
+    assert not (root / "pickle" / "adapter_model.safetensors").exists()
+    return base, *folders
+
+
+def test_adapter_with_only_a_pickle_is_refused(lora_artifacts):
+    base, safe, pickled = lora_artifacts
+    load_finetuned = _load_finetuned()
+    model, _ = load_finetuned(str(safe), str(base), ["neg", "pos"])  # the artifact itself is sound
+    assert model is not None
+    expect_refused(lambda: load_finetuned(str(pickled), str(base), ["neg", "pos"]), "no adapter_model.safetensors")
