@@ -41,11 +41,11 @@ The last line is machine-readable:
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import datetime
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -64,6 +64,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+SIDES = ("ours", "recipe", "recipe_tuned")  # fine-tuning and evaluation: recipe as run by default, and tuned
+
 # --------------------------------------------------------------------------------------------
 # Interleaving and counting
 # --------------------------------------------------------------------------------------------
@@ -75,7 +77,8 @@ class TurnTaker:
     machine, whatever else runs on it. Also counts, per job and per turn, the real tokens and
     examples entering a word embedding and the rows entering a vocabulary projection."""
 
-    def __init__(self, vocab_size: int, pad_id: int | None):
+    def __init__(self, vocab_size: int, pad_id: int | None, training_only: bool = False):
+        self.training_only = training_only  # training benchmarks: count no validation/inference pass
         self.cond = threading.Condition()
         self.local = threading.local()
         self.order: list[str] = []
@@ -92,6 +95,10 @@ class TurnTaker:
     def _count(self, module, args):
         name = getattr(self.local, "name", None)
         if name is None or not args or not isinstance(args[0], torch.Tensor):
+            return
+        # a training loop's own validation (ours: every epoch) runs in eval mode without gradients:
+        # its examples are not training examples, though its time stays in the step it delays
+        if self.training_only and not (module.training and torch.is_grad_enabled()):
             return
         if isinstance(module, torch.nn.Embedding) and module.num_embeddings == self.vocab_size:
             ids = args[0]
@@ -189,10 +196,16 @@ def totals(turns: list[dict], tail: float = 0.0) -> dict:
     return total
 
 
-def optimizer_ticks(tt: TurnTaker):
+def run_ticked(tt: TurnTaker, jobs: dict, threads: int | None) -> dict:
+    """Run training jobs that pass the turn at every optimizer step: ours and the Trainer's alike,
+    so neither side needs a change to be interleaved."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    return register_optimizer_step_post_hook(lambda opt, args, kwargs: tt.tick())
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: tt.tick())
+    try:
+        return tt.run(jobs, threads)
+    finally:
+        handle.remove()
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,19 +290,42 @@ def recipe_mlm_dataset(corpus_pq: Path, tokenizer, max_seq_length: int):
     return tokenized.map(group_texts, batched=True)
 
 
-def recipe_classification_dataset(task_dir: Path, split: str, tokenizer, labels: list[str], max_seq_length: int = 128):
-    """run_classification.py defaults: pad_to_max_length=True, max_seq_length=128, truncation."""
+def recipe_classification_dataset(task_dir: Path, split: str, tokenizer, labels: list[str], max_seq_length: int = 128,
+                                  tuned: bool = False):
+    """run_classification.py's preprocessing, truncation at max_seq_length=128: by default
+    (pad_to_max_length=True) every example padded to 128; tuned (--pad_to_max_length False) unpadded,
+    for the collator to pad each batch to its longest."""
     import datasets
     import pandas as pd
 
     df = pd.read_parquet(task_dir / f"{split}.parquet")
     label_to_id = {l: i for i, l in enumerate(labels)}
     raw = datasets.Dataset.from_dict({"sentence": df["text"].tolist(), "label": [label_to_id[str(x)] for x in df["label"]]})
+    padding = False if tuned else "max_length"
 
     def preprocess_function(examples):
-        return tokenizer(examples["sentence"], padding="max_length", max_length=max_seq_length, truncation=True)
+        return tokenizer(examples["sentence"], padding=padding, max_length=max_seq_length, truncation=True)
 
     return raw.map(preprocess_function, batched=True, remove_columns=["sentence"])
+
+
+def recipe_collator(tokenizer, tuned: bool):
+    """run_classification.py's collator: default_data_collator for data padded to 128; with
+    --pad_to_max_length False (and no fp16) DataCollatorWithPadding, each batch padded to its longest."""
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    return DataCollatorWithPadding(tokenizer) if tuned else default_data_collator
+
+
+def group_by_length() -> dict:
+    """The TrainingArguments switch for length-grouped training batches: `group_by_length=True` up to
+    transformers 4.x, `train_sampling_strategy="group_by_length"` in 5.x (a LengthGroupedSampler
+    either way). Evaluation keeps the sequential order: predictions come back in dataset order."""
+    from transformers import TrainingArguments
+
+    if "group_by_length" in TrainingArguments.__dataclass_fields__:
+        return {"group_by_length": True}
+    return {"train_sampling_strategy": "group_by_length"}
 
 
 def quiet(trainer):
@@ -399,32 +435,37 @@ def mlm_eval_loss(model, blocks: np.ndarray, special_ids: list[int], mask_id: in
     return total / max(1, n)
 
 
-def bench_pretrain(cfg: dict, args, inp: dict, fp: dict, tmp: Path) -> dict:
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, set_seed
-
+def mlm_params(cfg: dict, args: argparse.Namespace) -> tuple[dict, int]:
+    """The study's DAPT hyperparameters at the benchmark's size, and the warm-up steps both sides get."""
     from dapt.config import MLM_DEFAULTS
-    from dapt.pretrain import pretrain
-    from dapt.tokenization import read_blocks
 
-    tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
-    seed = args.seed_list[0]
     params = {**MLM_DEFAULTS, **(cfg.get("pretrain") or {}).get("dapt", {})}
     params.update(max_steps=args.pretrain_steps, batch_size=args.batch_size, max_length=args.seq_len,
                   head_warmup_steps=0)  # the recipe has no head warm-up: same schedule on both sides
     params.pop("epochs", None)
-    warmup = int(params["warmup_ratio"] * args.pretrain_steps)  # ours: int(ratio * steps), as below
-    recipe_ds = recipe_mlm_dataset(inp["corpus_pq"], tokenizer, args.seq_len)
-    ours_blocks = read_blocks(inp["blocks"])
+    return params, int(params["warmup_ratio"] * args.pretrain_steps)  # ours: int(ratio * steps), as here
+
+
+def pretrain_jobs(args: argparse.Namespace, inp: dict, params: dict, warmup: int, tokenizer, recipe_ds,
+                  tt: TurnTaker, tmp: Path, trained: dict) -> dict:
+    """The turn-taking jobs: ours, the run_mlm.py recipe (also at fp32 if asked), the matmul peak.
+    The recipes' trained models are put in `trained`, for the held-out loss."""
+    from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
+
+    from dapt.pretrain import pretrain
+
+    seed = args.seed_list[0]
     runtime = make_runtime(args.precision)
-    tt = TurnTaker(fp["vocab_size"], tokenizer.pad_token_id)
-    out = {}
 
-    def ours():
+    def ours() -> list[float]:
+        import pandas as pd
+
         torch.manual_seed(seed)  # as setup_runtime does in the workflow: the new MLM head starts as the recipe's
-        return pretrain(str(inp["model_dir"]), str(inp["blocks"]), str(tmp / "ours"), str(tmp / "ours-ckpt"),
-                        params, seed, runtime, "bench")
+        pretrain(str(inp["model_dir"]), str(inp["blocks"]), str(tmp / "ours"), str(tmp / "ours-ckpt"),
+                 params, seed, runtime, "bench")
+        return pd.read_csv(tmp / "ours" / "loss.csv")["loss"].tolist()
 
-    def recipe(precision: str, name: str):
+    def recipe(precision: str, name: str) -> list[float]:
         set_seed(seed)
         model = AutoModelForMaskedLM.from_pretrained(str(inp["model_dir"]))
         collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=params["mlm_probability"])
@@ -435,81 +476,126 @@ def bench_pretrain(cfg: dict, args, inp: dict, fp: dict, tmp: Path) -> dict:
         trainer = Trainer(model=model, args=targs, train_dataset=recipe_ds, processing_class=tokenizer,
                           data_collator=collator)
         quiet(trainer).train()
-        out[name] = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)  # no autocast wrapper
+        trained[name] = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)  # no autocast wrapper
         return [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
     jobs = {"ours": ours, "recipe": lambda: recipe(args.precision, "recipe")}
     if args.recipe_fp32 and args.precision != "fp32":
         jobs["recipe_fp32"] = lambda: recipe("fp32", "recipe_fp32")
-    jobs["peak"] = peak_job(tt, [j for j in jobs], args.precision, args.peak_n, args.peak_reps)
-    handle = optimizer_ticks(tt)
-    try:
-        results = tt.run(jobs, args.threads)
-    finally:
-        handle.remove()
+    jobs["peak"] = peak_job(tt, list(jobs), args.precision, args.peak_n, args.peak_reps)
+    return jobs
 
-    import pandas as pd
 
-    ours_loss = pd.read_csv(tmp / "ours" / "loss.csv")["loss"].tolist()
-    recipe_loss = results["recipe"]
-    # quality: the loss of the standard full-logit forward on the same random blocks (a short run
-    # trains on few of them) with the same masks, in fp32, for the model before and after each run
+def held_out_losses(args: argparse.Namespace, inp: dict, tokenizer, trained: dict, blocks: np.ndarray) -> dict:
+    """Quality: the standard full-logit MLM loss (fp32, same masks) on fixed random blocks (a short
+    run trains on few of them), for the model before training and after each run."""
+    from transformers import AutoModelForMaskedLM
+
     rng = np.random.default_rng(0)
-    held = ours_blocks[rng.choice(len(ours_blocks), size=min(args.eval_blocks, len(ours_blocks)), replace=False)]
+    held = blocks[rng.choice(len(blocks), size=min(args.eval_blocks, len(blocks)), replace=False)]
     special_ids = sorted(set(tokenizer.all_special_ids))
-    ours_model = AutoModelForMaskedLM.from_pretrained(str(tmp / "ours" / "model"))
-    torch.manual_seed(seed)
-    start_model = AutoModelForMaskedLM.from_pretrained(str(inp["model_dir"]))
-    held_loss = {
-        "start": mlm_eval_loss(start_model, held, special_ids, tokenizer.mask_token_id, 12345),
-        "ours": mlm_eval_loss(ours_model, held, special_ids, tokenizer.mask_token_id, 12345),
-        "recipe": mlm_eval_loss(out["recipe"], held, special_ids, tokenizer.mask_token_id, 12345),
-    }
+    torch.manual_seed(args.seed_list[0])  # the untrained MLM head: the one both runs started from
+    models = {"start": AutoModelForMaskedLM.from_pretrained(str(inp["model_dir"])), **trained}
+    losses = {k: mlm_eval_loss(m, held, special_ids, tokenizer.mask_token_id, 12345) for k, m in models.items()}
+    return {"held_out_loss": losses, "held_out_blocks": len(held)}
+
+
+def loss_windows(losses: dict[str, list[float]]) -> dict:
+    """Mean training loss over the first and the last quarter of the steps, per run."""
+    k = max(1, len(losses["ours"]) // 4)
+    return {"loss_window": k, "loss_first": {n: float(np.mean(v[:k])) for n, v in losses.items()},
+            "loss_last": {n: float(np.mean(v[-k:])) for n, v in losses.items()}}
+
+
+def pretrain_rates(tt: TurnTaker, fp: dict, peak_rates: dict, precision: str) -> dict:
+    """Real tokens/s, model FLOP/s and MFU from the timed steps. The MFU takes the median step (robust
+    to bursts of load from other processes), as the peak takes the median matmul."""
     o, r = steady(tt.turns["ours"]), steady(tt.turns["recipe"])
-    k = max(1, len(ours_loss) // 4)
-    extra = {}
-    if "recipe_fp32" in tt.turns:
-        f = steady(tt.turns["recipe_fp32"])
-        extra = {"recipe_fp32_tokens_per_s": f["tokens"] / f["seconds"],
-                 "speedup_vs_recipe_fp32": (o["tokens"] / o["seconds"]) / (f["tokens"] / f["seconds"]),
-                 "recipe_fp32_held_out_loss": mlm_eval_loss(out["recipe_fp32"], held, special_ids, tokenizer.mask_token_id, 12345),
-                 "recipe_fp32_loss_last": float(np.mean(results["recipe_fp32"][-k:]))}
     o_main, o_att = step_flops(fp, o["tokens"], o["vocab_rows"], o["width"])
-    r_main, r_att = step_flops(fp, r["tokens"], r["vocab_rows"], r["width"])
-    peaks = {k: statistics.median(v) for k, v in results["peak"].items() if v}
-    peak_best = {k: max(v) for k, v in results["peak"].items() if v}
-    peak_key = "bf16" if args.precision == "bf16" else "fp32"
-    # MFU from the median step (robust to bursts of load from other processes), as the peak
-    per_step = o["seconds"] / o["turns"]
+    r_main, _ = step_flops(fp, r["tokens"], r["vocab_rows"], r["width"])
+    peaks = {k: statistics.median(v) for k, v in peak_rates.items() if v}
+    peak_key = "bf16" if precision == "bf16" else "fp32"
     o_rate = o_main / o["turns"] / o["median_seconds"]
-    return {
-        "steps": args.pretrain_steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
-        "ours_blocks": int(len(ours_blocks)), "recipe_blocks": len(recipe_ds),
+    out = {
         "ours": o, "recipe": r,
         "ours_tokens_per_s": o["tokens"] / o["seconds"], "recipe_tokens_per_s": r["tokens"] / r["seconds"],
         "speedup": (o["tokens"] / o["seconds"]) / (r["tokens"] / r["seconds"]),
-        "ours_seconds_per_step": per_step, "recipe_seconds_per_step": r["seconds"] / r["turns"],
+        "ours_seconds_per_step": o["seconds"] / o["turns"], "recipe_seconds_per_step": r["seconds"] / r["turns"],
         "ours_flops_per_s": o_main / o["seconds"], "recipe_flops_per_s": r_main / r["seconds"],
-        "ours_flops_per_s_median": o_rate,
-        "ours_attention_flops_share": o_att / o_main,
+        "ours_flops_per_s_median": o_rate, "ours_attention_flops_share": o_att / o_main,
         "ours_masked_fraction": o["vocab_rows"] / max(1, o["tokens"]),
-        "peak_flops_per_s": peaks, "peak_flops_per_s_best": peak_best, "peak_key": peak_key,
-        "mfu": o_rate / peaks[peak_key],
+        "peak_flops_per_s": peaks, "peak_flops_per_s_best": {k: max(v) for k, v in peak_rates.items() if v},
+        "peak_key": peak_key, "mfu": o_rate / peaks[peak_key],
         "mfu_with_attention": o_rate * (1 + o_att / o_main) / peaks[peak_key],
         "recipe_mfu": (r_main / r["turns"] / r["median_seconds"]) / peaks[peak_key],
-        "loss_first": {"ours": float(np.mean(ours_loss[:k])), "recipe": float(np.mean(recipe_loss[:k]))},
-        "loss_last": {"ours": float(np.mean(ours_loss[-k:])), "recipe": float(np.mean(recipe_loss[-k:]))},
-        "loss_window": k, "held_out_loss": held_loss, "held_out_blocks": len(held),
         "ours_total_seconds": totals(tt.turns["ours"], tt.tails["ours"])["seconds"],
         "recipe_total_seconds": totals(tt.turns["recipe"], tt.tails["recipe"])["seconds"],
-        **extra,
     }
+    if "recipe_fp32" in tt.turns:
+        f = steady(tt.turns["recipe_fp32"])
+        out["recipe_fp32_tokens_per_s"] = f["tokens"] / f["seconds"]
+        out["speedup_vs_recipe_fp32"] = out["ours_tokens_per_s"] / out["recipe_fp32_tokens_per_s"]
+    return out
 
 
-def bench_finetune(cfg: dict, args, inp: dict, vocab_size: int, tmp: Path) -> dict:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, default_data_collator, set_seed
+def bench_pretrain(cfg: dict, args: argparse.Namespace, inp: dict, fp: dict, tmp: Path) -> dict:
+    """Ours vs run_mlm.py, interleaved step by step with the matmul peak: speed, MFU, loss."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+    from dapt.tokenization import read_blocks
+
+    tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
+    params, warmup = mlm_params(cfg, args)
+    recipe_ds = recipe_mlm_dataset(inp["corpus_pq"], tokenizer, args.seq_len)
+    ours_blocks = read_blocks(inp["blocks"])
+    tt = TurnTaker(fp["vocab_size"], tokenizer.pad_token_id, training_only=True)
+    trained: dict = {}
+    results = run_ticked(tt, pretrain_jobs(args, inp, params, warmup, tokenizer, recipe_ds, tt, tmp, trained),
+                         args.threads)
+    trained["ours"] = AutoModelForMaskedLM.from_pretrained(str(tmp / "ours" / "model"))
+    losses = {k: results[k] for k in ("ours", "recipe", "recipe_fp32") if k in results}
+    return {"steps": args.pretrain_steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
+            "ours_blocks": int(len(ours_blocks)), "recipe_blocks": len(recipe_ds),
+            **pretrain_rates(tt, fp, results["peak"], args.precision), **loss_windows(losses),
+            **held_out_losses(args, inp, tokenizer, trained, ours_blocks)}
+
+
+def side_summary(rows: list[dict], side: str) -> dict:
+    """One side's rates over all runs (or rounds): examples/s, positions and real tokens per example."""
+    part = [r[side] for r in rows]
+    n = sum(p["examples"] for p in part)
+    return {f"{side}_examples_per_s": n / sum(p["seconds"] for p in part),
+            f"{side}_positions_per_example": sum(p["positions"] for p in part) / n,
+            f"{side}_tokens_per_example": sum(p["tokens"] for p in part) / n}
+
+
+def speedups(out: dict) -> dict:
+    """Ours against the recipe as its script runs by default, and against the tuned recipe."""
+    return {"speedup": out["ours_examples_per_s"] / out["recipe_examples_per_s"],
+            "speedup_tuned": out["ours_examples_per_s"] / out["recipe_tuned_examples_per_s"]}
+
+
+def finetune_setup(cfg: dict, args: argparse.Namespace, inp: dict) -> dict:
+    """The study's full-fine-tuning hyperparameters at the benchmark's size, and the step counts."""
     from dapt.config import finetune_params
+    from dapt.tokenization import read_examples
+
+    params = finetune_params(cfg, inp["task"], "full")
+    params.update(epochs=args.ft_epochs, max_length=args.ft_max_length)
+    if args.ft_batch_size:
+        params["batch_size"] = args.ft_batch_size
+    n_train = len(read_examples(inp["task_tok"] / "train.parquet")["label"])
+    steps = int(round(params["epochs"] * -(-n_train // params["batch_size"])))
+    return {"params": params, "n_train": n_train, "steps": steps,
+            "warmup": int(params["warmup_ratio"] * steps),  # ours: int(ratio * total steps)
+            "eval_batch_size": args.eval_batch_size or params["eval_batch_size"]}
+
+
+def bench_finetune(cfg: dict, args: argparse.Namespace, inp: dict, vocab_size: int, tmp: Path) -> dict:
+    """Ours vs run_classification.py, as run by default (padding to 128) and tuned (dynamic
+    padding, length-grouped batches), interleaved step by step: training examples/s, test macro-F1."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
+
     from dapt.evaluate import compute_metrics, predict_proba
     from dapt.finetune import finetune, load_finetuned
     from dapt.files import read_json
@@ -517,73 +603,60 @@ def bench_finetune(cfg: dict, args, inp: dict, vocab_size: int, tmp: Path) -> di
 
     tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
     labels = read_json(inp["task_tok"] / "labels.json")
-    params = finetune_params(cfg, inp["task"], "full")
-    params.update(epochs=args.ft_epochs, max_length=args.ft_max_length)
-    if args.ft_batch_size:
-        params["batch_size"] = args.ft_batch_size
-    eval_bs = args.eval_batch_size or params["eval_batch_size"]
-    n_train = len(read_examples(inp["task_tok"] / "train.parquet")["label"])
-    steps = int(round(params["epochs"] * -(-n_train // params["batch_size"])))
-    warmup = int(params["warmup_ratio"] * steps)  # ours: int(ratio * total steps)
-    train_ds = recipe_classification_dataset(inp["task_dir"], "train", tokenizer, labels)
-    test_ds = recipe_classification_dataset(inp["task_dir"], "test", tokenizer, labels)
+    setup = finetune_setup(cfg, args, inp)
+    params = setup["params"]
+    train_ds = {tuned: recipe_classification_dataset(inp["task_dir"], "train", tokenizer, labels, tuned=tuned)
+                for tuned in (False, True)}
     test = read_examples(inp["task_tok"] / "test.parquet")
     runtime = make_runtime(args.precision)
 
-    rows, models = [], {}
+    rows = []
+    models = {}
     for seed in args.seed_list:
-        def ours(seed=seed):
+        def ours(seed: int = seed) -> dict:
             return finetune(str(inp["model_dir"]), str(inp["task_tok"]), str(tmp / f"ft-ours-{seed}"),
                             str(tmp / f"ft-ours-{seed}-ckpt"), params, seed, runtime)
 
-        def recipe(seed=seed):
+        def recipe(tuned: bool, seed: int = seed):
             set_seed(seed)
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(inp["model_dir"]), num_labels=len(labels), id2label=dict(enumerate(labels)),
                 label2id={l: i for i, l in enumerate(labels)})
-            targs = training_args(tmp / f"ft-recipe-{seed}", args.precision, seed,
+            targs = training_args(tmp / f"ft-recipe-{seed}-{tuned}", args.precision, seed,
                                   per_device_train_batch_size=params["batch_size"], num_train_epochs=params["epochs"],
-                                  learning_rate=params["lr"], weight_decay=params["weight_decay"], warmup_steps=warmup,
-                                  max_grad_norm=params["max_grad_norm"])
-            trainer = Trainer(model=model, args=targs, train_dataset=train_ds, processing_class=tokenizer,
-                              data_collator=default_data_collator)
+                                  learning_rate=params["lr"], weight_decay=params["weight_decay"],
+                                  warmup_steps=setup["warmup"], max_grad_norm=params["max_grad_norm"],
+                                  **(group_by_length() if tuned else {}))
+            trainer = Trainer(model=model, args=targs, train_dataset=train_ds[tuned], processing_class=tokenizer,
+                              data_collator=recipe_collator(tokenizer, tuned))
             quiet(trainer).train()
             return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
-        tt = TurnTaker(vocab_size, tokenizer.pad_token_id)
-        handle = optimizer_ticks(tt)
-        try:
-            res = tt.run({"ours": ours, "recipe": recipe}, args.threads)
-        finally:
-            handle.remove()
-        ours_model, _ = load_finetuned(str(tmp / f"ft-ours-{seed}" / "model"), str(inp["model_dir"]), labels)
-        models[seed] = {"ours": ours_model, "recipe": res["recipe"]}
-        o, r = steady(tt.turns["ours"]), steady(tt.turns["recipe"])
-        f1 = {}
-        for side, model in models[seed].items():
-            probs = predict_proba(model, test["input_ids"], tokenizer.pad_token_id, runtime, eval_bs)
-            f1[side] = compute_metrics(test["label"], probs.argmax(1), labels)["macro_f1"]
-        rows.append({"seed": seed, "ours": o, "recipe": r, "ours_f1": f1["ours"], "recipe_f1": f1["recipe"],
-                     "ours_best_epoch": res["ours"]["best_epoch"], "ours_steps": res["ours"]["train_steps"],
-                     "recipe_steps": len(tt.turns["recipe"])})
-    ours_ex = sum(r["ours"]["examples"] for r in rows) / sum(r["ours"]["seconds"] for r in rows)
-    recipe_ex = sum(r["recipe"]["examples"] for r in rows) / sum(r["recipe"]["seconds"] for r in rows)
-    sd = lambda xs: float(np.std(xs, ddof=1)) if len(xs) > 1 else float("nan")  # noqa: E731
-    return {
-        "epochs": params["epochs"], "batch_size": params["batch_size"], "steps": steps, "n_train": n_train,
-        "max_length": args.ft_max_length, "eval_batch_size": eval_bs, "seeds": args.seed_list, "runs": rows,
-        "ours_examples_per_s": ours_ex, "recipe_examples_per_s": recipe_ex, "speedup": ours_ex / recipe_ex,
-        "ours_tokens_per_example": sum(r["ours"]["tokens"] for r in rows) / sum(r["ours"]["examples"] for r in rows),
-        "ours_positions_per_example": sum(r["ours"]["positions"] for r in rows) / sum(r["ours"]["examples"] for r in rows),
-        "recipe_positions_per_example": sum(r["recipe"]["positions"] for r in rows) / sum(r["recipe"]["examples"] for r in rows),
-        "ours_f1_mean": float(np.mean([r["ours_f1"] for r in rows])), "ours_f1_sd": sd([r["ours_f1"] for r in rows]),
-        "recipe_f1_mean": float(np.mean([r["recipe_f1"] for r in rows])), "recipe_f1_sd": sd([r["recipe_f1"] for r in rows]),
-        "_models": models,
-    }
+        tt = TurnTaker(vocab_size, tokenizer.pad_token_id, training_only=True)
+        res = run_ticked(tt, {"ours": ours, "recipe": lambda: recipe(False), "recipe_tuned": lambda: recipe(True)},
+                         args.threads)
+        models[seed] = {"ours": load_finetuned(str(tmp / f"ft-ours-{seed}" / "model"), str(inp["model_dir"]), labels)[0],
+                        "recipe": res["recipe"], "recipe_tuned": res["recipe_tuned"]}
+        row = {"seed": seed, "ours_best_epoch": res["ours"]["best_epoch"], "ours_steps": res["ours"]["train_steps"]}
+        for side, model in models[seed].items():  # quality: every side's model through the same inference
+            row[side] = {**steady(tt.turns[side]), "steps": len(tt.turns[side])}
+            probs = predict_proba(model, test["input_ids"], tokenizer.pad_token_id, runtime, setup["eval_batch_size"])
+            row[f"{side}_f1"] = compute_metrics(test["label"], probs.argmax(1), labels)["macro_f1"]
+        rows.append(row)
+    out = {"epochs": params["epochs"], "batch_size": params["batch_size"], "steps": setup["steps"],
+           "n_train": setup["n_train"], "max_length": args.ft_max_length, "eval_batch_size": setup["eval_batch_size"],
+           "seeds": args.seed_list, "runs": rows, "_models": models}
+    for side in SIDES:
+        f1 = [r[f"{side}_f1"] for r in rows]
+        out.update(side_summary(rows, side), **{f"{side}_f1_mean": float(np.mean(f1)),
+                                                f"{side}_f1_sd": float(np.std(f1, ddof=1)) if len(f1) > 1 else float("nan")})
+    return {**out, **speedups(out)}
 
 
-def bench_eval(cfg: dict, args, inp: dict, ft: dict, vocab_size: int, tmp: Path) -> dict:
-    from transformers import AutoTokenizer, Trainer, default_data_collator
+def bench_eval(cfg: dict, args: argparse.Namespace, inp: dict, ft: dict, vocab_size: int, tmp: Path) -> dict:
+    """predict_proba vs Trainer.predict on padded-to-128 data and on dynamically padded data, same
+    fine-tuned weights, interleaved batch by batch: examples/s and agreement."""
+    from transformers import AutoTokenizer, Trainer
 
     from dapt.evaluate import compute_metrics, predict_proba
     from dapt.files import read_json
@@ -592,46 +665,40 @@ def bench_eval(cfg: dict, args, inp: dict, ft: dict, vocab_size: int, tmp: Path)
     tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
     labels = read_json(inp["task_tok"] / "labels.json")
     test = read_examples(inp["task_tok"] / "test.parquet")
-    test_ds = recipe_classification_dataset(inp["task_dir"], "test", tokenizer, labels)
+    test_ds = {tuned: recipe_classification_dataset(inp["task_dir"], "test", tokenizer, labels, tuned=tuned)
+               for tuned in (False, True)}
     runtime = make_runtime(args.precision)
     seed = args.seed_list[0]
     source = ft["_models"][seed]["ours"]
     bs = ft["eval_batch_size"]
     rounds = []
     for r in range(args.eval_repeats):
-        ours_model, recipe_model = copy.deepcopy(source), copy.deepcopy(source)  # same weights, own hooks
+        models = {side: copy.deepcopy(source) for side in SIDES}  # same weights, own hooks
         tt = TurnTaker(vocab_size, tokenizer.pad_token_id)
-        hooks = [m.register_forward_hook(lambda *a: tt.tick()) for m in (ours_model, recipe_model)]
+        hooks = [m.register_forward_hook(lambda *a: tt.tick()) for m in models.values()]
 
-        def ours():
-            return predict_proba(ours_model, test["input_ids"], tokenizer.pad_token_id, runtime, bs)
-
-        def recipe():
+        def recipe(tuned: bool) -> np.ndarray:
             targs = training_args(tmp / "eval-recipe", args.precision, seed, per_device_eval_batch_size=bs)
-            trainer = Trainer(model=recipe_model, args=targs, processing_class=tokenizer, data_collator=default_data_collator)
-            return quiet(trainer).predict(test_ds).predictions
+            trainer = Trainer(model=models["recipe_tuned" if tuned else "recipe"], args=targs,
+                              processing_class=tokenizer, data_collator=recipe_collator(tokenizer, tuned))
+            return np.asarray(quiet(trainer).predict(test_ds[tuned]).predictions)
 
-        # alternate who goes first, so neither side always follows the other's cache footprint
-        order = {"ours": ours, "recipe": recipe} if r % 2 == 0 else {"recipe": recipe, "ours": ours}
-        res = tt.run(order, args.threads)
+        jobs = {"ours": lambda: predict_proba(models["ours"], test["input_ids"], tokenizer.pad_token_id, runtime, bs),
+                "recipe": lambda: recipe(False), "recipe_tuned": lambda: recipe(True)}
+        # rotate who goes first, so no side always follows the same other side's cache footprint
+        names = list(jobs)[r % len(jobs):] + list(jobs)[: r % len(jobs)]
+        res = tt.run({n: jobs[n] for n in names}, args.threads)
         for h in hooks:
             h.remove()
-        o, rc = totals(tt.turns["ours"], tt.tails["ours"]), totals(tt.turns["recipe"], tt.tails["recipe"])
-        rounds.append({"ours": o, "recipe": rc, "ours_pred": res["ours"].argmax(1), "recipe_pred": np.asarray(res["recipe"]).argmax(1)})
-    o_s = sum(x["ours"]["seconds"] for x in rounds)
-    r_s = sum(x["recipe"]["seconds"] for x in rounds)
-    n = sum(x["ours"]["examples"] for x in rounds)
-    last = rounds[-1]
-    return {
-        "n_test": len(test["label"]), "batch_size": bs, "repeats": args.eval_repeats,
-        "ours_examples_per_s": n / o_s, "recipe_examples_per_s": sum(x["recipe"]["examples"] for x in rounds) / r_s,
-        "speedup": (n / o_s) / (sum(x["recipe"]["examples"] for x in rounds) / r_s),
-        "ours_positions_per_example": sum(x["ours"]["positions"] for x in rounds) / n,
-        "recipe_positions_per_example": sum(x["recipe"]["positions"] for x in rounds) / sum(x["recipe"]["examples"] for x in rounds),
-        "agreement": float((last["ours_pred"] == last["recipe_pred"]).mean()),
-        "ours_f1": compute_metrics(test["label"], last["ours_pred"], labels)["macro_f1"],
-        "recipe_f1": compute_metrics(test["label"], last["recipe_pred"], labels)["macro_f1"],
-    }
+        rounds.append({side: totals(tt.turns[side], tt.tails[side]) for side in SIDES})
+        preds = {side: res[side].argmax(1) for side in SIDES}
+    out = {"n_test": len(test["label"]), "batch_size": bs, "repeats": args.eval_repeats}
+    for side in SIDES:
+        out.update(side_summary(rounds, side))
+        out[f"{side}_f1"] = compute_metrics(test["label"], preds[side], labels)["macro_f1"]
+    out["agreement"] = float((preds["ours"] == preds["recipe"]).mean())
+    out["agreement_tuned"] = float((preds["ours"] == preds["recipe_tuned"]).mean())
+    return {**out, **speedups(out)}
 
 
 def bench_workflow(timeout: float = 60.0) -> dict:
@@ -656,6 +723,64 @@ def bench_workflow(timeout: float = 60.0) -> dict:
     return out
 
 
+# what each job loads before its first step, beyond its script's own imports (the library imports
+# these inside the functions the script calls); peft is not named: it counts only if these load it
+JOB_IMPORTS = {"finetune_full": "scripts/finetune.py", "evaluate": "scripts/evaluate.py"}
+LIBRARY_IMPORTS = ["dapt.cli", "dapt.train", "dapt.evaluate", "dapt.finetune"]
+HEAVY_MODULES = ("peft", "sklearn", "pyarrow.dataset")
+IMPORT_PROBE = """
+import importlib, json, resource, sys
+for name in {modules!r}:
+    importlib.import_module(name)
+import transformers
+transformers.AutoModelForSequenceClassification, transformers.AutoTokenizer  # lazy: these load the model code
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({{"cpu_s": usage.ru_utime + usage.ru_stime, "heavy": {{m: m in sys.modules for m in {heavy!r}}}}}))
+"""
+
+
+def script_imports(script: Path) -> list[str]:
+    """Every module a script imports, at the top or inside main(): read from the script itself, so
+    the measurement follows it as its imports change."""
+    names = []
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.append(node.module)
+    return names
+
+
+def bench_imports(repeats: int = 3, timeout: float = 120.0) -> dict:
+    """Start-up cost per job (all 71 jobs of the default study pay it): CPU seconds (user + sys,
+    interpreter start included) of a fresh process importing what a job imports before training;
+    the median of `repeats` processes. Also which heavy modules came along."""
+    out = {}
+    for job, script in JOB_IMPORTS.items():
+        modules = list(dict.fromkeys(script_imports(REPO / script) + LIBRARY_IMPORTS))
+        code = IMPORT_PROBE.format(modules=modules, heavy=HEAVY_MODULES)
+        runs = []
+        for _ in range(repeats):
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                                  cwd=REPO)
+            if proc.returncode != 0:
+                return {"error": f"{job}: " + (proc.stderr.strip().splitlines() or [f"rc {proc.returncode}"])[-1]}
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        out[job] = {"cpu_s": statistics.median(r["cpu_s"] for r in runs), "cpu_s_runs": [r["cpu_s"] for r in runs],
+                    "heavy": runs[-1]["heavy"], "modules": modules}
+    return out
+
+
+def imports_lines(imp: dict) -> list[str]:
+    """The figure issue 10 asks the benchmark to print, and the heavy modules each job imported."""
+    if "error" in imp:
+        return [f"imports_cpu_s error: {imp['error']}"]
+    yes = lambda b: "yes" if b else "no"  # noqa: E731
+    return ["imports_cpu_s " + " ".join(f"{job}={r['cpu_s']:.1f}" for job, r in imp.items()),
+            *(f"imports_heavy {job} " + " ".join(f"{m}={yes(v)}" for m, v in r["heavy"].items())
+              for job, r in imp.items())]
+
+
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
@@ -663,6 +788,12 @@ def bench_workflow(timeout: float = 60.0) -> dict:
 
 def fmt(x: float, nd: int = 0) -> str:
     return f"{x:,.{nd}f}"
+
+
+def side_row(label: str, d: dict, key: str, spec: str = ".1f") -> str:
+    """A row with ours, the recipe and the tuned recipe, in the columns of the rows with ratios."""
+    cells = [format(d[f"{side}_{key}"], spec) for side in SIDES]
+    return f"{label:42s} {cells[0]:>14s} {cells[1]:>14s} {'':>8s} {cells[2]:>14s}"
 
 
 def table(res: dict, args) -> str:
@@ -685,37 +816,47 @@ def table(res: dict, args) -> str:
     add(f"{'  whole call incl. load/save, s':42s} {p['ours_total_seconds']:>14.1f} {p['recipe_total_seconds']:>14.1f}")
     if "recipe_fp32_tokens_per_s" in p:
         add(f"{'  recipe at its default fp32: tokens/s':42s} {'':>14s} {fmt(p['recipe_fp32_tokens_per_s']):>14s} {p['speedup_vs_recipe_fp32']:>7.2f}x")
-        add(f"{'  recipe fp32: loss last steps / fixed blocks':42s} {'':>14s} {p['recipe_fp32_loss_last']:>14.3f}   fixed blocks {p['recipe_fp32_held_out_loss']:.3f}")
+        add(f"{'  recipe fp32: loss last steps / fixed blocks':42s} {'':>14s} {p['loss_last']['recipe_fp32']:>14.3f}   fixed blocks {h['recipe_fp32']:.3f}")
     peak = p["peak_flops_per_s"]
     add(f"{'  matmul peak ' + str(args.peak_n) + '^2, median (best), GFLOP/s':42s} "
         + "  ".join(f"{k} {v / 1e9:.1f} ({p['peak_flops_per_s_best'][k] / 1e9:.1f})" for k, v in peak.items()))
     add(f"{'  MFU vs ' + p['peak_key'] + ' peak (median step)':42s} {p['mfu']:>14.2f} {p['recipe_mfu']:>14.2f}")
     add(f"{'  MFU incl. attention-score FLOPs':42s} {p['mfu_with_attention']:>14.2f}")
-    add(f"FINE-TUNING ({f['n_train']} examples x {f['epochs']:g} epochs, batch {f['batch_size']}, seeds {','.join(map(str, f['seeds']))}, steps 2..N timed)")
-    add(f"{'  training examples/s':42s} {fmt(f['ours_examples_per_s'], 1):>14s} {fmt(f['recipe_examples_per_s'], 1):>14s} {f['speedup']:>7.2f}x")
-    add(f"{'  positions per example (padding incl.)':42s} {f['ours_positions_per_example']:>14.1f} {f['recipe_positions_per_example']:>14.1f}")
-    add(f"{'  real tokens per example':42s} {f['ours_tokens_per_example']:>14.1f}")
+    add(f"FINE-TUNING ({f['n_train']} examples x {f['epochs']:g} epochs, batch {f['batch_size']}, seeds {','.join(map(str, f['seeds']))}, "
+        f"steps 2..N timed, training examples only)")
+    add(f"{'':42s} {'ours':>14s} {'recipe @128':>14s} {'ratio':>8s} {'tuned recipe':>14s} {'ratio':>8s}")
+    add(f"{'  training examples/s':42s} {fmt(f['ours_examples_per_s'], 1):>14s} {fmt(f['recipe_examples_per_s'], 1):>14s} "
+        f"{f['speedup']:>7.2f}x {fmt(f['recipe_tuned_examples_per_s'], 1):>14s} {f['speedup_tuned']:>7.2f}x")
+    add(side_row("  positions per example (padding incl.)", f, "positions_per_example"))
+    add(side_row("  real tokens per example", f, "tokens_per_example"))
     for r in f["runs"]:
-        add(f"{'  test macro-F1, seed ' + str(r['seed']):42s} {r['ours_f1']:>14.4f} {r['recipe_f1']:>14.4f}   (ours: best of {f['epochs']:g} epochs on validation = epoch {r['ours_best_epoch']})")
+        add(side_row(f"  test macro-F1, seed {r['seed']}", r, "f1", ".4f")
+            + f"   (ours: best of {f['epochs']:g} epochs on validation = epoch {r['ours_best_epoch']})")
     if len(f["runs"]) > 1:
-        add(f"{'  test macro-F1, mean +- sd':42s} {f['ours_f1_mean']:>8.4f}+-{f['ours_f1_sd']:.3f} {f['recipe_f1_mean']:>8.4f}+-{f['recipe_f1_sd']:.3f}")
+        spread = {f"{side}_f1": f"{f[side + '_f1_mean']:.4f}+-{f[side + '_f1_sd']:.3f}" for side in SIDES}
+        add(side_row("  test macro-F1, mean +- sd", spread, "f1", "s"))
     add(f"EVALUATION ({e['n_test']} test examples, batch {e['batch_size']}, same fine-tuned weights, {e['repeats']} rounds)")
-    add(f"{'  examples/s':42s} {fmt(e['ours_examples_per_s'], 1):>14s} {fmt(e['recipe_examples_per_s'], 1):>14s} {e['speedup']:>7.2f}x")
-    add(f"{'  positions per example (padding incl.)':42s} {e['ours_positions_per_example']:>14.1f} {e['recipe_positions_per_example']:>14.1f}")
-    add(f"{'  test macro-F1 / prediction agreement':42s} {e['ours_f1']:>14.4f} {e['recipe_f1']:>14.4f}   agree {e['agreement']:.1%}")
+    add(f"{'  examples/s':42s} {fmt(e['ours_examples_per_s'], 1):>14s} {fmt(e['recipe_examples_per_s'], 1):>14s} "
+        f"{e['speedup']:>7.2f}x {fmt(e['recipe_tuned_examples_per_s'], 1):>14s} {e['speedup_tuned']:>7.2f}x")
+    add(side_row("  positions per example (padding incl.)", e, "positions_per_example"))
+    add(side_row("  test macro-F1", e, "f1", ".4f")
+        + f"   agree {e['agreement']:.1%} / tuned {e['agreement_tuned']:.1%}")
     wf = res.get("workflow")
     if wf:
         if "error" in wf:
             add(f"WORKFLOW  dry run of the default study: {wf['error']}")
         else:
             add(f"WORKFLOW  dry run of the default study (empty folder): {wf.get('jobs', '?')} jobs planned in {wf['dry_run_seconds']:.1f} s")
+    if "imports" in res:
+        lines += imports_lines(res["imports"])
     add(f"total benchmark time {res['seconds']:.0f} s")
     return "\n".join(lines)
 
 
 def last_line(res: dict) -> str:
     return (f"pretrain_speedup={res['pretrain']['speedup']:.2f} finetune_speedup={res['finetune']['speedup']:.2f} "
-            f"eval_speedup={res['eval']['speedup']:.2f} pretrain_mfu={res['pretrain']['mfu']:.2f}")
+            f"eval_speedup={res['eval']['speedup']:.2f} pretrain_mfu={res['pretrain']['mfu']:.2f} "
+            f"finetune_speedup_tuned={res['finetune']['speedup_tuned']:.2f} eval_speedup_tuned={res['eval']['speedup_tuned']:.2f}")
 
 
 def parse_args(argv=None):
@@ -745,6 +886,7 @@ def parse_args(argv=None):
     p.add_argument("--peak-n", type=int, default=2048)
     p.add_argument("--peak-reps", type=int, default=1)
     p.add_argument("--no-workflow", action="store_true", help="skip the Snakemake dry-run timing")
+    p.add_argument("--import-repeats", type=int, default=3, help="fresh processes per job kind for the import CPU (0: skip)")
     p.add_argument("--workdir", default=str(REPO / "results" / "bench"), help="prepared data is cached here")
     p.add_argument("--cache-dir", default=str(REPO / "results" / ".cache" / "downloads"), help="download cache")
     p.add_argument("--json", default="", help="also write the results here")
@@ -786,6 +928,8 @@ def main(argv=None) -> dict:
     res["finetune"].pop("_models", None)
     if not args.no_workflow:
         res["workflow"] = bench_workflow()
+    if args.import_repeats:
+        res["imports"] = bench_imports(args.import_repeats)
     res["seconds"] = time.perf_counter() - t0
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=float) + "\n")
