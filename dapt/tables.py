@@ -52,9 +52,10 @@ def load_hf_dataset(source: dict, where: str, cache_dir: str | os.PathLike) -> p
             token=os.environ.get("HF_TOKEN") or False,
         )
     except Exception as err:  # the hub and the builders raise many unrelated types
+        reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line: hub errors add a "more info" line
         raise UserError(
             f"{where}.id",
-            f"cannot load dataset {dataset_id!r}: {type(err).__name__}: {err}",
+            f"cannot load dataset {dataset_id!r}: {reason}",
             "check id, name, split and revision; private datasets need HF_TOKEN set",
         ) from None
     table = ds.to_pandas()

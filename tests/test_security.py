@@ -236,3 +236,155 @@ def test_adapter_with_only_a_pickle_is_refused(lora_artifacts):
     model, _ = load_finetuned(str(safe), str(base), ["neg", "pos"])  # the artifact itself is sound
     assert model is not None
     expect_refused(lambda: load_finetuned(str(pickled), str(base), ["neg", "pos"]), "no adapter_model.safetensors")
+
+
+# --------------------------------------------------------------------------------------------
+# The hub download path: a local server stands in for the Hugging Face hub (HF_ENDPOINT)
+# --------------------------------------------------------------------------------------------
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+RESOLVE = re.compile(r"^/(?:datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+REPO_INFO = re.compile(r"^/api/(?:datasets|models)/([^/]+/[^/]+)(?:/revision/([^/]+))?$")
+TREE = re.compile(r"^/api/(?:datasets|models)/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?$")
+
+
+class FakeHub:
+    """The few hub API calls `datasets.load_dataset` and `snapshot_download` make, for one repository.
+
+    Serves `files` at commit HUB_COMMIT, or answers every request with `status` (e.g. 401); records
+    each request's method, path and Authorization header. Listens on 127.0.0.1 only and shuts itself
+    down after `lifetime_s` even if the test's finalizer never runs.
+    """
+
+    def __init__(self, files: dict[str, bytes], status: int | None = None, lifetime_s: float = 300) -> None:
+        self.files, self.status = files, status
+        self.requests: list[tuple[str, str, str | None]] = []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hub.requests.append((self.command, self.path, self.headers.get("Authorization")))
+                if hub.status:
+                    self.send_error(hub.status)
+                    return
+                path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+                if match := RESOLVE.match(path):
+                    self.reply(hub.files.get(match.group(3)), "application/octet-stream")
+                elif REPO_INFO.match(path):
+                    info = {"id": "org/tiny", "sha": HUB_COMMIT, "private": True,
+                            "siblings": [{"rfilename": name} for name in hub.files]}
+                    self.reply(json.dumps(info).encode(), "application/json")
+                elif match := TREE.match(path):
+                    under = (match.group(3) or "").strip("/")
+                    entries = [{"type": "file", "path": name, "size": len(content),
+                                "oid": hashlib.sha1(content).hexdigest()}
+                               for name, content in hub.files.items() if posix_parent(name) == under]
+                    self.reply(json.dumps(entries).encode(), "application/json")
+                else:
+                    self.reply(None, "")
+
+            do_HEAD = do_GET
+
+            def reply(self, content: bytes | None, content_type: str) -> None:
+                if content is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(content)))
+                self.send_header("ETag", f'"{hashlib.sha1(content).hexdigest()}"')
+                self.send_header("X-Repo-Commit", HUB_COMMIT)
+                self.end_headers()
+                if self.command == "GET":
+                    self.wfile.write(content)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.deadline = threading.Timer(lifetime_s, self.httpd.shutdown)
+        self.deadline.daemon = True
+        self.deadline.start()
+
+    def stop(self) -> None:
+        self.deadline.cancel()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+def posix_parent(name: str) -> str:
+    return name.rpartition("/")[0]
+
+
+@pytest.fixture
+def fake_hub():
+    """Start FakeHub(files, status) on demand; every hub started is stopped, also when the test fails."""
+    hubs: list[FakeHub] = []
+
+    def start(files: dict[str, bytes], status: int | None = None) -> FakeHub:
+        hubs.append(FakeHub(files, status))
+        return hubs[-1]
+
+    yield start
+    for hub in hubs:
+        hub.stop()
+    assert not any(hub.thread.is_alive() for hub in hubs)
+
+
+def hub_env(hub: FakeHub, home: Path) -> dict[str, str]:
+    """The hub client pointed at the fake hub (HF_ENDPOINT is read at import, so only in a subprocess)."""
+    env = {k: v for k, v in os.environ.items() if not re.search(r"^HF_|_OFFLINE$", k)}
+    return {**env, "HF_ENDPOINT": hub.url, "HF_TOKEN": HUB_TOKEN_CANARY, "HF_HOME": str(home),
+            "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def run_hub_script(script: str, spec: dict, out: str, hub: FakeHub, cwd: Path, *args: str):
+    cmd = [sys.executable, str(REPO / "scripts" / script), "--config-json", json.dumps(spec), "--out", out,
+           "--cache-dir", "results/.cache/downloads", *args]
+    return subprocess.run(cmd, cwd=cwd, env=hub_env(hub, cwd / "hf-home"), capture_output=True, text=True,
+                          timeout=600)
+
+
+def assert_token_nowhere(proc: subprocess.CompletedProcess, hub: FakeHub, folder: Path) -> None:
+    """The token went to the hub (Authorization: Bearer) and nowhere else: not stdout, stderr or any file."""
+    assert any(auth == f"Bearer {HUB_TOKEN_CANARY}" for _, _, auth in hub.requests), hub.requests
+    assert HUB_TOKEN_CANARY not in proc.stdout + proc.stderr
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert [str(p) for p in files if HUB_TOKEN_CANARY.encode() in p.read_bytes()] == []
+
+
+HF_TASK = {"source": {"kind": "hf", "id": "org/tiny", "split": "train", "columns": {"text": "sentence", "label": "sentiment"}},
+           "carve": {"test": 40, "validation": 40}}
+
+
+@pytest.mark.parametrize("status", [401, 404])
+def test_hub_dataset_refused_by_the_hub_is_one_error_line_without_the_token(tmp_path, fake_hub, status):
+    hub = fake_hub({}, status)
+    proc = run_hub_script("prepare_data.py", HF_TASK, "results/data/tasks/t", hub, tmp_path, "--kind", "task",
+                          "--name", "t")
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.stderr.strip().splitlines()[-1] == errors[0] and len(errors) == 1
+    assert errors[0].startswith("error: tasks.t.source.id: cannot load dataset 'org/tiny'")
+    assert not (tmp_path / "results" / "data" / "tasks" / "t").exists()
+    assert_token_nowhere(proc, hub, tmp_path)
+
+
+def test_hub_dataset_download_keeps_the_token_out_of_every_output(tmp_path, fake_hub):
+    hub = fake_hub({"train.csv": (REPO / "tests" / "data" / "rt_sample.csv").read_bytes()})
+    proc = run_hub_script("prepare_data.py", HF_TASK, "results/data/tasks/t", hub, tmp_path, "--kind", "task",
+                          "--name", "t")
+    assert proc.returncode == 0, proc.stderr
+    assert "task t: train 320, validation 40, test 40 rows" in proc.stdout
+    summary = json.loads((tmp_path / "results" / "data" / "tasks" / "t" / "summary.json").read_text())
+    assert summary["source"]["id"] == "org/tiny"
+    assert any("/resolve/" in path and path.endswith("/train.csv") for method, path, _ in hub.requests if method == "GET")
+    assert_token_nowhere(proc, hub, tmp_path)
