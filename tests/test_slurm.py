@@ -1,10 +1,13 @@
 """Run a Snakemake workflow on a real single-node SLURM cluster.
 
-The session fixture ``slurm_cluster`` brings up munged, slurmctld and slurmd
+The module fixture ``slurm_cluster`` brings up munged, slurmctld and slurmd
 with tests/slurm/cluster.sh (needs root and the packages from
-.ci/install_slurm.sh) and stops exactly those daemons at the end.  Workflows
-are run through ``snakemake --workflow-profile profiles/slurm`` by
-:func:`run_snakemake_on_slurm`.
+.ci/install_slurm.sh) and stops them when this module's tests are done, also
+when a test or the start-up fails; its teardown fails if any process the
+cluster started (daemons, job steps, job scripts) is still alive.  A watchdog
+process stops the cluster if pytest itself dies first (SIGKILL, or SIGTERM
+from ``timeout``, which skip finalizers).  Workflows are run through
+``snakemake --workflow-profile profiles/slurm`` by :func:`run_snakemake_on_slurm`.
 
 The test runs the tiny study (tests/config/tiny.yaml on a reduced grid: one
 seed, method full, variants base and dapt) end to end: prepare_* and report
@@ -73,6 +76,55 @@ def _daemon_pids(state_dir: Path) -> dict[str, int]:
     return pids
 
 
+def cluster_processes(state_dir: Path, also: dict[str, int] | None = None) -> dict[int, str]:
+    """Live processes of this cluster: {pid: command}.
+
+    The daemons may lose their pid files and job steps have none, so a process counts as the
+    cluster's when its command line or its environment names the state directory: the daemons'
+    arguments, and SLURM_CONF=<state>/etc/slurm.conf, which cluster.sh exports to the daemons and
+    they pass on to slurmstepd and the job scripts. ``also``: pids known otherwise (the pid files).
+    Zombies count as gone. Not this process: its SLURM_CONF was set after it started.
+    """
+    marker = str(state_dir).encode()
+    found = {pid: name for name, pid in (also or {}).items() if not _process_gone(pid)}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            named = marker in cmdline or marker in (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if named and not _process_gone(int(entry.name)):
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+    return found
+
+
+def kill_all(pids: dict[int, str], grace_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL what is still alive after ``grace_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and not all(_process_gone(p) for p in pids):
+            time.sleep(0.1)
+
+
+def start_watchdog(state_dir: Path) -> subprocess.Popen:
+    """A process, in its own session, that runs ``cluster.sh stop`` once pytest is gone.
+
+    It waits for end-of-file on a pipe only pytest holds, so any death of pytest (SIGKILL, or the
+    SIGTERM of ``timeout``, which skip fixture finalizers) releases it; it ignores the signals
+    that are sent to pytest's process group. The finalizer kills it when it stopped the cluster itself.
+    """
+    script = f'trap "" INT TERM HUP; read -r _; exec bash {CLUSTER_SH} stop {state_dir} >/dev/null 2>&1'
+    return subprocess.Popen(["bash", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -100,8 +152,13 @@ class SlurmCluster:
         return "\n".join(out)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slurm_cluster():
+    """The test cluster, for this module's tests only (not kept up through the rest of the session).
+
+    Stopped in the finalizer whatever happened (a failed start, a failed test); the teardown
+    fails if ``cluster.sh stop`` left any of the cluster's processes alive (they are then killed).
+    """
     if shutil.which("slurmctld") is None and not Path("/usr/sbin/slurmctld").exists():
         pytest.skip("slurmctld is not installed (run .ci/install_slurm.sh as root)")
 
@@ -109,37 +166,45 @@ def slurm_cluster():
     # must reach its socket/key directory inside the state dir.
     state_dir = Path(tempfile.mkdtemp(prefix="dapt-slurm-", dir="/tmp"))
     cluster = SlurmCluster(state_dir)
-    t0 = time.monotonic()
-    try:
-        started = cluster.cluster_sh("start")
-    except subprocess.TimeoutExpired as exc:
-        started = subprocess.CompletedProcess(exc.cmd, -1, exc.stdout or "", exc.stderr or "")
-    if started.returncode != 0:
-        cluster.cluster_sh("stop")
-        pytest.fail(
-            f"could not start the SLURM test cluster (rc={started.returncode}, "
-            f"state in {state_dir}; needs root):\n{started.stdout}\n{started.stderr}",
-            pytrace=False,
-        )
-    print(f"\nSLURM test cluster up in {time.monotonic() - t0:.1f}s ({state_dir})")
-    pids = _daemon_pids(state_dir)
-    assert set(pids) == set(DAEMONS), f"missing pid files: {pids}"
-
+    watchdog = start_watchdog(state_dir)
     old_conf = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(cluster.slurm_conf)
+    pids: dict[str, int] = {}
     try:
+        t0 = time.monotonic()
+        try:
+            started = cluster.cluster_sh("start")
+        except subprocess.TimeoutExpired as exc:
+            started = subprocess.CompletedProcess(exc.cmd, -1, exc.stdout or "", exc.stderr or "")
+        pids = _daemon_pids(state_dir)
+        if started.returncode != 0:
+            pytest.fail(
+                f"could not start the SLURM test cluster (rc={started.returncode}, "
+                f"state in {state_dir}; needs root):\n{started.stdout}\n{started.stderr}",
+                pytrace=False,
+            )
+        print(f"\nSLURM test cluster up in {time.monotonic() - t0:.1f}s ({state_dir})")
+        assert set(pids) == set(DAEMONS), f"missing pid files: {pids}"
+        os.environ["SLURM_CONF"] = str(cluster.slurm_conf)
         yield cluster
     finally:
         if old_conf is None:
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = old_conf
-        stopped = cluster.cluster_sh("stop")
-        left = {n: p for n, p in pids.items() if not _process_gone(p)}
+        try:
+            stopped = cluster.cluster_sh("stop")
+        except subprocess.TimeoutExpired as exc:
+            stopped = subprocess.CompletedProcess(exc.cmd, -1, exc.stdout or "", f"timed out: {exc.stderr or ''}")
+        watchdog.kill()
+        watchdog.wait()
+        left = cluster_processes(state_dir, also=pids)
+        kill_all(left)  # whatever stop missed: never leave daemons behind, even when failing
+        still = cluster_processes(state_dir, also=pids)
         if not os.environ.get("DAPT_SLURM_KEEP_STATE") and stopped.returncode == 0 and not left:
             shutil.rmtree(state_dir, ignore_errors=True)
         assert stopped.returncode == 0, f"cluster.sh stop failed:\n{stopped.stderr}"
-        assert not left, f"daemons still running after stop: {left}"
+        assert not left, f"processes of the cluster alive after cluster.sh stop (killed now): {left}"
+        assert not still, f"processes of the cluster survive SIGKILL: {still}"
 
 
 def run_snakemake_on_slurm(

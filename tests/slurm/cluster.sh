@@ -14,9 +14,10 @@
 # before it calls `srun` inside the job, so that srun only finds the
 # configuration at the default path.  An existing regular
 # /etc/slurm/slurm.conf is never replaced (start fails instead).
-# A system munged (if any) is left alone.  `stop` signals only the pids
-# recorded in STATE_DIR (after checking their command name) and waits until
-# they are gone; zombies count as gone, PID 1 may reap them late.
+# A system munged (if any) is left alone.  `stop` signals the pids recorded
+# in STATE_DIR (after checking their command name), then every process whose
+# environment holds this cluster's SLURM_CONF (job steps and scripts), and
+# waits until they are gone; zombies count as gone, PID 1 may reap them late.
 #
 # Clients should use this cluster's configuration:
 #   export SLURM_CONF=STATE_DIR/etc/slurm.conf   (also written to STATE_DIR/env.sh)
@@ -320,6 +321,29 @@ stop_one() {
     fi
 }
 
+# sweep: end every process still carrying this cluster's SLURM_CONF in its environment (job steps
+# and job scripts slurmd left, a Snakemake run whose pytest died), except this script, its
+# ancestors and its children (they may carry it too).
+ppid_of() { sed -e 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f2; }
+
+sweep() {
+    local keep=" " pid=$$ p victims=()
+    while [ -n "$pid" ] && [ "$pid" -gt 1 ]; do keep+="$pid "; pid=$(ppid_of "$pid"); done
+    for p in /proc/[0-9]*; do
+        pid=${p#/proc/}
+        case "$keep" in *" $pid "* | *" $(ppid_of "$pid") "*) continue ;; esac
+        alive "$pid" || continue
+        tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$SLURM_CONF" || continue
+        victims+=("$pid")
+    done
+    [ "${#victims[@]}" -gt 0 ] || return 0
+    log "ending ${#victims[@]} leftover process(es) of this cluster: ${victims[*]}"
+    kill -TERM "${victims[@]}" 2>/dev/null || true
+    for pid in "${victims[@]}"; do
+        wait_gone "$pid" 10 || kill -KILL "$pid" 2>/dev/null || true
+    done
+}
+
 do_stop() {
     # Cancel what is still queued/running on *this* cluster so that slurmd's
     # slurmstepd children end too (they are not in our pid files).
@@ -337,6 +361,7 @@ do_stop() {
     stop_one slurmd
     stop_one slurmctld
     stop_one munged
+    sweep
     rm -f "$PIDS"/*.pid
     unlink_system_conf
     log "stopped ($STATE)"
