@@ -44,6 +44,7 @@ import argparse
 import ast
 import copy
 import datetime
+import importlib
 import json
 import logging
 import os
@@ -343,12 +344,26 @@ def training_args(out: Path, precision: str, seed: int, **kw):
                              disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **kw)
 
 
+def dapt_attr(name: str, *modules: str):
+    """`name` from the first of `modules` that has it: the redesign (issue 11) moves functions between
+    dapt's modules, and the benchmark should run on either side of a move."""
+    error = None
+    for module in modules:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as err:
+            error = err
+    raise ImportError(f"{name} is in none of {', '.join(modules)}") from error
+
+
 def make_runtime(precision: str):
-    from dapt.devices import choose_precision, pick_device
+    """A one-process runtime with the precision the study would resolve on this machine."""
+    from dapt.devices import pick_device
     from dapt.train import Runtime
 
     device = pick_device()
-    return Runtime(device=device, precision=choose_precision(precision, device), rank=0, world_size=1)
+    chosen = dapt_attr("choose_precision", "dapt.precision", "dapt.devices")(precision, device)
+    return Runtime(device=device, precision=chosen, rank=0, world_size=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,8 +611,11 @@ def bench_finetune(cfg: dict, args: argparse.Namespace, inp: dict, vocab_size: i
     padding, length-grouped batches), interleaved step by step: training examples/s, test macro-F1."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
 
-    from dapt.evaluate import compute_metrics, predict_proba
-    from dapt.finetune import finetune, load_finetuned
+    from dapt.evaluate import predict_proba
+    from dapt.finetune import finetune
+
+    compute_metrics = dapt_attr("compute_metrics", "dapt.metrics", "dapt.evaluate")
+    load_finetuned = dapt_attr("load_finetuned", "dapt.methods", "dapt.finetune")
     from dapt.files import read_json
     from dapt.tokenization import read_examples
 
@@ -658,10 +676,11 @@ def bench_eval(cfg: dict, args: argparse.Namespace, inp: dict, ft: dict, vocab_s
     fine-tuned weights, interleaved batch by batch: examples/s and agreement."""
     from transformers import AutoTokenizer, Trainer
 
-    from dapt.evaluate import compute_metrics, predict_proba
+    from dapt.evaluate import predict_proba
     from dapt.files import read_json
     from dapt.tokenization import read_examples
 
+    compute_metrics = dapt_attr("compute_metrics", "dapt.metrics", "dapt.evaluate")
     tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
     labels = read_json(inp["task_tok"] / "labels.json")
     test = read_examples(inp["task_tok"] / "test.parquet")
@@ -901,8 +920,8 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     cfg = yaml.safe_load(Path(args.config).read_text())
     args.precision = args.precision or cfg.get("precision", "fp32")
-    if args.precision == "auto":
-        args.precision = "bf16" if torch.cuda.is_available() else "fp32"
+    if args.precision == "auto":  # as the study resolves it here (on a CPU: by its bf16 support and a probe)
+        args.precision = make_runtime("auto").precision["precision"]
     dapt_params = (cfg.get("pretrain") or {}).get("dapt", {})
     args.batch_size = args.batch_size or dapt_params.get("batch_size", 16)
     args.seq_len = args.seq_len or dapt_params.get("max_length", 128)
