@@ -71,7 +71,9 @@ wildcard_constraints:
     chain=r"(dapt|tapt)-[A-Za-z][A-Za-z0-9_]*(\+(dapt|tapt)-[A-Za-z][A-Za-z0-9_]*)*",
 
 
-RUN = "{task}/{model}/{variant}/{method}/seed{seed}"
+from dapt import layout  # noqa: E402
+
+RUN = layout.RUN
 
 
 def as_json(obj, keep_order=False):
@@ -166,22 +168,5 @@ def pretrain_chains():
     )
 
 
-REPORT_DIR = "results/report"
-REPORT_FILES = [
-    f"{REPORT_DIR}/{name}"
-    for name in (
-        "table.md",
-        "table.csv",
-        "table.tex",
-        "table_paper.tex",
-        "results.csv",
-        "ensemble.csv",
-        "significance.csv",
-        "runtime.csv",
-        "scores.png",
-        "mlm_loss.png",
-        "finetune_curves.png",
-        "f1_vs_params.png",
-        "provenance.json",
-    )
-]
+REPORT_DIR = layout.REPORT_DIR
+REPORT_FILES = layout.report_files(REPORT_DIR)

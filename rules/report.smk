@@ -1,8 +1,28 @@
 # Step 6: the paper-style report: tables (CSV, Markdown, LaTeX), plots, significance, provenance.
 
+# Snakemake's report() under another name: in a function, `report` would parse as the directive.
+from snakemake.io import report as html_report
+
 
 localrules:
     report,
+
+
+def report_outputs():
+    """The report's files (dapt.layout.REPORT, the list the report writes), named by file name;
+    those with a caption (report/<caption>.rst) appear in Snakemake's HTML report."""
+    return {
+        f.name.replace(".", "_"): (
+            html_report(
+                f"{REPORT_DIR}/{f.name}",
+                caption=f"../report/{f.caption}.rst",
+                category=f.category,
+            )
+            if f.caption
+            else f"{REPORT_DIR}/{f.name}"
+        )
+        for f in layout.REPORT
+    }
 
 
 rule report:
@@ -12,53 +32,7 @@ rule report:
         logs=run_files(f"results/finetune/{RUN}/log.csv"),
         mlm=[f"results/pretrain/{m}/{c}/loss.csv" for m, c in pretrain_chains()],
     output:
-        table_md=report(
-            f"{REPORT_DIR}/table.md", caption="../report/table.rst", category="Tables"
-        ),
-        table_csv=f"{REPORT_DIR}/table.csv",
-        table_tex=f"{REPORT_DIR}/table.tex",
-        table_paper_tex=f"{REPORT_DIR}/table_paper.tex",
-        results=report(
-            f"{REPORT_DIR}/results.csv",
-            caption="../report/results.rst",
-            category="Tables",
-        ),
-        ensemble=f"{REPORT_DIR}/ensemble.csv",
-        significance=report(
-            f"{REPORT_DIR}/significance.csv",
-            caption="../report/significance.rst",
-            category="Tables",
-        ),
-        runtime=report(
-            f"{REPORT_DIR}/runtime.csv",
-            caption="../report/runtime.rst",
-            category="Cost",
-        ),
-        scores=report(
-            f"{REPORT_DIR}/scores.png",
-            caption="../report/scores.rst",
-            category="Plots",
-        ),
-        mlm=report(
-            f"{REPORT_DIR}/mlm_loss.png",
-            caption="../report/mlm_loss.rst",
-            category="Plots",
-        ),
-        curves=report(
-            f"{REPORT_DIR}/finetune_curves.png",
-            caption="../report/finetune_curves.rst",
-            category="Plots",
-        ),
-        params=report(
-            f"{REPORT_DIR}/f1_vs_params.png",
-            caption="../report/f1_vs_params.rst",
-            category="Plots",
-        ),
-        provenance=report(
-            f"{REPORT_DIR}/provenance.json",
-            caption="../report/provenance.rst",
-            category="Provenance",
-        ),
+        **report_outputs(),
     log:
         "results/logs/report/report.log",
     benchmark:
@@ -71,8 +45,9 @@ rule report:
     params:
         script=script("report.py"),
         config=lambda w: as_json(config, keep_order=True),
-        out=lambda w, output: os.path.dirname(output.table_md),
+        out=REPORT_DIR,
+        benchmarks=layout.BENCHMARK_DIR,
     shell:
         "python {params.script} --metrics {input.metrics} --logs {input.logs}"
-        " --pretrain-logs {input.mlm} --benchmarks results/benchmarks"
+        " --pretrain-logs {input.mlm} --benchmarks {params.benchmarks}"
         " --config-json {params.config:q} --out {params.out} > {log} 2>&1"

@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    paths = report.make_report(
+    paths = report.write_report(
         args.metrics, args.out, load_config(args.config_json), log_paths=args.logs,
         pretrain_log_paths=args.pretrain_logs, benchmark_paths=args.benchmarks,
         prediction_paths=args.predictions, n_resamples=args.bootstrap_resamples,

@@ -22,7 +22,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the package is not installed into the venv
 
-from dapt import report
+from dapt import layout, report
 from dapt.redact import REDACTED  # noqa: E402
 from dapt.errors import UserError  # noqa: E402
 
@@ -191,10 +191,21 @@ def _md_rows(text: str) -> list[list[str]]:
 
 
 def test_all_outputs_written(study):
-    for name in report.OUTPUTS:
+    for name in layout.REPORT_FILES:
         path = study["out"] / name
         assert path.is_file() and path.stat().st_size > 0, name
     assert not [p for p in study["out"].iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_the_rule_declares_exactly_the_files_the_report_writes(study, tmp_path):
+    """rules/report.smk's outputs (as Snakemake sees them) = what scripts/report.py writes."""
+    written = {p.name for p in study["out"].iterdir()}
+    assert written == set(layout.REPORT_FILES)
+    proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
+                           "--directory", str(tmp_path), "--summary"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    declared = [line.split("\t")[0] for line in proc.stdout.splitlines() if line.split("\t")[2:3] == ["report"]]
+    assert sorted(declared) == sorted(f"{layout.REPORT_DIR}/{name}" for name in written)
 
 
 def test_results_one_row_per_run_with_benchmarks(study):
@@ -416,11 +427,13 @@ def test_no_environment_value_in_any_output(study):
     assert REDACTED in (study["out"] / "provenance.json").read_text()
 
 
-def test_captions_exist():
-    for name in ("table", "results", "scores", "mlm_loss", "finetune_curves", "f1_vs_params", "significance",
-                 "runtime", "provenance"):
+def test_captions_exist_for_the_declared_files_only():
+    captions = {f.caption for f in layout.REPORT if f.caption}
+    assert {"table", "results", "significance", "runtime", "scores", "provenance"} <= captions
+    for name in captions:
         text = (ROOT / "report" / f"{name}.rst").read_text()
         assert len(text.split()) > 15, name
+    assert {p.stem for p in (ROOT / "report").glob("*.rst")} == captions, "a caption for no declared file"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -519,7 +532,6 @@ def _paper_table(methods=("full",)) -> pd.DataFrame:
                    "n_seeds": 5}
             for k, v in enumerate(("base", "dapt", "tapt", "dapt_tapt")):
                 row[f"{v}_mean"], row[f"{v}_std"] = 80.0 + i + k * 0.51 - j, 0.1 * (k + 1)
-            row["best"] = "dapt_tapt"
             rows.append(row)
             rows.append({**row, "row": "ensemble"})
     return pd.DataFrame(rows)
@@ -575,3 +587,24 @@ def test_report_labels_must_name_the_studys_things():
     config["report"]["labels"]["tasks"] = {"t": 3}
     with pytest.raises(UserError, match=r"report.labels.tasks.t"):
         study.validate_config(config, "study.yaml")
+
+
+def test_renderers_format_the_numbers_and_bold_visible_ties():
+    """The table holds numbers; bold marks come from them as displayed (80.04 and 80.01 both show 80.0)."""
+    row = {"task": "t", "metric": "macro_f1", "model": "m", "method": "full", "row": "seeds", "n_seeds": "3",
+           "base_mean": 80.04, "base_std": 1.26, "base_n": 3, "dapt_mean": 80.01, "dapt_std": 0.5, "dapt_n": 3,
+           "tapt_mean": float("nan"), "tapt_std": float("nan"), "tapt_n": 0, "p_dapt": 0.5, "p_tapt": float("nan"),
+           "trainable_pct": 100.0, "trainable_params": 1e6, "finetune_wall_s": 12.34, "peak_memory_mb": 900.0}
+    nan = float("nan")
+    table = pd.DataFrame([row, {**row, "row": "ensemble", "base_mean": 79.0, "base_std": nan, "dapt_std": nan}])
+    variants = ["base", "dapt", "tapt"]
+    cells = _md_rows(report.render_markdown(table, variants, "base", "", "", 100, 0))[2]
+    assert cells[4:7] == ["**80.0 ± 1.3**", "**80.0 ± 0.5**", "–"]
+    assert cells[7:] == ["0.5000", "", "100", "12.3", "900", "3"]
+    ens = _md_rows(report.render_markdown(table, variants, "base", "", "", 100, 0))[3]
+    assert ens[4:7] == ["79.0", "**80.0**", "–"]
+    tex = report.render_latex(table, variants, 100, 0)
+    assert "\\textbf{80.0}$_{\\pm 1.3}$ & \\textbf{80.0}$_{\\pm 0.5}$ &  & 100 & 12.3 & 900 & 3 \\\\" in tex
+    csv = report.render.table_csv(table, variants)
+    assert list(csv.columns[:9]) == ["task", "metric", "model", "method", "row", "base", "dapt", "tapt", "best"]
+    assert list(csv["best"]) == ["base dapt", "dapt"] and list(csv["tapt"]) == ["–", "–"]

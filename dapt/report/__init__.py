@@ -1,0 +1,146 @@
+"""The paper-style report of a study: `write_report` turns the per-run outputs into the files of
+`dapt.layout.REPORT_FILES` (tables, notes, ensembles, significance, runtime, plots, provenance).
+
+The report is the only place where runs meet, so it is also where the study is checked for
+consistency (same test set for every run of a task, one result per run, scores in [0, 1]) and where
+each number is tied to what it rests on. Modules, in the order the data flows:
+
+* inputs      reading and validating metrics, predictions, logs, benchmarks (errors name the file)
+* design      the study's order of names, each task's metric, the baseline variant
+* results     one row per run (results.csv), with the cost of its jobs
+* ensembles   seed ensembles and the majority-class baseline
+* stats       paired bootstrap significance against the baseline
+* table       the main table as numbers
+* formatting  how numbers are shown; render (Markdown, CSV) and latex (two LaTeX tables) use it
+* notes, runtime, plots, provenance   the other files
+
+Conventions: scores are fractions in [0, 1] in the inputs and shown ×100 with one decimal, as in
+Gururangan et al. (2020); "± std" is the sample standard deviation over seeds (ddof=1), blank for a
+single seed; metrics are computed by dapt.metrics, as in evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dapt import files, layout
+from dapt.errors import UserError
+from dapt.metrics import METRICS, score, score_confusion
+from dapt.redact import scrub, secret_values
+from dapt.report.design import baseline_variant, ordered, task_metric
+from dapt.report.ensembles import build_ensembles, ensemble_predictions, group_labels, load_run_predictions, \
+    majority_baselines
+from dapt.report.inputs import read_benchmarks, read_finetune_logs, read_metrics, read_pretrain_logs
+from dapt.report.latex import render_latex, render_paper_latex
+from dapt.report.notes import NOTES_TITLE, build_notes
+from dapt.report.plots import plot_f1_vs_params, plot_finetune_curves, plot_mlm_loss, plot_scores, save_figure
+from dapt.report.provenance import provenance
+from dapt.report.render import render_markdown, table_csv
+from dapt.report.results import build_results, labels_by_run
+from dapt.report.runtime import render_runtime, runtime_table
+from dapt.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_bootstrap, significance
+from dapt.report.table import build_table
+
+__all__ = [
+    "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "METRICS", "baseline_variant", "build_ensembles", "build_report",
+    "build_results", "build_table", "ensemble_predictions", "majority_baselines", "ordered", "paired_bootstrap",
+    "render_latex", "render_markdown", "render_paper_latex", "score", "score_confusion", "significance",
+    "task_metric", "write_report",
+]
+
+Content = str | pd.DataFrame | Callable[[], Any]  # text, a CSV table, or a function making a figure
+
+
+def _predictions_of(metrics_paths: Sequence[str | os.PathLike],
+                    prediction_paths: Sequence[str | os.PathLike] | None) -> dict[str, str]:
+    """predictions.csv of each run, keyed by its metrics path (default: the file next to it)."""
+    if prediction_paths is None:
+        prediction_paths = [Path(p).parent / "predictions.csv" for p in metrics_paths]
+    if len(prediction_paths) != len(metrics_paths):
+        raise UserError("--predictions", f"{len(prediction_paths)} files for {len(metrics_paths)} metrics files",
+                        "give one predictions.csv per metrics.json, in the same order")
+    return {str(m): str(p) for m, p in zip(metrics_paths, prediction_paths)}
+
+
+def build_report(
+    metrics_paths: Sequence[str | os.PathLike],
+    config: Mapping | None = None,
+    log_paths: Sequence[str | os.PathLike] = (),
+    pretrain_log_paths: Sequence[str | os.PathLike] = (),
+    benchmark_paths: Sequence[str | os.PathLike] = (),
+    prediction_paths: Sequence[str | os.PathLike] | None = None,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    bootstrap_seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Content]:
+    """Read every input and compute every report file's content, keyed by file name."""
+    config = dict(config or {})
+    if not metrics_paths:
+        raise UserError("--metrics", "no metrics files given", "the report needs at least one evaluated run")
+    pred_map = _predictions_of(metrics_paths, prediction_paths)
+    metrics = [(str(p), read_metrics(p)) for p in metrics_paths]
+    benchmarks = read_benchmarks(benchmark_paths)
+    results = build_results(metrics, benchmarks, config)
+    run_labels = labels_by_run(metrics)
+    predictions = load_run_predictions(results, pred_map, run_labels)
+    ensembles, ens_preds = build_ensembles(results, predictions, group_labels(results, run_labels))
+    majority = majority_baselines(results, ens_preds)
+    sig = significance(results, ens_preds, config, n_resamples, bootstrap_seed)
+    table, variants = build_table(results, ensembles, majority, sig, config)
+    notes = build_notes(results, config)
+    runtime = runtime_table(benchmarks)
+    runtime_md = render_runtime(runtime)
+    ft_logs = read_finetune_logs(log_paths)
+    pt_logs = read_pretrain_logs(pretrain_log_paths)
+    prov = provenance(config, results, {
+        "metrics": len(metrics_paths), "finetune_logs": len(log_paths),
+        "pretrain_logs": len(pretrain_log_paths), "benchmarks": len(benchmarks),
+        "bootstrap_resamples": n_resamples, "bootstrap_seed": bootstrap_seed})
+    return {
+        "table.md": render_markdown(table, variants, baseline_variant(config, variants), notes, runtime_md,
+                                    n_resamples, bootstrap_seed),
+        "table.csv": table_csv(table, variants),
+        "table.tex": render_latex(table, variants, n_resamples, bootstrap_seed),
+        "table_paper.tex": render_paper_latex(table, variants, config),
+        "results.csv": results,
+        "notes.md": NOTES_TITLE + notes,
+        "ensemble.csv": ensembles,
+        "majority.csv": majority,
+        "significance.csv": sig,
+        "runtime.csv": runtime,
+        "runtime.md": runtime_md,
+        "scores.png": lambda: plot_scores(results, config),
+        "mlm_loss.png": lambda: plot_mlm_loss(pt_logs),
+        "finetune_curves.png": lambda: plot_finetune_curves(ft_logs, config),
+        "f1_vs_params.png": lambda: plot_f1_vs_params(results, config),
+        "provenance.json": json.dumps(prov, indent=2, sort_keys=True, default=files._json_default) + "\n",
+    }
+
+
+def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike, config: Mapping | None = None,
+                 **inputs: Any) -> dict[str, Path]:
+    """Read every input, then write all report files into `out` (each atomically); `inputs` are
+    build_report's keyword arguments.
+
+    Everything is read and computed before the first file is written, so a bad input (a UserError
+    naming it) leaves no half-updated report behind. Text is scrubbed of secret values on the way out.
+    """
+    contents = build_report(metrics_paths, config, **inputs)
+    if set(contents) != set(layout.REPORT_FILES):  # the rule declares layout.REPORT_FILES as outputs
+        raise AssertionError(f"report files {sorted(contents)} differ from {sorted(layout.REPORT_FILES)}")
+    secrets = secret_values()
+    paths = {}
+    for name in layout.REPORT_FILES:
+        content, paths[name] = contents[name], Path(out) / name
+        if isinstance(content, pd.DataFrame):
+            content = content.to_csv(index=False)
+        if isinstance(content, str):
+            files.write_text(paths[name], scrub(content, secrets))
+        else:
+            save_figure(content(), paths[name])
+    return paths
