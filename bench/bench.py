@@ -1,6 +1,6 @@
 """Benchmark dapt's training and inference against the Hugging Face example-script recipes.
 
-    .venv/bin/python bench/bench.py                        # ~5 minutes on the 2-core project machine
+    .venv/bin/python bench/bench.py                        # 10-30 minutes on the 2-core project machine (load)
     .venv/bin/python bench/bench.py --pretrain-steps 60 --ft-epochs 3 --seeds 1,2,3   # closer to the study
 
 Three comparisons, each in one process, with the same model, tokenizer, data, sequence length,
@@ -10,10 +10,15 @@ batch size, steps/epochs, precision (the study's, bf16 autocast by default; the 
 - pretraining: ``dapt.pretrain.pretrain`` vs the ``run_mlm.py`` recipe (``Trainer`` +
   ``DataCollatorForLanguageModeling`` + the model's own MLM forward, logits at every position,
   texts tokenized and grouped in blocks by ``group_texts``): real tokens/s and MLM loss;
-- fine-tuning: ``dapt.finetune.finetune`` vs the ``run_classification.py`` recipe (``Trainer``,
-  every example padded to ``max_seq_length=128``): training examples/s and test macro-F1;
+- fine-tuning: ``dapt.finetune.finetune`` vs the ``run_classification.py`` recipe (``Trainer``) run
+  twice, as by default (every example padded to ``max_seq_length=128``) and tuned as a knowledgeable
+  user runs it (``--pad_to_max_length False``: ``DataCollatorWithPadding``, each batch padded to its
+  longest; length-grouped batches, ``group_by_length``): training examples/s and test macro-F1;
 - evaluation: ``dapt.evaluate.predict_proba`` (length-sorted batches) vs ``Trainer.predict`` on the
-  same padded-to-128 data and the same fine-tuned weights: examples/s and agreement.
+  same padded-to-128 data and on dynamically padded data (dataset order), same fine-tuned weights:
+  examples/s and agreement;
+- start-up: CPU seconds of a fresh process importing what a full-fine-tuning and an evaluation job
+  import before training, and whether peft, sklearn, pyarrow.dataset came along.
 
 The machine may be shared, so the two sides of each comparison run *interleaved*: each in its own
 thread, strictly taking turns at every optimizer step (training) or forward pass (evaluation), so
@@ -22,7 +27,8 @@ turn-taker measures the matmul peak (square matmuls over all cores) between the 
 under the same conditions, for the MFU.
 
 Throughput counts real tokens (non-padding ids entering the word embeddings) and examples, from a
-module hook, over steps 2..N (step 1 holds the one-off set-up: model loading, the first oneDNN
+module hook, in training only the training passes (train mode, gradients on: not our per-epoch
+validation), over steps 2..N (step 1 holds the one-off set-up: model loading, the first oneDNN
 kernels). Fine-tuning time includes everything the loop does between steps, e.g. our per-epoch
 validation and resumable checkpoints. Evaluation time is the whole call.
 
@@ -34,8 +40,10 @@ layers (transform + vocabulary projection), T = tokens, R = rows entering the vo
 projection (the masked positions for ours, every position for the recipe), L = layers, S = block
 length, h = hidden size. Embedding lookups, norms, activations and the optimizer are not counted.
 
-The last line is machine-readable:
-    pretrain_speedup=X.XX finetune_speedup=Y.YY eval_speedup=Z.ZZ pretrain_mfu=0.NN
+The last line is machine-readable (the speedups against the recipes as run by default, then
+against the tuned recipe):
+    pretrain_speedup=X.XX finetune_speedup=Y.YY eval_speedup=Z.ZZ pretrain_mfu=0.NN finetune_speedup_tuned=T.TT eval_speedup_tuned=U.UU
+Near the end: imports_cpu_s finetune_full=A.A evaluate=B.B
 """
 
 from __future__ import annotations
