@@ -170,3 +170,24 @@ def pretrain_chains():
 
 REPORT_DIR = layout.REPORT_DIR
 REPORT_FILES = layout.report_files(REPORT_DIR)
+
+
+def report_outputs():
+    """The report's files (dapt.layout.REPORT, the list the report writes), named by file name
+    ('table.md' -> table_md); those with a caption (report/<caption>.rst) go into Snakemake's HTML
+    report. (Snakemake's report() is imported under another name: in a function `report` would
+    parse as the directive.)"""
+    from snakemake.io import report as html_report
+
+    return {
+        f.name.replace(".", "_"): (
+            html_report(
+                f"{REPORT_DIR}/{f.name}",
+                caption=f"../report/{f.caption}.rst",
+                category=f.category,
+            )
+            if f.caption
+            else f"{REPORT_DIR}/{f.name}"
+        )
+        for f in layout.REPORT
+    }

@@ -1,28 +1,8 @@
 # Step 6: the paper-style report: tables (CSV, Markdown, LaTeX), plots, significance, provenance.
 
-# Snakemake's report() under another name: in a function, `report` would parse as the directive.
-from snakemake.io import report as html_report
-
 
 localrules:
     report,
-
-
-def report_outputs():
-    """The report's files (dapt.layout.REPORT, the list the report writes), named by file name;
-    those with a caption (report/<caption>.rst) appear in Snakemake's HTML report."""
-    return {
-        f.name.replace(".", "_"): (
-            html_report(
-                f"{REPORT_DIR}/{f.name}",
-                caption=f"../report/{f.caption}.rst",
-                category=f.category,
-            )
-            if f.caption
-            else f"{REPORT_DIR}/{f.name}"
-        )
-        for f in layout.REPORT
-    }
 
 
 rule report:
@@ -45,7 +25,7 @@ rule report:
     params:
         script=script("report.py"),
         config=lambda w: as_json(config, keep_order=True),
-        out=REPORT_DIR,
+        out=lambda w, output: os.path.dirname(output.table_md),
         benchmarks=layout.BENCHMARK_DIR,
     shell:
         "python {params.script} --metrics {input.metrics} --logs {input.logs}"
