@@ -106,7 +106,7 @@ def store_frozen_encoder(model: nn.Module, texts: list, pad_id: int, runtime, ba
 
     Returns a function that puts the real encoder back, or None where the store does not apply (the
     features are then those of the encoder in train mode, dropout included)."""
-    from dapt.evaluate import collate, length_sorted_batches
+    from dapt.batching import collate, length_sorted_batches
 
     base = getattr(model, model.base_model_prefix, None)
     encoder = getattr(base, "encoder", None)

@@ -27,6 +27,22 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+#: Thread pools a job may start besides torch's own: OpenMP/BLAS (numpy, torch's interop) and the
+#: Rust thread pool of Hugging Face tokenizers (rayon), which otherwise takes every core.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_RS_NUM_CPUS",
+                    "RAYON_NUM_THREADS")
+
+
+def limit_threads(threads: int) -> None:
+    """Give every thread pool the job's share of cores, so that N jobs on N cores do not
+    oversubscribe them. Must run before numpy, torch or tokenizers start their pools."""
+    if threads <= 0:
+        return
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+
+
 def _job_line(event: str, fields: dict) -> None:
     """One ``[dapt.job]`` line on stderr (the job's log): what a scheduler or slot check reads back."""
     now = time.time()
@@ -35,14 +51,16 @@ def _job_line(event: str, fields: dict) -> None:
     print(f"[dapt.job] {event} {stamp} epoch={now:.6f} {text}", file=sys.stderr, flush=True)
 
 
-def start(args: argparse.Namespace):
+def start(args: argparse.Namespace, model_dir: str | None = None):
     """Claim devices (relaunching under torchrun for several GPUs), then set up torch.
 
     The process that holds the GPU claim (not the ranks a multi-GPU launch starts) logs a
     ``[dapt.job] start`` line once its devices are claimed and a ``[dapt.job] end`` line when it
     exits, both with the claimed ids, CUDA_VISIBLE_DEVICES and the SLURM job id: a job's
-    log shows which devices it held and when.
+    log shows which devices it held and when. `model_dir`: the model whose matrix shapes the CPU
+    precision probe uses.
     """
+    limit_threads(args.threads)
     from dapt.devices import claim_devices, maybe_relaunch_distributed
 
     ids = claim_devices(args.gpus)
@@ -61,10 +79,12 @@ def start(args: argparse.Namespace):
     maybe_relaunch_distributed(args.gpus, sys.argv)
     from dapt.train import setup_runtime
 
-    runtime = setup_runtime(args.seed, args.precision, args.threads or None, args.deterministic)
+    runtime = setup_runtime(args.seed, args.precision, args.threads or None, args.deterministic, model_dir)
     if runtime.world_size > 1:
         from dapt.devices import destroy_distributed
 
         atexit.register(destroy_distributed)  # every rank leaves the process group on its way out
     print(f"runtime: {json.dumps(runtime.describe())}", flush=True)
+    if runtime.precision.get("warning"):
+        print(runtime.precision["warning"], flush=True)
     return runtime

@@ -1,4 +1,4 @@
-"""GPU claiming, multi-GPU launch, precision and determinism for the training scripts.
+"""GPU claiming and multi-GPU launch for the training scripts (precision: `dapt.precision`).
 
 Why this exists: Snakemake's ``--resources gpu=N`` caps how many GPUs are in use at once but
 never says *which* ones (snakemake issue #281), so every concurrent job would land on cuda:0.
@@ -15,11 +15,10 @@ claimed GPUs)::
                                                       # torch.distributed.run; the parent only
                                                       # holds the locks and relays the exit code
     import torch
-    from dapt.devices import pick_device, init_distributed, dist_info, choose_precision
+    from dapt.devices import pick_device, init_distributed, dist_info
     device = pick_device()                # cuda:LOCAL_RANK, cuda:0 or cpu
     init_distributed(device)              # no-op unless WORLD_SIZE > 1
     rank, world_size, local_rank = dist_info()
-    prec = choose_precision(cfg_precision, device)   # log it and store it with the results
 
 How a training loop uses several processes (data parallel), so that N processes give the same
 numbers as one:
@@ -408,91 +407,3 @@ def all_reduce_sums(
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return dict(zip(keys, t.tolist()))
-
-
-# --------------------------------------------------------------------------- precision
-
-
-_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def choose_precision(requested: str, device: torch.device | str) -> dict[str, Any]:
-    """Resolve the configured precision for `device` and record what was actually used.
-
-    'auto' means bf16 on CUDA where supported, else fp16 (which needs a GradScaler, since fp16
-    gradients underflow), and fp32 on CPU. fp16 on CPU and bf16 on a GPU without it are
-    UserErrors. On CUDA, TF32 matmuls/convolutions are switched on: free speed on Ampere and
-    later, and fp32 weights are kept either way.
-    Returns {"device", "device_name", "precision", "autocast_dtype", "use_scaler", "tf32"}.
-    """
-    import torch
-
-    if requested not in _PRECISIONS:
-        raise UserError(
-            "precision", f"unknown value {requested!r}", f"use one of {', '.join(_PRECISIONS)}"
-        )
-    device = torch.device(device)
-    on_cuda = device.type == "cuda"
-
-    if on_cuda:
-        bf16_ok = torch.cuda.is_bf16_supported()
-        precision = ("bf16" if bf16_ok else "fp16") if requested == "auto" else requested
-        if precision == "bf16" and not bf16_ok:
-            raise UserError(
-                "precision",
-                f"bf16 is not supported on {torch.cuda.get_device_name(device)}",
-                "use fp16 or auto",
-            )
-        # Legacy flags on purpose: setting them never raises, while setting the new
-        # fp32_precision API makes later reads of allow_tf32 (accelerate does) raise.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        device_name = torch.cuda.get_device_name(device)
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    else:
-        precision = "fp32" if requested == "auto" else requested
-        if precision == "fp16":
-            raise UserError("precision", "fp16 needs a GPU", "use bf16, fp32 or auto on CPU")
-        device_name = f"cpu ({_cpu_model()})"
-
-    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    return {
-        "device": str(device),
-        "device_name": device_name,
-        "precision": precision,
-        "autocast_dtype": dtypes[precision],
-        "use_scaler": precision == "fp16",
-        "tf32": on_cuda,
-    }
-
-
-def _cpu_model() -> str:
-    """The CPU's model name ("AMD EPYC 7B13"); the architecture ("x86_64") where Linux does not say."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def set_deterministic(flag: bool) -> None:
-    """Make results repeatable bit for bit (slower), or allow the fast nondeterministic kernels.
-
-    cuBLAS needs CUBLAS_WORKSPACE_CONFIG before its first call, so call this early. Ops with no
-    deterministic implementation then raise instead of silently varying.
-    """
-    import torch
-
-    if flag:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(flag)
-    torch.backends.cudnn.deterministic = flag
-    if flag:
-        torch.backends.cudnn.benchmark = False

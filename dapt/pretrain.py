@@ -11,11 +11,12 @@ classifier fine-tuned from the result starts from the trained pooler, not a rand
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +27,10 @@ from dapt.devices import all_reduce_sums
 from dapt.errors import UserError
 from dapt.files import atomic_path, read_json, write_json
 from dapt.tokenization import read_blocks
-from dapt.train import (Runtime, Timer, check_finite, checkpoint_step, clear_checkpoints, count_params,
-                        linear_schedule, load_checkpoint, make_optimizer, peak_memory_mb, save_checkpoint, unwrap)
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
-                   "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json")
-
+from dapt.checkpoints import checkpoint_step, clear_checkpoints
+from dapt.models import TOKENIZER_FILES
+from dapt.steps import Progress, Stepper, split_micro
+from dapt.train import Runtime, Timer, count_params, linear_schedule, make_optimizer, peak_memory_mb, unwrap
 
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, probability: float, mask_id: int,
                 vocab_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,9 +101,9 @@ def save_mlm_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, parent_dir:
         model.config.architectures = [type(model).__name__]
         model.config.save_pretrained(tmp)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        for name in TOKENIZER_FILES:
-            if (tokenizer_dir / name).exists():
-                shutil.copy(tokenizer_dir / name, tmp / name)
+        for pattern in TOKENIZER_FILES:
+            for file in sorted(tokenizer_dir.glob(pattern)):
+                shutil.copy(file, tmp / file.name)
         # the model's origin and its trust_remote_code opt-in (with its code) travel along the chain
         if (parent_dir / "source.json").exists():
             shutil.copy(parent_dir / "source.json", tmp / "source.json")
@@ -113,15 +112,24 @@ def save_mlm_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, parent_dir:
                     shutil.copy(code, tmp / code.name)
 
 
-def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, params: dict, seed: int,
-             runtime: Runtime, stage: str = "") -> dict:
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+@dataclass
+class MLMData:
+    """Packed blocks and where their special tokens are (never masked)."""
 
-    parent = Path(parent_dir)
-    from dapt.models import trusts_remote_code
+    blocks: torch.Tensor
+    special: torch.Tensor
+    mask_id: int
+    vocab_size: int
+
+
+def load_model(parent: Path, runtime: Runtime) -> tuple[torch.nn.Module, set[str], Any]:
+    """The MLM model of a checkpoint, its newly initialised head parameters, and its tokenizer."""
+    from transformers import AutoModelForMaskedLM
+
+    from dapt.models import load_tokenizer, trusts_remote_code
 
     trust = trusts_remote_code(parent)  # only if the model's config entry opted in
-    tokenizer = AutoTokenizer.from_pretrained(str(parent), trust_remote_code=trust)
+    tokenizer = load_tokenizer(parent)
     model, info = AutoModelForMaskedLM.from_pretrained(str(parent), output_loading_info=True, use_safetensors=True,
                                                        trust_remote_code=trust)
     model.to(runtime.device).train()
@@ -129,100 +137,125 @@ def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, par
         # with dropout, SDPA falls back to its unfused math path on a CPU, which adds masking passes and
         # copies: eager attention trains MiniLM ~15% faster there (bench/README.md); GPUs keep SDPA
         model.set_attn_implementation("eager")
+    return model, head_parameter_names(model, set(info["missing_keys"])), tokenizer
 
-    blocks = torch.from_numpy(read_blocks(blocks_path)).long()
-    special = torch.isin(blocks, torch.tensor(sorted(set(tokenizer.all_special_ids))))
-    n = len(blocks)
-    batch = params["batch_size"]
-    if batch < runtime.world_size:
-        raise UserError("pretrain.batch_size", f"{batch} is smaller than the {runtime.world_size} processes",
-                        "raise the batch size or use fewer GPUs")
-    steps_per_epoch = max(1, n // batch)
-    total = params.get("max_steps") or math.ceil(params.get("epochs", 1) * steps_per_epoch)
-    new_head = head_parameter_names(model, set(info["missing_keys"]))
-    head_steps = min(params["head_warmup_steps"], total - 1) if new_head else 0
 
-    wrapped = MaskedOnlyMLM(model)
-    if runtime.world_size > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(wrapped, find_unused_parameters=head_steps > 0)
+class Pretraining:
+    """One MLM stage: phases (head warm-up, then everything), global batches, masking stream."""
 
-    def phase_for(step: int):
+    def __init__(self, model: torch.nn.Module, new_head: set[str], data: MLMData, params: dict, seed: int,
+                 runtime: Runtime, stage: str):
+        self.model, self.new_head, self.data, self.params = model, new_head, data, params
+        self.seed, self.runtime, self.stage = seed, runtime, stage
+        n, batch = len(data.blocks), params["batch_size"]
+        if batch < runtime.world_size:
+            raise UserError("pretrain.batch_size", f"{batch} is smaller than the {runtime.world_size} processes",
+                            "raise the batch size or use fewer GPUs")
+        self.steps_per_epoch = max(1, n // batch)
+        self.total = params.get("max_steps") or math.ceil(params.get("epochs", 1) * self.steps_per_epoch)
+        self.head_steps = min(params["head_warmup_steps"], self.total - 1) if new_head else 0
+        self.wrapped: torch.nn.Module = MaskedOnlyMLM(model)
+        if runtime.world_size > 1:
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(self.wrapped,
+                                                                     find_unused_parameters=self.head_steps > 0)
+        self.stepper = Stepper(runtime, self.wrapped, model.parameters, params["max_grad_norm"], f"pretrain {stage}")
+        # One masking stream for the whole global batch, the same in every rank: N processes mask exactly
+        # what one process would, so the run does not depend on the number of GPUs (and a resumed rank
+        # continues the very stream rank 0 saved).
+        self.masking = torch.Generator().manual_seed(seed * 1000)
+
+    def enter_phase(self, step: int) -> None:
         """Phase 0 trains only the new head; phase 1 trains everything with warmup + linear decay."""
-        if step < head_steps:
+        model, params = self.model, self.params
+        if step < self.head_steps:
             for name, p in model.named_parameters():
-                p.requires_grad = name in new_head
+                p.requires_grad = name in self.new_head
             opt = make_optimizer(list(model.named_parameters()), params["head_lr"], params["weight_decay"])
-            return opt, linear_schedule(opt, 0, 10**9)
+            self.stepper.use(opt, linear_schedule(opt, 0, 10**9))
+            return
         for p in model.parameters():
             p.requires_grad = True
         opt = make_optimizer(list(model.named_parameters()), params["lr"], params["weight_decay"])
-        main_steps = total - head_steps
-        return opt, linear_schedule(opt, int(params["warmup_ratio"] * main_steps), main_steps)
+        main_steps = self.total - self.head_steps
+        self.stepper.use(opt, linear_schedule(opt, int(params["warmup_ratio"] * main_steps), main_steps))
 
-    # One masking stream for the whole global batch, the same in every rank: N processes mask exactly
-    # what one process would, so the run does not depend on the number of GPUs (and a resumed rank
-    # continues the very stream rank 0 saved).
-    masking = torch.Generator().manual_seed(seed * 1000)
-    step, log = 0, []
-    saved = checkpoint_step(ckpt_dir)
-    # the optimizer of the phase the checkpoint was saved in, so its state loads into the same shape
-    optimizer, scheduler = phase_for(saved - 1 if saved else 0)
-    resumed = load_checkpoint(ckpt_dir, wrapped, optimizer, scheduler, generator=masking)
-    if resumed is not None:
-        step, log = resumed["step"], resumed["log"]
-        print(f"resumed from checkpoint at step {step}/{total}", flush=True)
+    def resume(self, ckpt_dir: str) -> dict:
+        saved = checkpoint_step(ckpt_dir)
+        # the optimizer of the phase the checkpoint was saved in, so its state loads into the same shape
+        self.enter_phase(saved - 1 if saved else 0)
+        resumed = self.stepper.resume(ckpt_dir, generator=self.masking)
+        if resumed is not None:
+            print(f"resumed from checkpoint at step {resumed['step']}/{self.total}", flush=True)
+        return resumed or {"step": 0, "log": []}
 
-    tokens = log[-1][3] if log else 0
-    timer = Timer()
-    timer.start -= (resumed or {}).get("seconds", 0.0)  # time spent before a kill counts too
-    micro = batch // params["grad_accum"]
-    while step < total:
-        if head_steps and step == head_steps:
-            optimizer, scheduler = phase_for(step)
-        epoch, offset = divmod(step, steps_per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    def train_step(self, step: int) -> tuple[float, torch.Tensor]:
+        """One optimizer step on the global batch of `step`; its loss (mean over the masked tokens of
+        the global batch) and the batch's row ids."""
+        data, params, runtime = self.data, self.params, self.runtime
+        batch = params["batch_size"]
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(len(data.blocks), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
         idx = order[offset * batch : offset * batch + batch]  # the global batch, identical in every rank
-        inputs, labels = mask_tokens(blocks[idx], special[idx], params["mlm_probability"],
-                                     tokenizer.mask_token_id, len(tokenizer), masking)
+        inputs, labels = mask_tokens(data.blocks[idx], data.special[idx], params["mlm_probability"], data.mask_id,
+                                     data.vocab_size, self.masking)
         masked = max(1, int((labels != -100).sum()))  # masked tokens of the global batch
         mine = torch.arange(len(idx))[runtime.rank :: runtime.world_size]  # this rank's rows
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        for start in range(0, len(mine), micro):
-            rows = mine[start : start + micro]
-            last = start + micro >= len(mine)
-            # gradients are all-reduced once per step, after the last micro-batch
-            sync = contextlib.nullcontext() if last or runtime.world_size == 1 else wrapped.no_sync()
-            with sync:
-                with runtime.autocast():
-                    part = wrapped(inputs[rows].to(runtime.device), labels[rows].to(runtime.device), reduction="sum")
-                check_finite(part, f"pretrain {stage}", step)
-                # DDP averages gradients over the ranks, hence * world_size: the update is the mean over
-                # all masked tokens of the global batch, for any number of processes and micro-batches
-                (part * (runtime.world_size / masked)).backward()
-            loss_sum += part.item()
-        step_loss = all_reduce_sums({"loss": loss_sum}, runtime.device)["loss"] / masked
-        torch.nn.utils.clip_grad_norm_(model.parameters(), params["max_grad_norm"])
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        tokens += int((~special[idx]).sum())
-        log.append([step, step_loss, scheduler.get_last_lr()[0], tokens])
-        if runtime.is_main and (step % 10 == 0 or step == total):
-            print(f"step {step}/{total} loss {step_loss:.4f} lr {log[-1][2]:.2e} ({timer.seconds():.0f}s)", flush=True)
-        if runtime.is_main and step % params["save_steps"] == 0 and step < total:
-            save_checkpoint(ckpt_dir, wrapped, optimizer, scheduler, {"step": step, "log": log, "seconds": timer.seconds()},
-                            masking)
 
-    trainable, total_params = count_params(model)
-    summary = {"stage": stage, "steps": total, "head_warmup_steps": head_steps, "new_head_parameters": sorted(new_head),
-               "blocks": n, "block_length": blocks.shape[1], "tokens": tokens, "seconds": timer.seconds(),
-               "final_loss": log[-1][1], "first_loss": log[0][1], "parameters": total_params,
-               "peak_memory_mb": peak_memory_mb(runtime.device), **runtime.describe()}
+        def micro(rows: torch.Tensor) -> tuple[torch.Tensor, float]:
+            with runtime.autocast():
+                part = self.wrapped(inputs[rows].to(runtime.device), labels[rows].to(runtime.device), reduction="sum")
+            # DDP averages gradients over the ranks, hence * world_size: the update is the mean over
+            # all masked tokens of the global batch, for any number of processes and micro-batches
+            return part * (runtime.world_size / masked), part.item()
+
+        loss_sum = self.stepper.step(split_micro(mine, params["grad_accum"]), micro, step)
+        return all_reduce_sums({"loss": loss_sum}, runtime.device)["loss"] / masked, idx
+
+    def run(self, ckpt_dir: str) -> tuple[list, int, float]:
+        """Train to the last step, resuming if a checkpoint exists; (log, tokens seen, seconds)."""
+        resumed = self.resume(ckpt_dir)
+        step, log = resumed["step"], resumed["log"]
+        tokens = log[-1][3] if log else 0
+        timer = Timer()
+        timer.start -= resumed.get("seconds", 0.0)  # time spent before a kill counts too
+        progress = Progress(self.total, step, every=10, unit="blocks", enabled=self.runtime.is_main)
+        while step < self.total:
+            if self.head_steps and step == self.head_steps:
+                self.enter_phase(step)
+            loss, idx = self.train_step(step)
+            step += 1
+            tokens += int((~self.data.special[idx]).sum())
+            log.append([step, loss, self.stepper.scheduler.get_last_lr()[0], tokens])
+            progress.update(step, loss, len(idx), f" lr {log[-1][2]:.2e} tokens {tokens}")
+            if self.runtime.is_main and Stepper.checkpoint_due(step, self.total, self.params["save_steps"]):
+                self.stepper.save(ckpt_dir, {"step": step, "log": log, "seconds": timer.seconds()}, self.masking)
+        return log, tokens, timer.seconds()
+
+
+def read_data(blocks_path: str, tokenizer) -> MLMData:
+    blocks = torch.from_numpy(read_blocks(blocks_path)).long()
+    special = torch.isin(blocks, torch.tensor(sorted(set(tokenizer.all_special_ids))))
+    return MLMData(blocks, special, tokenizer.mask_token_id, len(tokenizer))
+
+
+def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, params: dict, seed: int,
+             runtime: Runtime, stage: str = "") -> dict:
+    """Run one MLM stage from `parent_dir` on packed blocks; write model/, loss.csv, summary.json."""
+    parent = Path(parent_dir)
+    model, new_head, tokenizer = load_model(parent, runtime)
+    data = read_data(blocks_path, tokenizer)
+    run = Pretraining(model, new_head, data, params, seed, runtime, stage)
+    log, tokens, seconds = run.run(ckpt_dir)
+    _, total_params = count_params(model)
+    summary = {"stage": stage, "steps": run.total, "head_warmup_steps": run.head_steps,
+               "new_head_parameters": sorted(new_head), "blocks": len(data.blocks),
+               "block_length": data.blocks.shape[1], "tokens": tokens, "seconds": seconds, "final_loss": log[-1][1],
+               "first_loss": log[0][1], "parameters": total_params, "peak_memory_mb": peak_memory_mb(runtime.device),
+               **runtime.describe()}
     # totals over the whole chain (parent stages included), for the report's "what it rests on"
     parent_summary = parent.parent / "summary.json"
     earlier = read_json(parent_summary) if parent_summary.exists() else {}
-    summary.update(chain=Path(out_dir).name, total_steps=earlier.get("total_steps", 0) + total,
+    summary.update(chain=Path(out_dir).name, total_steps=earlier.get("total_steps", 0) + run.total,
                    total_tokens=earlier.get("total_tokens", 0) + tokens)
     if runtime.is_main:
         out = Path(out_dir)

@@ -15,16 +15,10 @@ import pyarrow.parquet as pq
 
 from dapt.errors import UserError
 from dapt.files import read_json, write_json, write_parquet, atomic_path
+from dapt.models import load_tokenizer
 
 SPLITS = ("train", "validation", "test")
 
-
-def load_tokenizer(model_dir: str | Path):
-    from transformers import AutoTokenizer
-
-    from dapt.models import trusts_remote_code
-
-    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trusts_remote_code(model_dir))
 
 
 def _encode(tokenizer, texts: list[str], batch: int = 1000) -> list[list[int]]:

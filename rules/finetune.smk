@@ -59,9 +59,18 @@ rule evaluate:
         context=lambda w: as_json(
             dict(task=w.task, model=w.model, variant=w.variant, method=w.method)
         ),
+        # only what evaluation uses, so a change of a training setting does not re-evaluate twice
+        hp=lambda w: as_json(
+            {
+                "eval_batch_size": study.finetune_params(config, w.task, w.method)[
+                    "eval_batch_size"
+                ]
+            }
+        ),
         runtime=runtime_args(),
     shell:
         "python {params.script} --artifact {input.artifact} --base {input.base}"
-        " --tokenized {input.tokenized} --context {params.context:q} --seed {wildcards.seed}"
+        " --tokenized {input.tokenized} --train-json {input.train} --params {params.hp:q}"
+        " --context {params.context:q} --seed {wildcards.seed}"
         " --gpus {resources.gpu} --threads {threads} {params.runtime}"
         " --metrics {output.metrics} --predictions {output.predictions} > {log} 2>&1"

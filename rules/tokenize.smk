@@ -27,7 +27,7 @@ rule tokenize_corpus:
         ),
     shell:
         "python {params.script} --model {input.model} --max-length {wildcards.length}"
-        " --texts {params.texts} --out {output.blocks} > {log} 2>&1"
+        " --texts {params.texts} --out {output.blocks} --threads {threads} > {log} 2>&1"
 
 
 rule tokenize_task:
@@ -49,4 +49,4 @@ rule tokenize_task:
         script=script("tokenize_data.py"),
     shell:
         "python {params.script} --model {input.model} --max-length {wildcards.length}"
-        " --task {input.task} --out {output} > {log} 2>&1"
+        " --task {input.task} --out {output} --threads {threads} > {log} 2>&1"

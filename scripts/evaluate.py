@@ -1,6 +1,5 @@
 """Predict the test split with a fine-tuned run; write predictions and metrics."""
 
-
 from dapt import cli
 from dapt.errors import run_main
 
@@ -11,15 +10,18 @@ def main() -> None:
     p.add_argument("--base", required=True, help="checkpoint the run was fine-tuned from")
     p.add_argument("--tokenized", required=True, help="tokenized task folder")
     p.add_argument("--context", type=__import__("json").loads, default={}, help="task/model/variant/method/seed")
+    p.add_argument("--train-json", required=True, help="the run's train.json (what its metrics rest on)")
     p.add_argument("--metrics", required=True)
     p.add_argument("--predictions", required=True)
     args = p.parse_args()
-    runtime = cli.start(args)
+    if "eval_batch_size" not in args.params:
+        p.error("--params must give eval_batch_size (the rule passes finetune.eval_batch_size)")
+    runtime = cli.start(args, model_dir=args.base)
 
     from dapt.evaluate import evaluate_run
 
-    result = evaluate_run(args.artifact, args.base, args.tokenized, args.metrics, args.predictions, runtime,
-                          {**args.context, "seed": args.seed}, args.params.get("eval_batch_size", 128))
+    result = evaluate_run(args.artifact, args.base, args.tokenized, args.train_json, args.metrics, args.predictions,
+                          runtime, {**args.context, "seed": args.seed}, args.params["eval_batch_size"])
     print(f"test accuracy {result['accuracy']:.4f} macro_f1 {result['macro_f1']:.4f}")
 
 

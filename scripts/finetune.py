@@ -4,7 +4,7 @@ import os
 
 from dapt import cli
 from dapt.errors import run_main
-from dapt.files import guard_checkpoints, job_identity
+from dapt.checkpoints import guard_checkpoints, job_identity
 
 
 def main() -> None:
@@ -17,16 +17,15 @@ def main() -> None:
     args = p.parse_args()
     if "LOCAL_RANK" not in os.environ:  # once per job, before any rank reads the checkpoints
         guard_checkpoints(args.checkpoints, job_identity(vars(args), [args.base, args.tokenized, args.pretrain_summary]))
-    runtime = cli.start(args)
+    runtime = cli.start(args, model_dir=args.base)
 
-    from dapt.config import FINETUNE_DEFAULTS
     from dapt.finetune import finetune
     from dapt.files import read_json
 
     pretrain_info = read_json(args.pretrain_summary) if args.pretrain_summary else {}
     pretrain_info = {"chain": pretrain_info.get("chain", ""), "steps": pretrain_info.get("total_steps", 0),
                      "tokens": pretrain_info.get("total_tokens", 0)}
-    summary = finetune(args.base, args.tokenized, args.out, args.checkpoints, {**FINETUNE_DEFAULTS, **args.params},
+    summary = finetune(args.base, args.tokenized, args.out, args.checkpoints, args.params,
                        args.seed, runtime, pretrain_info)
     print(f"done: {summary['train_steps']} steps, best epoch {summary['best_epoch']}, "
           f"validation {summary['best_validation']:.4f}")

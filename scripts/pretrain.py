@@ -4,7 +4,7 @@ import os
 
 from dapt import cli
 from dapt.errors import run_main
-from dapt.files import guard_checkpoints, job_identity
+from dapt.checkpoints import guard_checkpoints, job_identity
 
 
 def main() -> None:
@@ -17,7 +17,7 @@ def main() -> None:
     args = p.parse_args()
     if "LOCAL_RANK" not in os.environ:  # once per job, before any rank reads the checkpoints
         guard_checkpoints(args.checkpoints, job_identity(vars(args), [args.parent, args.blocks]))
-    runtime = cli.start(args)
+    runtime = cli.start(args, model_dir=args.parent)
 
     from dapt.config import MLM_DEFAULTS
     from dapt.pretrain import pretrain

@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from dapt import cli
 from dapt.errors import run_main
 
 
@@ -14,7 +15,9 @@ def main() -> None:
     mode.add_argument("--texts", help="parquet with a text column -> packed MLM blocks")
     mode.add_argument("--task", help="task folder with train/validation/test parquet -> tokenized folder")
     p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=0, help="threads for the tokenizer (0: its default, every core)")
     args = p.parse_args()
+    cli.limit_threads(args.threads)  # before the tokenizer library starts its thread pool
 
     from dapt import tokenization
 

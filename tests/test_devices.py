@@ -297,44 +297,8 @@ def test_sigterm_is_forwarded_to_the_launched_processes(tmp_path):
     assert marker.read_text() == str(int(signal.SIGTERM))
 
 
-# --------------------------------------------------------------------------- precision
-
-
-def test_precision_on_cpu():
-    torch = pytest.importorskip("torch")
-    auto = devices.choose_precision("auto", "cpu")
-    assert auto == {
-        "device": "cpu",
-        "device_name": auto["device_name"],
-        "precision": "fp32",
-        "autocast_dtype": None,
-        "use_scaler": False,
-        "tf32": False,
-    }
-    bf16 = devices.choose_precision("bf16", torch.device("cpu"))
-    assert bf16["precision"] == "bf16" and bf16["autocast_dtype"] is torch.bfloat16
-    assert devices.choose_precision("fp32", "cpu")["precision"] == "fp32"
-    with pytest.raises(UserError, match="fp16 needs a GPU"):
-        devices.choose_precision("fp16", "cpu")
-    with pytest.raises(UserError, match="unknown value"):
-        devices.choose_precision("fp8", "cpu")
-
-
 def test_pick_device_on_cpu():
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("checks the CPU fallback")
     assert devices.pick_device() == torch.device("cpu")
-
-
-def test_set_deterministic(monkeypatch):
-    torch = pytest.importorskip("torch")
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    try:
-        devices.set_deterministic(True)
-        assert torch.are_deterministic_algorithms_enabled()
-        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-        assert torch.backends.cudnn.benchmark is False
-    finally:
-        devices.set_deterministic(False)
-    assert not torch.are_deterministic_algorithms_enabled()

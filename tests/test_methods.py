@@ -47,7 +47,8 @@ def tiny_task(tmp_path_factory):
     from transformers import BertConfig, BertForMaskedLM
 
     from dapt.files import write_json
-    from dapt.tokenization import load_tokenizer, tokenize_task_dir
+    from dapt.models import load_tokenizer
+    from dapt.tokenization import tokenize_task_dir
 
     root = tmp_path_factory.mktemp("methods")
     tok = load_tokenizer(minilm_dir())
@@ -134,7 +135,7 @@ def trained(tiny_task, runtime, tmp_path_factory):
 
 def _logits(model, tokenized: Path, runtime=None, split: str = "test") -> torch.Tensor:
     """Logits of a split, in one eval-mode batch."""
-    from dapt.evaluate import collate
+    from dapt.batching import collate
     from dapt.tokenization import read_examples
 
     data = read_examples(tokenized / f"{split}.parquet")
@@ -157,7 +158,7 @@ def _train_loss(model, tokenized: Path) -> float:
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_trains_and_its_artifact_reloads_identically(name, trained, tiny_task, runtime):
-    from dapt.finetune import load_finetuned
+    from dapt.methods import load_finetuned
 
     base, tokenized = tiny_task
     run = trained(name)
@@ -304,7 +305,7 @@ def test_adapters_refuse_other_architectures_clearly():
 
 def test_prefix_tokens_must_fit_the_position_embeddings():
     from dapt.errors import UserError
-    from dapt.finetune import apply_method
+    from dapt.methods import apply_method
 
     model = _tiny_classifier("roberta")  # 510 usable positions: 512, less the padding offset of 2
     apply_method(model, {"kind": "prefix", "num_virtual_tokens": 10, "max_length": 500})
@@ -363,7 +364,7 @@ def test_every_other_method_through_snakemake(tmp_path, tiny_task):
 def test_adalora_resumed_in_its_final_phase_keeps_its_ranks():
     """Checkpoints hold the weights, not peft's rank pattern; a run resumed after the final rank
     allocation must go on masking by the same pattern (peft fails on a missing one)."""
-    from dapt.finetune import after_optimizer_step, apply_method, resume_method
+    from dapt.methods import after_optimizer_step, apply_method, resume_method
 
     model = _tiny_classifier("bert")
     params = {"kind": "adalora", "r": 4, "target_r": 1, "total_steps": 10, "tinit_ratio": 0.0, "tfinal_ratio": 0.4}

@@ -24,8 +24,8 @@ import torch
 
 from conftest import (EVALUATE, FINETUNE, PRETRAIN, RELIABILITY_RUN, RELIABILITY_TARGETS, assert_same_results,
                       copy_prepared, run_snakemake, snakemake_command)
-from dapt import files
-from dapt.train import checkpoint_step, load_checkpoint, save_checkpoint
+from dapt import checkpoints, files
+from dapt.checkpoints import checkpoint_step, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.resume
 
@@ -167,19 +167,19 @@ def test_checkpoints_of_another_run_are_discarded(tmp_path, capsys):
     inputs = tmp_path / "blocks.parquet"
     inputs.write_bytes(b"v1")
     args = {"params": {"lr": 0.001}, "seed": 0, "gpus": 1, "threads": 2}
-    files.guard_checkpoints(ckpt, files.job_identity(args, [str(inputs), ""]))
+    checkpoints.guard_checkpoints(ckpt, checkpoints.job_identity(args, [str(inputs), ""]))
     (ckpt / "last").mkdir()
     # the same job (other resources only) keeps them
-    files.guard_checkpoints(ckpt, files.job_identity({**args, "gpus": 0, "threads": 1}, [str(inputs), ""]))
+    checkpoints.guard_checkpoints(ckpt, checkpoints.job_identity({**args, "gpus": 0, "threads": 1}, [str(inputs), ""]))
     assert (ckpt / "last").is_dir()
     # other hyperparameters: discarded
-    files.guard_checkpoints(ckpt, files.job_identity({**args, "params": {"lr": 0.01}}, [str(inputs), ""]))
+    checkpoints.guard_checkpoints(ckpt, checkpoints.job_identity({**args, "params": {"lr": 0.01}}, [str(inputs), ""]))
     assert not (ckpt / "last").exists() and "discarding checkpoints" in capsys.readouterr().out
     # a re-made input (Snakemake reran the job upstream): discarded
     (ckpt / "last").mkdir()
     time.sleep(0.01)
     inputs.write_bytes(b"v2")
-    files.guard_checkpoints(ckpt, files.job_identity({**args, "params": {"lr": 0.01}}, [str(inputs)]))
+    checkpoints.guard_checkpoints(ckpt, checkpoints.job_identity({**args, "params": {"lr": 0.01}}, [str(inputs)]))
     assert not (ckpt / "last").exists()
 
 

@@ -12,10 +12,11 @@ import yaml
 from conftest import REPO, minilm_dir
 from dapt import config as study
 from dapt.errors import UserError
-from dapt.evaluate import compute_metrics, length_sorted_batches
-from dapt.finetune import bucketed_batches
+from dapt.batching import bucketed_batches, length_sorted_batches
+from dapt.metrics import compute_metrics
 from dapt.pretrain import MaskedOnlyMLM, mask_tokens, save_mlm_checkpoint
-from dapt.tokenization import load_tokenizer, pack_blocks, tokenize_examples
+from dapt.models import load_tokenizer
+from dapt.tokenization import pack_blocks, tokenize_examples
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
