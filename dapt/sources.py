@@ -76,6 +76,12 @@ def describe_source(source: dict) -> str:
     return str(source.get("path"))
 
 
+def one_line_reason(err: Exception) -> str:
+    """The error's type and text on one line: hub client errors append a "for more information" line,
+    and a UserError must stay the single last line of a job's log."""
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
 def required(mapping: dict, key: str, where: str) -> Any:
     """The value of a config key that must be given; its absence is a UserError naming the key."""
     if mapping.get(key) in (None, ""):

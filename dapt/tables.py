@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from dapt.errors import UserError
-from dapt.sources import describe_source, fetch, required
+from dapt.sources import describe_source, fetch, one_line_reason, required
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".txt": "txt"}
 
@@ -52,10 +52,9 @@ def load_hf_dataset(source: dict, where: str, cache_dir: str | os.PathLike) -> p
             token=os.environ.get("HF_TOKEN") or False,
         )
     except Exception as err:  # the hub and the builders raise many unrelated types
-        reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line: hub errors add a "more info" line
         raise UserError(
             f"{where}.id",
-            f"cannot load dataset {dataset_id!r}: {reason}",
+            f"cannot load dataset {dataset_id!r}: {one_line_reason(err)}",
             "check id, name, split and revision; private datasets need HF_TOKEN set",
         ) from None
     table = ds.to_pandas()

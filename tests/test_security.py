@@ -388,3 +388,24 @@ def test_hub_dataset_download_keeps_the_token_out_of_every_output(tmp_path, fake
     assert summary["source"]["id"] == "org/tiny"
     assert any("/resolve/" in path and path.endswith("/train.csv") for method, path, _ in hub.requests if method == "GET")
     assert_token_nowhere(proc, hub, tmp_path)
+
+
+def minilm_files() -> dict[str, bytes]:
+    """A real small model's files, served by the fake hub as model org/tiny."""
+    return {p.name: p.read_bytes() for p in Path(minilm_dir()).iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("status", [None, 401])
+def test_hub_model_download_keeps_the_token_out_of_every_output(tmp_path, fake_hub, status):
+    hub = fake_hub(minilm_files(), status)
+    spec = {"source": {"kind": "hf", "id": "org/tiny", "revision": HUB_COMMIT}}
+    proc = run_hub_script("prepare_model.py", spec, "results/models/m", hub, tmp_path, "--name", "m")
+    if status is None:
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "results" / "models" / "m" / "model.safetensors").is_file()
+        assert any(path.endswith("/model.safetensors") for method, path, _ in hub.requests if method == "GET")
+    else:
+        assert proc.returncode == 2, proc.stderr
+        assert "error: models.m.source.id: cannot download 'org/tiny'" in proc.stderr
+        assert not (tmp_path / "results" / "models" / "m").exists()
+    assert_token_nowhere(proc, hub, tmp_path)
