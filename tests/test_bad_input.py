@@ -21,7 +21,7 @@ from typing import Callable
 import pytest
 
 from conftest import REPO, make_workdir, reliability_config, run_snakemake
-from test_data import RT_BYTES, RT_COLUMNS, RT_SAMPLE, Server, balanced, local, rt_rows, sha, tar_gz, write_csv
+from test_data import RT_BYTES, RT_COLUMNS, RT_SAMPLE, Server, balanced, local, sha, tar_gz, write_csv
 
 TASK_OUT = "results/data/tasks/t"  # where the data and download cases write; holds an earlier good output
 CACHE = "results/.cache/downloads"
