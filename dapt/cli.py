@@ -43,6 +43,13 @@ def limit_threads(threads: int) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
 
 
+def quiet_progress_bars() -> None:
+    """No tqdm bars in job logs (they are files: a bar there is one unreadable line per refresh);
+    the jobs print their own progress lines instead."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def _job_line(event: str, fields: dict) -> None:
     """One ``[dapt.job]`` line on stderr (the job's log): what a scheduler or slot check reads back."""
     now = time.time()
@@ -61,6 +68,7 @@ def start(args: argparse.Namespace, model_dir: str | None = None):
     precision probe uses.
     """
     limit_threads(args.threads)
+    quiet_progress_bars()
     from dapt.devices import claim_devices, maybe_relaunch_distributed
 
     ids = claim_devices(args.gpus)

@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from dapt.config import PEFT_KINDS
 from dapt.errors import UserError
 from dapt.files import atomic_path, read_json, write_json
 from dapt.train import trainable_state, unwrap
 
-PEFT_KINDS = ("lora", "adalora", "ia3", "prefix", "prompt")
 METHOD_KEYS = ("kind", "r", "alpha", "dropout", "target_modules", "num_virtual_tokens", "reduction_factor", "placement",
                "train_layernorm", "target_r", "tinit_ratio", "tfinal_ratio", "orth_reg_weight", "prefix_projection")
 

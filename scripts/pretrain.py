@@ -19,10 +19,9 @@ def main() -> None:
         guard_checkpoints(args.checkpoints, job_identity(vars(args), [args.parent, args.blocks]))
     runtime = cli.start(args, model_dir=args.parent)
 
-    from dapt.config import MLM_DEFAULTS
     from dapt.pretrain import pretrain
 
-    summary = pretrain(args.parent, args.blocks, args.out, args.checkpoints, {**MLM_DEFAULTS, **args.params},
+    summary = pretrain(args.parent, args.blocks, args.out, args.checkpoints, args.params,
                        args.seed, runtime, args.stage)
     print(f"done: {summary['steps']} steps, loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
 

@@ -18,6 +18,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="threads for the tokenizer (0: its default, every core)")
     args = p.parse_args()
     cli.limit_threads(args.threads)  # before the tokenizer library starts its thread pool
+    cli.quiet_progress_bars()
 
     from dapt import tokenization
 

@@ -509,3 +509,44 @@ def test_head_store_steps_aside_where_the_head_cannot_read_the_stored_output():
     model.eval()
     ids = torch.tensor([[5, 6, 7, 8]])
     assert model(input_ids=ids).logits.shape == (1, 2)  # the model still works as before
+
+
+def test_full_finetuning_in_bf16_is_deterministic_and_resumes_exactly(tiny_task, tmp_path, monkeypatch):
+    """bf16 autocast (the choice on CPUs with native bf16): two runs of one seed, and a run killed
+    after its epoch-2 checkpoint and resumed, end with the same log and the same weights."""
+    from safetensors.torch import load_file
+
+    import dapt.finetune as ft
+    from dapt.precision import settings
+    from dapt.train import Runtime
+
+    bf16 = Runtime(device=torch.device("cpu"), precision={**settings("bf16", "cpu"), "device_name": "cpu"},
+                   rank=0, world_size=1)
+    base, tokenized = tiny_task
+    params = {**TRAIN, **METHODS["full"], "kind": "full", "epochs": 4}
+
+    def run(name: str) -> tuple[str, dict]:
+        torch.manual_seed(0)
+        ft.finetune(str(base), str(tokenized), str(tmp_path / name), str(tmp_path / f"c-{name}"), params, 1, bf16)
+        return (tmp_path / name / "log.csv").read_text(), load_file(str(tmp_path / name / "model" / "model.safetensors"))
+
+    first, again = run("first"), run("again")
+
+    class Killed(Exception):
+        pass
+
+    original = ft.FineTuning.save_checkpoint
+
+    def save_then_die(self, timer):
+        original(self, timer)
+        if self.state["step"] == 6:  # 3 steps an epoch: after epoch 2's validation and checkpoint
+            raise Killed
+
+    monkeypatch.setattr(ft.FineTuning, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        run("resumed")
+    monkeypatch.setattr(ft.FineTuning, "save_checkpoint", original)
+    resumed = run("resumed")
+    for other in (again, resumed):
+        assert other[0] == first[0]
+        assert other[1].keys() == first[1].keys() and all(torch.equal(other[1][k], first[1][k]) for k in first[1])

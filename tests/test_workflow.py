@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import make_workdir, run_snakemake, tiny_config
+from conftest import run_snakemake, tiny_config
 
 RUN_DIRS = [f"rt_polarity/tiny/{v}/{m}/seed{s}" for v in ("base", "dapt", "tapt", "dapt_tapt")
             for m in ("full", "lora") for s in (1, 2)]
