@@ -63,7 +63,7 @@ def test_bench_tuned_recipe_pads_per_batch(bench_run):
     for stage in ("finetune", "eval"):
         r = result[stage]
         assert r["recipe_positions_per_example"] == 128
-        assert r["recipe_tokens_per_example"] <= r["recipe_tuned_positions_per_example"] < 128
+        assert r["recipe_tuned_tokens_per_example"] <= r["recipe_tuned_positions_per_example"] < 128
 
 
 def test_bench_counts_training_examples_only(bench_run):
