@@ -1,0 +1,162 @@
+"""Export a fine-tuned run as a plain Hugging Face model folder that loads without this package.
+
+* full, head: the classifier is already a standard model (head: the base encoder + trained head).
+* lora, adalora, ia3: peft's `merge_and_unload` folds the adapter into the base weights.
+* adapter (bottleneck): not a linear change, so it cannot be merged; the folder carries a 40-line
+  modeling file (`modeling_dapt_adapter.py`, registered in config.json's `auto_map`) that adds the
+  same adapters to the stock BERT-family class. Loading it needs `trust_remote_code=True`.
+* prefix, prompt: refused: the virtual tokens live outside the model's weights (past key/values or
+  input embeddings), which a stock classifier cannot take.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from dapt.errors import UserError
+from dapt.files import atomic_path, read_json, write_json
+
+MERGEABLE = ("lora", "adalora", "ia3")
+REFUSED = {
+    "prefix": "prefix tuning feeds trained past key/values into every attention layer, which a stock "
+              "transformers classifier (and its ONNX graph) has no input for",
+    "prompt": "prompt tuning prepends trained virtual-token embeddings to the input, which a stock "
+              "transformers classifier (and its ONNX graph) cannot take",
+}
+
+ADAPTER_CODE = '''"""Bottleneck adapters (dapt-workflow's `adapter` method) on a stock BERT-family classifier."""
+import torch
+from torch import nn
+from transformers import AutoConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+PLACEMENTS = {"houlsby": ("attention", "ffn"), "pfeiffer": ("ffn",)}
+ACTIVATIONS = {"houlsby": nn.SiLU, "pfeiffer": nn.ReLU}
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, hidden, bottleneck, activation):
+        super().__init__()
+        self.down, self.act, self.up = nn.Linear(hidden, bottleneck), activation(), nn.Linear(bottleneck, hidden)
+
+    def forward(self, x):
+        return x + self.up(self.act(self.down(x)))
+
+
+def _hook(dropout, inputs, output):
+    return dropout._dapt_adapter(output)
+
+
+def _build(config):
+    """The stock classifier class of the config's model type, with the adapters added."""
+    spec = config.dapt_adapter
+    base_cls = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+
+    class Model(base_cls):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            base = getattr(self, self.base_model_prefix)
+            hidden = cfg.hidden_size
+            size = max(1, int(round(hidden / spec["reduction_factor"])))
+            for layer in base.encoder.layer:
+                subs = ([layer.attention.output] if "attention" in PLACEMENTS[spec["placement"]] else []) + \\
+                       ([layer.output] if "ffn" in PLACEMENTS[spec["placement"]] else [])
+                for sub in subs:
+                    sub.adapter = Bottleneck(hidden, size, ACTIVATIONS[spec["placement"]])
+                    object.__setattr__(sub.dropout, "_dapt_adapter", sub.adapter)
+                    sub.dropout.register_forward_hook(_hook)
+
+    Model.__name__ = "DaptAdapterForSequenceClassification"
+    return Model
+
+
+class DaptAdapterModel(PreTrainedModel):
+    @classmethod
+    def from_pretrained(cls, path, *args, config=None, **kwargs):
+        config = config or AutoConfig.from_pretrained(path, trust_remote_code=True)
+        return _build(config).from_pretrained(path, *args, config=config, **kwargs)
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        return _build(config)(config)
+'''
+
+
+def exportable(kind: str) -> str | None:
+    """Why a method kind cannot be exported, or None."""
+    return REFUSED.get(kind)
+
+
+def check_run(artifact_dir: str | Path) -> dict:
+    """The run's method.json; a clear error if the folder is not a finished fine-tuning artifact."""
+    artifact = Path(artifact_dir)
+    if not (artifact / "method.json").is_file():
+        raise UserError(str(artifact), "not a fine-tuned run (no method.json)",
+                        "fine-tune the run first (snakemake results/finetune/<run>/model)")
+    return read_json(artifact / "method.json")
+
+
+def plain_model(artifact_dir: str, base_dir: str, labels: list[str]):
+    """The run's classifier as a stock transformers model (adapters kept as modules); its kind."""
+    from dapt.methods import load_finetuned
+
+    info = check_run(artifact_dir)
+    kind = info["method"]["kind"]
+    reason = exportable(kind)
+    if reason:
+        raise UserError(f"{artifact_dir}: method {kind}", f"cannot be exported: {reason}",
+                        "deploy a full, head, lora, adalora, ia3 or adapter run")
+    model, _ = load_finetuned(artifact_dir, base_dir, labels)
+    if kind in MERGEABLE:
+        _unwrap_saved_modules(model)
+        model = model.merge_and_unload()
+    return model.eval(), info
+
+
+def _unwrap_saved_modules(model) -> None:
+    """Put the trained copies of peft's `modules_to_save` (the head, BERT's pooler) in place of their
+    wrappers before merging: peft 0.21's IA3 unload fails on a wrapped pooler ('BertPooler' object has
+    no attribute 'weight'); for LoRA and AdaLoRA this is what unloading does anyway."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, child = name.rpartition(".")
+            active = module.active_adapter
+            active = active[0] if isinstance(active, (list, tuple)) else active
+            setattr(model.get_submodule(parent) if parent else model, child, module.modules_to_save[active])
+
+
+def export_run(artifact_dir: str, base_dir: str, labels: list[str], out_dir: str | Path, context: dict | None = None) -> dict:
+    """Write the self-contained folder (safetensors, config with id2label, tokenizer) atomically."""
+    from dapt.models import load_tokenizer
+
+    model, info = plain_model(artifact_dir, base_dir, labels)
+    kind = info["method"]["kind"]
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {label: i for i, label in enumerate(labels)}
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        load_tokenizer(base_dir).save_pretrained(tmp)
+        if kind == "adapter":
+            _add_adapter_code(tmp, info["method"])
+        meta = {"method": info["method"], "labels": labels, "run": context or {}, "needs_remote_code": kind == "adapter"}
+        write_json(tmp / "deploy.json", meta)
+    return meta
+
+
+def _add_adapter_code(folder: Path, method: dict) -> None:
+    (folder / "modeling_dapt_adapter.py").write_text(ADAPTER_CODE, encoding="utf-8")
+    cfg = read_json(folder / "config.json")
+    cfg["dapt_adapter"] = {"placement": method.get("placement", "pfeiffer"),
+                           "reduction_factor": method.get("reduction_factor", 16)}
+    cfg["auto_map"] = {"AutoModelForSequenceClassification": "modeling_dapt_adapter.DaptAdapterModel"}
+    write_json(folder / "config.json", cfg)
+
+
+def copy_serving_files(src: Path, dest: Path) -> None:
+    """Tokenizer and config (labels) beside an .onnx file, so the folder serves on its own."""
+    for f in src.iterdir():
+        if f.is_file() and f.suffix in (".json", ".txt", ".model") and f.name != "deploy.json":
+            shutil.copy2(f, dest / f.name)

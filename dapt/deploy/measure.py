@@ -1,0 +1,148 @@
+"""Measure each exported format on the test split: quality (and its difference to the PyTorch
+model), size on disk, peak memory, latency at batch 1 and throughput at batch 32.
+
+Each format runs in its own fresh process (spawned), so its peak memory is that of a process serving
+only that format: the ONNX formats never import torch. All formats see the same token ids (the
+tokenized test split), so the numbers compare the models, not the tokenizer.
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+THROUGHPUT_BATCH = 32
+
+
+def pad(input_ids: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded ids and attention mask (int64) of a list of id arrays."""
+    width = max(len(x) for x in input_ids)
+    ids = np.full((len(input_ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(input_ids), width), dtype=np.int64)
+    for row, seq in enumerate(input_ids):
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def model_files(fmt: str, path: str | Path) -> list[Path]:
+    """The files that hold a format's weights and graph (what 'size on disk' counts)."""
+    path = Path(path)
+    if fmt == "pytorch":
+        return sorted(path.glob("*.safetensors"))
+    folder = path if path.is_dir() else path.parent
+    return sorted(f for f in folder.iterdir() if f.suffix in (".onnx", ".data") or f.name.endswith(".onnx.data"))
+
+
+def size_bytes(fmt: str, path: str | Path) -> int:
+    return sum(f.stat().st_size for f in model_files(fmt, path))
+
+
+def load_logits_fn(fmt: str, path: str | Path, threads: int):
+    """A function (ids, mask) -> logits for one format."""
+    if fmt == "pytorch":
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        from dapt.files import read_json
+
+        if threads:
+            torch.set_num_threads(threads)
+        meta = read_json(Path(path) / "deploy.json") if (Path(path) / "deploy.json").is_file() else {}
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), trust_remote_code=meta.get("needs_remote_code", False)).eval()
+        use_types = "token_type_ids" in inspect.signature(model.forward).parameters
+
+        def run(ids, mask):
+            with torch.inference_mode():
+                kw = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+                if use_types:
+                    kw["token_type_ids"] = torch.zeros_like(kw["input_ids"])
+                return model(**kw).logits.float().numpy()
+        return run
+    from dapt.deploy.onnx import OnnxClassifier
+
+    onnx_path = Path(path) / "model.onnx" if Path(path).is_dir() else Path(path)
+    return OnnxClassifier(onnx_path, threads=threads).logits
+
+
+def measure_in_process(fmt: str, path: str, input_ids: list[np.ndarray], pad_id: int, threads: int,
+                       latency_texts: int) -> dict:
+    """Run in the measuring process: probabilities at batch 32 (timed), then batch-1 latency."""
+    from dapt.deploy.onnx import softmax
+
+    fn = load_logits_fn(fmt, path, threads)
+    fn(*pad(input_ids[:2], pad_id))  # warm-up (first-call allocations, lazy init)
+    probs, start = [], time.perf_counter()
+    for i in range(0, len(input_ids), THROUGHPUT_BATCH):
+        probs.append(softmax(fn(*pad(input_ids[i:i + THROUGHPUT_BATCH], pad_id))))
+    elapsed = time.perf_counter() - start
+    lat = []
+    for seq in input_ids[:latency_texts]:
+        ids, mask = pad([seq], pad_id)
+        t = time.perf_counter()
+        fn(ids, mask)
+        lat.append(time.perf_counter() - t)
+    lat_ms = np.asarray(lat) * 1000
+    return {"probs": np.concatenate(probs), "throughput_per_s": len(input_ids) / elapsed,
+            "latency_p50_ms": float(np.percentile(lat_ms, 50)), "latency_p95_ms": float(np.percentile(lat_ms, 95)),
+            "latency_texts": len(lat), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def measure_format(fmt: str, path: str | Path, input_ids: list[np.ndarray], pad_id: int, threads: int,
+                   latency_texts: int, fresh_process: bool = True) -> dict:
+    """Measure one format, in a fresh spawned process (its own peak memory) unless told otherwise."""
+    args = (fmt, str(path), input_ids, pad_id, threads, latency_texts)
+    if not fresh_process:
+        return measure_in_process(*args)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure_in_process, args)
+
+
+def measure_all(paths: dict[str, str | Path], tokenized_dir: str | Path, threads: int, latency_texts: int,
+                fresh_process: bool = True, context: dict | None = None) -> list[dict]:
+    """One row per format (in `paths`' order, PyTorch first if present): quality and its difference to
+    PyTorch, size, peak memory, latency, throughput, threads."""
+    from dapt.files import read_json
+    from dapt.metrics import compute_metrics
+    from dapt.tokenization import read_examples
+
+    tokenized_dir = Path(tokenized_dir)
+    labels = read_json(tokenized_dir / "labels.json")
+    test = read_examples(tokenized_dir / "test.parquet")
+    first = next(iter(paths.values()))
+    pad_id = _pad_id(first)
+    rows, ref = [], None
+    for fmt, path in paths.items():
+        m = measure_format(fmt, path, test["input_ids"], pad_id, threads, latency_texts, fresh_process)
+        probs = m.pop("probs")
+        pred = probs.argmax(1)
+        scores = compute_metrics(test["label"], pred, labels)
+        row = {**(context or {}), "format": fmt, "macro_f1": scores["macro_f1"], "accuracy": scores["accuracy"],
+               "size_mb": size_bytes(fmt, path) / 1e6, "threads": threads, "n_test": len(pred), **m}
+        if fmt == "pytorch":
+            ref = (probs, pred, scores["macro_f1"], row["size_mb"])
+        if ref is not None:
+            row.update(f1_diff_vs_pytorch=scores["macro_f1"] - ref[2],
+                       agreement_vs_pytorch=float((pred == ref[1]).mean()),
+                       max_prob_diff_vs_pytorch=float(np.abs(probs - ref[0]).max()),
+                       size_ratio_vs_pytorch=row["size_mb"] / ref[3])
+        rows.append(row)
+    return rows
+
+
+def _pad_id(path: str | Path) -> int:
+    from dapt.files import read_json
+
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    cfg = read_json(folder / "config.json")
+    pad_id = cfg.get("pad_token_id")
+    return 0 if pad_id is None else int(pad_id)

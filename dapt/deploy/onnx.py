@@ -1,0 +1,153 @@
+"""ONNX export of an exported folder, int8 dynamic quantization for this CPU, and an ONNX Runtime
+classifier. Importing this module loads neither torch nor transformers (serving an .onnx needs
+neither); `export_onnx` imports them itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from dapt.errors import UserError
+from dapt.files import atomic_path, read_json
+
+DEFAULT_OPSET = 17
+#: Inputs a text classifier's graph may take, in this order (only those its tokenizer produces).
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def runtime_max_opset() -> int:
+    """The newest ai.onnx opset that torch's TorchScript exporter writes and the onnx package knows.
+    Whether ONNX Runtime runs it is checked by loading the exported graph (an error otherwise)."""
+    import onnx
+    from torch.onnx import _constants
+
+    return min(onnx.defs.onnx_opset_version(), _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+
+
+def graph_inputs(folder: str | Path) -> list[str]:
+    from dapt.models import load_tokenizer
+
+    names = load_tokenizer(folder).model_input_names
+    return [n for n in INPUTS if n in names]
+
+
+def export_onnx(folder: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """`out_dir/model.onnx` (dynamic batch and sequence axes) plus the folder's tokenizer and config."""
+    import torch
+
+    from dapt.deploy.export import copy_serving_files
+    from dapt.models import load_tokenizer
+
+    top = runtime_max_opset()
+    if not 14 <= opset <= top:
+        raise UserError(f"deploy.opset: {opset}", f"the installed torch {torch.__version__} and onnx export "
+                        f"opsets 14..{top}", f"set deploy.opset between 14 and {top}")
+    model = _load_plain(folder)
+    names = graph_inputs(folder)
+    tok = load_tokenizer(folder)
+    enc = tok(["a first text to trace", "a second one"], return_tensors="pt", padding=True)
+    kwargs = {n: enc[n] for n in names}
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        with torch.no_grad(), warnings.catch_warnings():
+            # the TorchScript exporter's deprecation notice and tracer notes on shape checks that are
+            # constant for a text classifier (the mask is as long as the ids); the graph is checked below
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (), str(tmp / "model.onnx"), kwargs=kwargs, input_names=names,
+                              output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+        copy_serving_files(Path(folder), tmp)
+        OnnxClassifier(tmp / "model.onnx", threads=1)  # the runtime must load what was written
+    return Path(out_dir) / "model.onnx"
+
+
+def _load_plain(folder: str | Path):
+    """The exported folder as a model, loaded the way a user would (eager attention traces cleanly)."""
+    from transformers import AutoModelForSequenceClassification
+
+    remote = read_json(Path(folder) / "deploy.json").get("needs_remote_code", False) \
+        if (Path(folder) / "deploy.json").is_file() else False
+    return AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=remote,
+                                                              attn_implementation="eager").eval()
+
+
+def cpu_int8_settings() -> dict:
+    """Quantization settings for the CPU this runs on (ONNX Runtime's quantization guide):
+    with VNNI (AVX-512 VNNI / AVX-VNNI) or on ARM64, signed int8 weights at full 8-bit range; on
+    AVX2/AVX-512 without VNNI the u8*s8 multiply-add can saturate, so weights use reduce_range (7 bits)."""
+    import platform
+
+    machine = platform.machine().lower()
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    if machine in ("aarch64", "arm64"):
+        isa, reduce_range = "arm64" + ("-dotprod" if "asimddp" in flags else ""), False
+    elif flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        isa = "avx512-vnni" if "avx512_vnni" in flags else ("amx" if "amx_int8" in flags else "avx-vnni")
+        reduce_range = False
+    elif "avx512bw" in flags:
+        isa, reduce_range = "avx512 (no VNNI)", True
+    elif "avx2" in flags:
+        isa, reduce_range = "avx2", True
+    else:
+        isa, reduce_range = machine or "unknown", True
+    return {"isa": isa, "weight_type": "QInt8", "per_channel": False, "reduce_range": reduce_range}
+
+
+def quantize_int8(onnx_dir: str | Path, out_dir: str | Path, settings: dict | None = None) -> dict:
+    """Dynamic int8 quantization (ONNX Runtime's quantizer) of `onnx_dir/model.onnx` into `out_dir`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    settings = settings or cpu_int8_settings()
+    src = Path(onnx_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        quantize_dynamic(str(src / "model.onnx"), str(tmp / "model.onnx"), per_channel=settings["per_channel"],
+                         reduce_range=settings["reduce_range"], weight_type=getattr(QuantType, settings["weight_type"]))
+        for f in src.iterdir():
+            if f.is_file() and f.name != "model.onnx":
+                shutil.copy2(f, tmp / f.name)
+        OnnxClassifier(tmp / "model.onnx", threads=1)
+    return settings
+
+
+class OnnxClassifier:
+    """An .onnx text classifier in ONNX Runtime (CPU); `predict_proba` takes token id arrays."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001  (ORT raises its own exception types)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(str(path), f"ONNX Runtime {ort.__version__} cannot load it: {first[:300]}",
+                            "export with an opset this runtime supports (deploy.opset)") from None
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+        if "token_type_ids" in self.inputs:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        return self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.inputs})[0]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

@@ -1,0 +1,124 @@
+"""Label texts with an exported model: `python -m dapt.predict --model <folder or .onnx>`.
+
+Texts come from --input (or stdin): one per line, or a CSV column (--column, or a .csv file's 'text'
+column). Writes CSV to --output (or stdout): row, label, and one probability column per label.
+A folder holding safetensors weights runs in PyTorch (transformers); an .onnx file, or a folder
+holding model.onnx, runs in ONNX Runtime (the tokenizer and labels are read from its folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dapt.errors import UserError, run_main
+
+
+def read_texts(source: str | None, column: str | None) -> list[str]:
+    import pandas as pd
+
+    where = source or "stdin"
+    if source and not Path(source).is_file():
+        raise UserError(source, "no such file", "give a text file with one text per line, or a CSV")
+    raw = Path(source).read_text(encoding="utf-8") if source else sys.stdin.read()
+    if column or (source or "").endswith(".csv"):
+        column = column or "text"
+        try:
+            df = pd.read_csv(io.StringIO(raw), dtype=str, keep_default_na=False)
+        except Exception as err:  # noqa: BLE001  (pandas' parser errors)
+            raise UserError(where, f"not a readable CSV ({str(err).splitlines()[0] if str(err) else err})") from None
+        if column not in df.columns:
+            raise UserError(where, f"no column '{column}' (columns: {', '.join(map(str, df.columns))})",
+                            "name the text column with --column")
+        texts = df[column].tolist()
+    else:
+        texts = [line for line in raw.splitlines() if line.strip()]
+    if not texts:
+        raise UserError(where, "no texts to label (the input is empty)", "give one text per line, or a CSV column")
+    return texts
+
+
+class Predictor:
+    """Tokenizer + model of an export (PyTorch folder or ONNX); `predict_proba(texts)`."""
+
+    def __init__(self, model: str, threads: int = 0, max_length: int | None = None) -> None:
+        from dapt.files import read_json
+
+        path = Path(model)
+        if not path.exists():
+            raise UserError(model, "no such model file or folder", "give an export folder or a .onnx file")
+        self.onnx = path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file())
+        folder = path.parent if path.is_file() else path
+        if not (folder / "config.json").is_file():
+            raise UserError(model, "no config.json beside the model (labels unknown)", "give a folder written by the deploy step")
+        cfg = read_json(folder / "config.json")
+        self.labels = [cfg.get("id2label", {}).get(str(i), f"LABEL_{i}") for i in range(len(cfg.get("id2label", {})) or 2)]
+        from transformers import AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError) as err:
+            raise UserError(str(folder), f"no usable tokenizer ({str(err).splitlines()[0][:200]})") from None
+        limits = [n for n in (max_length, cfg.get("max_position_embeddings"), self.tokenizer.model_max_length)
+                  if n and n < 100_000]
+        self.max_length = min(limits) if limits else 512
+        from dapt.deploy.measure import load_logits_fn
+
+        fmt = "onnx" if self.onnx else "pytorch"
+        if not self.onnx and not list(folder.glob("*.safetensors")):
+            raise UserError(model, "no safetensors weights and no model.onnx", "give a folder written by the deploy step")
+        self.logits = load_logits_fn(fmt, path if self.onnx else folder, threads or 0)
+
+    def predict_proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        from dapt.deploy.onnx import softmax
+
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="np")
+            out.append(softmax(self.logits(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))))
+        return np.concatenate(out)
+
+
+def to_csv(texts: list[str], probs: np.ndarray, labels: list[str]) -> str:
+    import pandas as pd
+
+    df = pd.DataFrame({"row": np.arange(1, len(texts) + 1), "label": [labels[i] for i in probs.argmax(1)]})
+    for j, lab in enumerate(labels):
+        df[f"p_{lab}"] = probs[:, j].round(6)
+    return df.to_csv(index=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m dapt.predict", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="export folder (PyTorch or ONNX) or a .onnx file")
+    p.add_argument("--input", help="text file (one text per line) or CSV; default: stdin")
+    p.add_argument("--column", help="CSV column holding the texts (default for a .csv input: 'text')")
+    p.add_argument("--output", help="CSV file to write (default: stdout)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
+    p.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's limit)")
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    texts = read_texts(args.input, args.column)
+    from dapt.cli import limit_threads, quiet_progress_bars
+
+    limit_threads(args.threads)
+    quiet_progress_bars()
+    predictor = Predictor(args.model, args.threads, args.max_length)
+    text = to_csv(texts, predictor.predict_proba(texts, args.batch_size), predictor.labels)
+    if args.output:
+        from dapt.files import write_text
+
+        write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    run_main(main)

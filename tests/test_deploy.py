@@ -1,0 +1,257 @@
+"""Deployment stage (dapt.deploy, dapt.predict): every exportable method's export loads with plain
+transformers and gives the evaluate step's predictions; ONNX and int8 ONNX run in ONNX Runtime; the
+predict CLI; bad input gives one line and no partial output.
+
+Tiny runs: a random 2-layer BERT with MiniLM's real WordPiece tokenizer, each method trained for two
+epochs on 48 sentences (the export must reproduce whatever the run learned, not a good model).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO, minilm_dir
+
+LABELS = ["neg", "pos"]
+TRAIN = {"epochs": 2, "batch_size": 16, "eval_batch_size": 64, "grad_accum": 1, "weight_decay": 0.0,
+         "warmup_ratio": 0.0, "patience": 100, "max_grad_norm": 1.0, "save_steps": 1000,
+         "metric": "macro_f1", "max_length": 48}
+METHODS = {
+    "full": {"lr": 3e-3},
+    "head": {"lr": 3e-2},
+    "lora": {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.0},
+    "adalora": {"lr": 1e-2, "r": 6, "target_r": 2, "alpha": 12, "dropout": 0.0},
+    "ia3": {"lr": 3e-2},
+    "adapter_pfeiffer": {"kind": "adapter", "lr": 1e-2, "placement": "pfeiffer", "reduction_factor": 4},
+    "adapter_houlsby": {"kind": "adapter", "lr": 1e-2, "placement": "houlsby", "reduction_factor": 4},
+    "prefix": {"lr": 1e-2, "num_virtual_tokens": 4},
+    "prompt": {"lr": 3e-2, "num_virtual_tokens": 4},
+}
+EXPORTABLE = [m for m in METHODS if m not in ("prefix", "prompt")]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """(base checkpoint, task folder, tokenized task folder)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from dapt.files import write_json
+    from dapt.models import load_tokenizer
+    from dapt.tokenization import tokenize_task_dir
+
+    root = tmp_path_factory.mktemp("deploy")
+    tok = load_tokenizer(minilm_dir())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, initializer_range=0.2,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    mlm = BertForMaskedLM(config)
+    mlm.config.initializer_range = 0.02
+    base = root / "base"
+    mlm.save_pretrained(base)
+    tok.save_pretrained(base)
+    df = pd.read_csv(REPO / "tests" / "data" / "rt_sample.csv").rename(columns={"sentence": "text", "sentiment": "label"})
+    df.insert(0, "id", [f"rt{i}" for i in range(len(df))])
+    data = root / "task"
+    data.mkdir()
+    for split, part in {"train": df[:48], "validation": df[48:80], "test": df[80:140]}.items():
+        part.to_parquet(data / f"{split}.parquet", index=False)
+    write_json(data / "labels.json", LABELS)
+    tokenized = root / "tokenized"
+    tokenize_task_dir(str(data), str(base), 48, str(tokenized))
+    return base, data, tokenized
+
+
+@pytest.fixture(scope="module")
+def runs(task, tmp_path_factory):
+    """name -> run folder (model/, train.json, and the evaluate step's predictions.csv), trained on use."""
+    import dapt.finetune as ft
+    from dapt.evaluate import evaluate_run
+    from dapt.train import setup_runtime
+
+    base, _, tokenized = task
+    torch.set_num_threads(1)
+    runtime = setup_runtime(0, "fp32", threads=1)
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            params = {**TRAIN, **METHODS[name]}
+            params["kind"] = params.get("kind", name)
+            out = tmp_path_factory.mktemp(name) / "run"
+            ft.finetune(str(base), str(tokenized), str(out), str(out.parent / "ckpt"), params, 1, runtime)
+            evaluate_run(str(out / "model"), str(base), str(tokenized), str(out / "train.json"),
+                         str(out / "metrics.json"), str(out / "predictions.csv"), runtime, {}, 64)
+            cache[name] = out
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def exported(task, runs):
+    from dapt.deploy.export import export_run
+
+    base, _, _ = task
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            run = runs(name)
+            export_run(str(run / "model"), str(base), LABELS, run.parent / "hf", {"method": name})
+            cache[name] = run.parent / "hf"
+        return cache[name]
+
+    return get
+
+
+def _test_texts(task) -> list[str]:
+    return pd.read_parquet(task[1] / "test.parquet")["text"].tolist()
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_export_loads_with_plain_transformers(name, task, runs, exported):
+    """A fresh interpreter that never imports dapt: pipeline(...) on the folder gives the evaluate
+    step's probabilities (predictions.csv, rounded to 1e-6)."""
+    folder = exported(name)
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    texts = _test_texts(task)
+    remote = "True" if name.startswith("adapter") else "False"
+    code = (
+        "import json, sys\n"
+        "from transformers import pipeline\n"
+        f"clf = pipeline('text-classification', model=sys.argv[1], trust_remote_code={remote}, top_k=None)\n"
+        "out = clf(json.load(open(sys.argv[2])), truncation=True, max_length=48)\n"
+        "assert 'dapt' not in sys.modules\n"
+        "print(json.dumps([{d['label']: d['score'] for d in row} for row in out]))\n")
+    texts_json = folder.parent / "texts.json"
+    texts_json.write_text(__import__("json").dumps(texts))
+    res = subprocess.run([sys.executable, "-c", code, str(folder), str(texts_json)], capture_output=True, text=True,
+                         cwd="/", timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = pd.DataFrame(__import__("json").loads(res.stdout.strip().splitlines()[-1]))
+    want = pd.read_csv(runs(name) / "predictions.csv")
+    assert list(got.columns) == LABELS or set(got.columns) == set(LABELS)
+    np.testing.assert_allclose(got["pos"].to_numpy(), want["p_pos"].to_numpy(), atol=2e-5)
+    assert ((got["pos"] > got["neg"]).map({True: "pos", False: "neg"}) == want["predicted"]).all()
+
+
+@pytest.mark.parametrize("name", ["prefix", "prompt"])
+def test_prompt_methods_refused_in_one_line(name, task, runs, tmp_path):
+    from dapt.deploy.export import export_run
+    from dapt.errors import UserError
+
+    with pytest.raises(UserError, match=f"method {name}: cannot be exported") as err:
+        export_run(str(runs(name) / "model"), str(task[0]), LABELS, tmp_path / "hf")
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+@pytest.mark.parametrize("name", ["lora", "adapter_pfeiffer"])
+def test_onnx_and_int8_match_pytorch(name, task, exported, tmp_path):
+    """ONNX (dynamic batch and sequence: a padded batch of mixed lengths) equals PyTorch to 1e-4; int8
+    agrees on most labels; both folders serve through dapt.predict."""
+    from dapt.deploy.measure import load_logits_fn, pad
+    from dapt.deploy.onnx import export_onnx, quantize_int8
+    from dapt.tokenization import read_examples
+
+    folder = exported(name)
+    export_onnx(folder, tmp_path / "onnx", opset=17)
+    settings = quantize_int8(tmp_path / "onnx", tmp_path / "onnx_int8")
+    assert settings["isa"] and "reduce_range" in settings
+    test = read_examples(task[2] / "test.parquet")
+    ids, mask = pad(test["input_ids"][:24], 0)
+    assert len({len(x) for x in test["input_ids"][:24]}) > 3
+    ref = load_logits_fn("pytorch", folder, 1)(ids, mask)
+    onnx = load_logits_fn("onnx", tmp_path / "onnx", 1)(ids, mask)
+    int8 = load_logits_fn("onnx", tmp_path / "onnx_int8", 1)(ids, mask)
+    np.testing.assert_allclose(onnx, ref, atol=1e-4)
+    one = load_logits_fn("onnx", tmp_path / "onnx", 1)(*pad(test["input_ids"][:1], 0))  # batch 1, other length
+    np.testing.assert_allclose(one, ref[:1], atol=1e-4)
+    assert (int8.argmax(1) == ref.argmax(1)).mean() >= 0.75
+    assert (tmp_path / "onnx_int8" / "model.onnx").stat().st_size < (tmp_path / "onnx" / "model.onnx").stat().st_size
+
+
+def _predict(args, stdin=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dapt.predict", *args], input=stdin, capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def test_predict_cli(task, exported, tmp_path):
+    """Lines on stdin, a text file and a CSV column; PyTorch folder and .onnx file give the same labels."""
+    from dapt.deploy.onnx import export_onnx
+
+    folder = exported("full")
+    texts = _test_texts(task)[:10]
+    res = _predict(["--model", str(folder), "--batch-size", "3"], stdin="\n".join(texts) + "\n")
+    assert res.returncode == 0, res.stderr
+    out = pd.read_csv(__import__("io").StringIO(res.stdout))
+    assert list(out.columns) == ["row", "label", "p_neg", "p_pos"] and len(out) == 10
+    np.testing.assert_allclose(out[["p_neg", "p_pos"]].sum(axis=1), 1.0, atol=1e-5)
+    onnx = export_onnx(folder, tmp_path / "onnx")
+    pd.DataFrame({"review": texts}).to_csv(tmp_path / "in.csv", index=False)
+    res = _predict(["--model", str(onnx), "--input", str(tmp_path / "in.csv"), "--column", "review",
+                    "--output", str(tmp_path / "out.csv")])
+    assert res.returncode == 0, res.stderr
+    via_onnx = pd.read_csv(tmp_path / "out.csv")
+    assert (via_onnx["label"] == out["label"]).all()
+    np.testing.assert_allclose(via_onnx["p_pos"], out["p_pos"], atol=1e-4)
+
+
+def _one_line_error(res, *fragments):
+    assert res.returncode == 2, (res.returncode, res.stderr[-1500:])
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), res.stderr[-1500:]
+    for f in fragments:
+        assert f in last, last
+    return last
+
+
+def test_bad_inputs(task, runs, exported, tmp_path):
+    """Empty text file, an ONNX opset the runtime lacks, a run that was not fine-tuned, a method that
+    cannot be exported: one line each, exit 2, no output written."""
+    import onnx
+
+    folder = exported("full")
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    res = _predict(["--model", str(folder), "--input", str(tmp_path / "empty.txt"), "--output", str(tmp_path / "o.csv")])
+    _one_line_error(res, "empty.txt", "no texts")
+    assert not (tmp_path / "o.csv").exists()
+
+    from dapt.deploy.onnx import export_onnx
+
+    model = onnx.load(str(export_onnx(folder, tmp_path / "onnx")))
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            op.version = 99
+    bad = tmp_path / "onnx" / "model.onnx"
+    onnx.save(model, str(bad))
+    res = _predict(["--model", str(bad), "--output", str(tmp_path / "o.csv")], stdin="a fine film\n")
+    _one_line_error(res, "model.onnx", "cannot load it")
+    assert not (tmp_path / "o.csv").exists()
+
+    script = str(REPO / "scripts" / "deploy_export.py")
+    not_run = tmp_path / "never" / "model"
+    not_run.mkdir(parents=True)
+    common = ["--tokenized", str(task[2]), "--formats", "pytorch,onnx,onnx_int8"]
+    res = subprocess.run([sys.executable, script, "--candidates", f'[{{"artifact": "{not_run}", "train_json": "{not_run.parent}/train.json", "base": "{task[0]}", "run": {{}}}}]',
+                          "--out", str(tmp_path / "dep1"), *common], capture_output=True, text=True, timeout=120)
+    _one_line_error(res, "not a fine-tuned run")
+    assert not (tmp_path / "dep1").exists()
+    prefix = runs("prefix")
+    res = subprocess.run([sys.executable, script, "--candidates", f'[{{"artifact": "{prefix}/model", "train_json": "{prefix}/train.json", "base": "{task[0]}", "run": {{}}}}]',
+                          "--out", str(tmp_path / "dep2"), *common], capture_output=True, text=True, timeout=120)
+    _one_line_error(res, "method prefix", "cannot be exported")
+    assert not (tmp_path / "dep2").exists()
+    lora = runs("lora")
+    res = subprocess.run([sys.executable, script, "--candidates", f'[{{"artifact": "{lora}/model", "train_json": "{lora}/train.json", "base": "{task[0]}", "run": {{}}}}]',
+                          "--out", str(tmp_path / "dep3"), "--opset", "40", *common], capture_output=True, text=True, timeout=120)
+    _one_line_error(res, "deploy.opset: 40")
+    assert not (tmp_path / "dep3").exists()
