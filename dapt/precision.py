@@ -23,12 +23,14 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: bf16 must beat fp32 by this factor to be chosen: a tie is not worth the rounding.
-BF16_MARGIN = 1.1
-#: Work per probed product (FLOPs) and time per probed format and round.
+#: bf16 is chosen where it is faster than fp32 by this factor.
+BF16_MARGIN = 1.0
+#: Work per probed product (FLOPs), CPU seconds per probed format and round, rounds.
 PROBE_FLOPS = 2e8
-PROBE_SECONDS = 0.08
-PROBE_ROUNDS = 2
+PROBE_SECONDS = 0.04
+PROBE_ROUNDS = 4
+#: Part of the cache key: a new probe method measures afresh.
+PROBE_VERSION = 2
 
 
 def cpu_model() -> str:
@@ -71,10 +73,12 @@ def model_shapes(model_dir: str | os.PathLike | None) -> tuple[int, int]:
 
 
 def probe_rates(hidden: int, ffn: int) -> dict[str, float]:
-    """GFLOP/s of fp32 and bf16-autocast linear layers of the model's shapes, on this process's threads.
+    """GFLOP per CPU-second of fp32 and bf16-autocast linear layers of the model's shapes, on this
+    process's threads.
 
-    Rounds alternate the two formats so that load from other jobs hits both alike; each format's
-    best round counts."""
+    Timed in CPU time, not wall time, so that other jobs on the machine (two study jobs share two
+    cores) do not count against either format; rounds alternate the formats, and each format's best
+    round counts."""
     import torch
 
     rows = int(min(512, max(32, PROBE_FLOPS / (2 * hidden * ffn))))
@@ -88,11 +92,12 @@ def probe_rates(hidden: int, ffn: int) -> dict[str, float]:
             for name in best:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
                     layer(x)  # warm-up: weight conversion and kernel selection
-                    n, start = 0, time.perf_counter()
-                    while n == 0 or time.perf_counter() - start < PROBE_SECONDS:
+                    n, start = 0, time.process_time()
+                    while n == 0 or time.process_time() - start < PROBE_SECONDS:
                         layer(x)
                         n += 1
-                    best[name] = max(best[name], flops * n / (time.perf_counter() - start) / 1e9)
+                    spent = max(time.process_time() - start, 1e-9)
+                    best[name] = max(best[name], flops * n / spent / 1e9)
     return {"fp32_gflops": round(best["fp32"], 1), "bf16_gflops": round(best["bf16"], 1), "rows": rows}
 
 
@@ -112,7 +117,8 @@ def cached_probe(hidden: int, ffn: int) -> dict[str, Any]:
 
     from dapt.files import write_json
 
-    key = f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{hidden}x{ffn}"
+    key = (f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{hidden}x{ffn}"
+           f"|probe v{PROBE_VERSION}")
     path = _cache_path()
     try:
         cache = json.loads(path.read_text(encoding="utf-8"))
@@ -130,7 +136,7 @@ def cached_probe(hidden: int, ffn: int) -> dict[str, Any]:
 
 def decide_cpu(requested: str, native: bool, capability: str, rates: dict | None) -> tuple[str, str, str | None]:
     """(precision, reason, warning) on a CPU, from the request, native support and the probe's rates."""
-    speed = (f"bf16 {rates['bf16_gflops']} vs fp32 {rates['fp32_gflops']} GFLOP/s" if rates else "")
+    speed = (f"bf16 {rates['bf16_gflops']} vs fp32 {rates['fp32_gflops']} GFLOP per CPU-second" if rates else "")
     support = f"native bf16: {'yes' if native else 'no'} ({capability})"
     if requested == "fp32":
         return "fp32", "requested", None
@@ -143,7 +149,7 @@ def decide_cpu(requested: str, native: bool, capability: str, rates: dict | None
         return "bf16", "requested" + (f"; {speed}" if speed else ""), warning
     if not native:
         return "fp32", f"auto: {support}", None
-    if rates["bf16_gflops"] >= BF16_MARGIN * rates["fp32_gflops"]:
+    if rates["bf16_gflops"] > BF16_MARGIN * rates["fp32_gflops"]:
         return "bf16", f"auto: {support}; {speed}", None
     return "fp32", f"auto: {support}; bf16 not faster ({speed})", None
 
