@@ -366,7 +366,7 @@ def dapt_attr(name: str, *modules: str):
 
 def make_runtime(precision: str):
     """A one-process runtime with the precision the study would resolve on this machine."""
-    from dapt.devices import pick_device
+    from dapt.distributed import pick_device
     from dapt.train import Runtime
 
     device = pick_device()

@@ -69,7 +69,8 @@ def start(args: argparse.Namespace, model_dir: str | None = None):
     """
     limit_threads(args.threads)
     quiet_progress_bars()
-    from dapt.devices import claim_devices, maybe_relaunch_distributed
+    from dapt.devices import claim_devices
+    from dapt.distributed import maybe_relaunch_distributed
 
     ids = claim_devices(args.gpus)
     if "LOCAL_RANK" not in os.environ:
@@ -89,7 +90,7 @@ def start(args: argparse.Namespace, model_dir: str | None = None):
 
     runtime = setup_runtime(args.seed, args.precision, args.threads or None, args.deterministic, model_dir)
     if runtime.world_size > 1:
-        from dapt.devices import destroy_distributed
+        from dapt.distributed import destroy_distributed
 
         atexit.register(destroy_distributed)  # every rank leaves the process group on its way out
     print(f"runtime: {json.dumps(runtime.describe())}", flush=True)

@@ -1,4 +1,5 @@
-"""GPU claiming and multi-GPU launch for the training scripts (precision: `dapt.precision`).
+"""GPU claiming for the training scripts (several processes: `dapt.distributed`; number format:
+`dapt.precision`).
 
 Why this exists: Snakemake's ``--resources gpu=N`` caps how many GPUs are in use at once but
 never says *which* ones (snakemake issue #281), so every concurrent job would land on cuda:0.
@@ -7,42 +8,18 @@ drops an flock when the holding process exits for any reason (even SIGKILL), so 
 can never leave a GPU marked busy; that is why these are locks and not pid files.
 
 How a training script starts (before anything imports torch, so CUDA only ever sees the
-claimed GPUs)::
+claimed GPUs; `dapt.cli.start` does this)::
 
-    from dapt.devices import claim_devices, maybe_relaunch_distributed
     claim_devices(args.gpus)                          # rule's resources.gpu, passed as --gpus
-    maybe_relaunch_distributed(args.gpus, sys.argv)   # gpus > 1: re-runs this script under
-                                                      # torch.distributed.run; the parent only
-                                                      # holds the locks and relays the exit code
-    import torch
-    from dapt.devices import pick_device, init_distributed, dist_info
-    device = pick_device()                # cuda:LOCAL_RANK, cuda:0 or cpu
-    init_distributed(device)              # no-op unless WORLD_SIZE > 1
-    rank, world_size, local_rank = dist_info()
-
-How a training loop uses several processes (data parallel), so that N processes give the same
-numbers as one:
-
-* Shard the data, never duplicate it. Either wrap the dataset in
-  ``torch.utils.data.DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=True,
-  seed=seed)`` and call ``sampler.set_epoch(epoch)`` every epoch, or build the global batch
-  order once from the seed (identical in every rank) and let rank r take the rank-strided slice
-  ``batch[r::world_size]``. Keep the *global* batch size fixed: per-rank batch =
-  global batch / world_size (gradient accumulation makes up the rest).
-* Wrap the model in ``torch.nn.parallel.DistributedDataParallel`` (``device_ids=[device.index]``
-  on CUDA, nothing on CPU); it averages gradients across ranks.
-* Metrics: accumulate *sums and counts* per rank (loss * tokens, tokens, correct, total), then
-  ``all_reduce_sums`` them so every rank holds the global totals, and divide afterwards.
-  Averaging per-rank means is wrong when shards differ in size.
-* Only rank 0 writes outputs (checkpoints, metrics files); call ``destroy_distributed()`` at the
-  end.
+    maybe_relaunch_distributed(args.gpus, sys.argv)   # dapt.distributed: gpus > 1 re-runs this
+                                                      # script under torch.distributed.run
+    import torch                                      # then pick_device, init_distributed
 
 Environment variables read here:
 
 * ``DAPT_GPU_IDS``: comma list of device ids to share out; overrides detection. Tests use it to
   fake GPUs on a CPU-only machine.
 * ``DAPT_GPU_SLOT_DIR``: where the lock files live (default ``/tmp/dapt-gpu-slots-<uid>``).
-* ``DAPT_FORCE_CPU_DDP=1``: with n > 1 and no GPUs, still launch n gloo processes on CPU (tests).
 """
 
 from __future__ import annotations
@@ -51,17 +28,16 @@ import fcntl
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dapt.errors import UserError
 
 if TYPE_CHECKING:  # torch is imported lazily: claim_devices must run before torch is loaded
-    import torch
+    pass
 
 #: Seconds between attempts while waiting for free GPUs.
 POLL_SECONDS = 1.0
@@ -267,143 +243,3 @@ def release_devices() -> None:
         _, fd = _held.pop()
         os.close(fd)
     _assigned = None
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) as set by torch.distributed.run; (0, 1, 0) otherwise."""
-    env = os.environ
-    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
-
-
-def _force_cpu_ddp() -> bool:
-    return os.environ.get("DAPT_FORCE_CPU_DDP") == "1"
-
-
-def _set_pdeathsig() -> None:
-    """In the launched child: get SIGTERM if the parent dies, so GPUs are not used unlocked."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG (Linux only; harmless elsewhere)
-    except (OSError, AttributeError):
-        pass
-
-
-def _run_forwarding_signals(cmd: list[str]) -> int:
-    """Run cmd, pass SIGTERM/SIGINT on to it, and return its exit status (128+sig if killed)."""
-    proc = subprocess.Popen(cmd, preexec_fn=_set_pdeathsig if sys.platform == "linux" else None)
-
-    def forward(signum: int, _frame: Any) -> None:
-        try:
-            proc.send_signal(signum)
-        except ProcessLookupError:
-            pass
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        rc = proc.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 128 - rc if rc < 0 else rc
-
-
-def maybe_relaunch_distributed(n: int, argv: list[str]) -> None:
-    """With n > 1, re-run this script as n data-parallel processes and exit with their status.
-
-    `argv` is ``sys.argv`` (script path first). Returns without doing anything when n <= 1,
-    inside a launched child (LOCAL_RANK set), or when there are fewer than n GPUs (the job
-    then runs as one process; logged) unless DAPT_FORCE_CPU_DDP=1 asks for n CPU processes.
-    Otherwise this process keeps holding the GPU locks, runs
-    ``python -m torch.distributed.run --standalone --nproc_per_node n <argv>``, forwards
-    SIGTERM/SIGINT to it, and never returns (sys.exit with the launcher's status).
-    """
-    if n <= 1 or "LOCAL_RANK" in os.environ:
-        return
-    if not _force_cpu_ddp():
-        ids = _assigned
-        if ids is None:  # claim_devices was not called: trust the environment
-            ids = _split_ids(os.environ.get("CUDA_VISIBLE_DEVICES"))
-        if len(ids) < n:
-            _log(f"{n} processes wanted but only {len(ids)} GPU(s) visible; running one process")
-            return
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(n),
-        *argv,
-    ]
-    _log(f"launching {n} processes: {' '.join(cmd)}")
-    sys.exit(_run_forwarding_signals(cmd))
-
-
-def pick_device() -> torch.device:
-    """cuda:LOCAL_RANK in a distributed child, cuda:0 alone, cpu without CUDA (or forced)."""
-    import torch
-
-    if _force_cpu_ddp() or not torch.cuda.is_available():
-        return torch.device("cpu")
-    _, _, local_rank = dist_info()
-    if local_rank >= torch.cuda.device_count():
-        raise UserError(
-            "devices",
-            f"local rank {local_rank} but only {torch.cuda.device_count()} GPU(s) visible",
-        )
-    return torch.device("cuda", local_rank)
-
-
-def init_distributed(device: torch.device | str) -> bool:
-    """Join the process group (nccl on CUDA, gloo on CPU) if WORLD_SIZE > 1; True if joined.
-
-    Reads the rendezvous from the env vars torch.distributed.run sets. On CUDA it also makes
-    `device` the current device, so NCCL and any bare .cuda() use this rank's GPU.
-    """
-    import torch
-    import torch.distributed as dist
-
-    _, world_size, local_rank = dist_info()
-    if world_size <= 1 or dist.is_initialized():
-        return dist.is_initialized()
-    device = torch.device(device)
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl", device_id=device)
-    else:
-        dist.init_process_group(backend="gloo")
-    return True
-
-
-def destroy_distributed() -> None:
-    """Leave the process group, if joined (avoids the shutdown warning)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def all_reduce_sums(
-    values: dict[str, float], device: torch.device | str = "cpu"
-) -> dict[str, float]:
-    """Sum each value over all ranks (identity without a process group).
-
-    Pass sums and counts, not means, and divide after: that gives the same metric for any
-    number of processes. `device` must be the rank's CUDA device under nccl.
-    """
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or not values:
-        return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return dict(zip(keys, t.tolist()))

@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from dapt.batching import bucketed_batches, collate, rank_share
 from dapt.checkpoints import clear_checkpoints
-from dapt.devices import all_reduce_sums
+from dapt.config import FINETUNE_DEFAULTS
+from dapt.distributed import all_reduce_sums
 from dapt.errors import UserError
 from dapt.evaluate import predict_proba
 from dapt.files import atomic_path, read_json, write_json
@@ -182,6 +183,9 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
              runtime: Runtime, pretrain_info: dict | None = None) -> dict:
     """Fine-tune one run, resuming from its checkpoint if there is one; write model/, log.csv and
     train.json to `out_dir` (rank 0) and return the summary."""
+    missing = sorted({*FINETUNE_DEFAULTS, "kind", "metric"} - set(params))
+    if missing:  # the rule passes dapt.config.finetune_params, defaults included
+        raise UserError("--params", f"missing {missing}", "pass every fine-tuning setting, as the rule does")
     data = load_task(tokenized_dir, base_dir)
     run = FineTuning(base_dir, data, ckpt_dir, params, seed, runtime)
     run.resume()

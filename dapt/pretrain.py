@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dapt.devices import all_reduce_sums
+from dapt.distributed import all_reduce_sums
 from dapt.errors import UserError
 from dapt.files import atomic_path, read_json, write_json
 from dapt.tokenization import read_blocks
 from dapt.checkpoints import checkpoint_step, clear_checkpoints
+from dapt.config import MLM_DEFAULTS
 from dapt.models import TOKENIZER_FILES
 from dapt.steps import Progress, Stepper, split_micro
 from dapt.train import Runtime, Timer, count_params, linear_schedule, make_optimizer, peak_memory_mb, unwrap
@@ -233,14 +234,18 @@ class Pretraining:
 
 
 def read_data(blocks_path: str, tokenizer) -> MLMData:
-    blocks = torch.from_numpy(read_blocks(blocks_path)).long()
+    blocks = torch.tensor(read_blocks(blocks_path), dtype=torch.long)  # a copy: the file's array is read-only
     special = torch.isin(blocks, torch.tensor(sorted(set(tokenizer.all_special_ids))))
     return MLMData(blocks, special, tokenizer.mask_token_id, len(tokenizer))
 
 
 def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, params: dict, seed: int,
-             runtime: Runtime, stage: str = "") -> dict:
-    """Run one MLM stage from `parent_dir` on packed blocks; write model/, loss.csv, summary.json."""
+             runtime: Runtime, stage: str = "", parent_summary: str = "") -> dict:
+    """Run one MLM stage from `parent_dir` on packed blocks; write model/, loss.csv, summary.json.
+    `parent_summary`: the parent stage's summary.json, if the parent was pretrained (chain totals)."""
+    missing = sorted(set(MLM_DEFAULTS) - {"max_length"} - set(params))
+    if missing:  # the rule passes dapt.config.mlm_params, defaults included
+        raise UserError("--params", f"missing {missing}", "pass every pretraining setting, as the rule does")
     parent = Path(parent_dir)
     model, new_head, tokenizer = load_model(parent, runtime)
     data = read_data(blocks_path, tokenizer)
@@ -253,8 +258,7 @@ def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, par
                "first_loss": log[0][1], "parameters": total_params, "peak_memory_mb": peak_memory_mb(runtime.device),
                **runtime.describe()}
     # totals over the whole chain (parent stages included), for the report's "what it rests on"
-    parent_summary = parent.parent / "summary.json"
-    earlier = read_json(parent_summary) if parent_summary.exists() else {}
+    earlier = read_json(parent_summary) if parent_summary else {}
     summary.update(chain=Path(out_dir).name, total_steps=earlier.get("total_steps", 0) + run.total,
                    total_tokens=earlier.get("total_tokens", 0) + tokens)
     if runtime.is_main:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dapt.devices import dist_info, init_distributed, pick_device
+from dapt.distributed import dist_info, init_distributed, pick_device
 from dapt.precision import choose_precision, set_deterministic
 
 

@@ -138,7 +138,9 @@ def run_files(pattern):
 
 
 def all_outputs():
-    return REPORT_FILES
+    # the deploy stage (rules/deploy.smk) joins the default target when the config has a deploy: block
+    deploy = layout.report_files_of(layout.DEPLOY_REPORT) if "deploy" in config else []
+    return REPORT_FILES + deploy
 
 
 def mlm_texts(wildcards):
@@ -151,10 +153,13 @@ def mlm_texts(wildcards):
 def pretrain_inputs(wildcards):
     parent, stage = study.split_chain(wildcards.chain)
     length = study.mlm_params(config, stage)["max_length"]
-    return {
+    inputs = {
         "parent": checkpoint_of(wildcards.model, parent),
         "blocks": f"results/tokenized/{wildcards.model}/mlm/{stage}.L{length}.parquet",
     }
+    if parent:  # the parent stage's summary: totals over the whole chain
+        inputs["parent_summary"] = f"results/pretrain/{wildcards.model}/{parent}/summary.json"
+    return inputs
 
 
 def tokenized_task(wildcards):

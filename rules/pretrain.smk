@@ -24,6 +24,7 @@ rule pretrain:
         script=script("pretrain.py"),
         hp=lambda w: as_json(study.mlm_params(config, study.split_chain(w.chain)[1])),
         stage=lambda w: study.split_chain(w.chain)[1],
+        parent_summary=lambda w, input: input.get("parent_summary", ""),
         seed=config.get("pretrain_seed", 0),
         runtime=runtime_args(),
         # outside the declared outputs: Snakemake must not wipe them when it reruns a killed job
@@ -31,6 +32,7 @@ rule pretrain:
         out=lambda w, output: os.path.dirname(output.summary),
     shell:
         "python {params.script} --parent {input.parent} --blocks {input.blocks}"
+        " --parent-summary '{params.parent_summary}'"
         " --stage {params.stage} --params {params.hp:q} --seed {params.seed}"
         " --gpus {resources.gpu} --threads {threads} {params.runtime}"
         " --checkpoints {params.checkpoints} --out {params.out} >> {log} 2>&1"

@@ -10,19 +10,20 @@ from dapt.checkpoints import guard_checkpoints, job_identity
 def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument("--parent", required=True, help="checkpoint folder to continue from")
+    p.add_argument("--parent-summary", default="", help="summary.json of the parent stage, if the parent was pretrained")
     p.add_argument("--blocks", required=True, help="packed blocks parquet from the tokenize step")
     p.add_argument("--stage", default="", help="stage name, for logs (e.g. dapt-imdb)")
     p.add_argument("--checkpoints", required=True, help="folder for resumable checkpoints (kept across reruns)")
     p.add_argument("--out", required=True, help="output folder: model/, loss.csv, summary.json")
     args = p.parse_args()
     if "LOCAL_RANK" not in os.environ:  # once per job, before any rank reads the checkpoints
-        guard_checkpoints(args.checkpoints, job_identity(vars(args), [args.parent, args.blocks]))
+        guard_checkpoints(args.checkpoints, job_identity(vars(args), [args.parent, args.blocks, args.parent_summary]))
     runtime = cli.start(args, model_dir=args.parent)
 
     from dapt.pretrain import pretrain
 
     summary = pretrain(args.parent, args.blocks, args.out, args.checkpoints, args.params,
-                       args.seed, runtime, args.stage)
+                       args.seed, runtime, args.stage, args.parent_summary)
     print(f"done: {summary['steps']} steps, loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
 
 

@@ -138,7 +138,10 @@ def grow_tokenizer(folder: Path) -> None:
 
 
 def diverging_finetune(ctx: Ctx):
-    params = {"kind": "full", "metric": "macro_f1", "max_length": 48, "epochs": 1, "batch_size": 16, "lr": 1e30}
+    from dapt.config import FINETUNE_DEFAULTS
+
+    params = {**FINETUNE_DEFAULTS, "kind": "full", "metric": "macro_f1", "max_length": 48, "epochs": 1,
+              "batch_size": 16, "lr": 1e30}
     return [sys.executable, str(REPO / "scripts/finetune.py"), "--base", MODEL, "--tokenized", TOKENIZED,
             "--params", json.dumps(params), "--seed", "1", "--threads", "1", "--precision", "fp32",
             "--checkpoints", "results/checkpoints/finetune/x", "--out", "results/finetune/x"], "results/finetune/x"

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the package is not installed into the venv
 
-from dapt import devices  # noqa: E402
+from dapt import devices, distributed  # noqa: E402
 from dapt.errors import UserError  # noqa: E402
 
 JOB = ROOT / "tests" / "helpers" / "device_job.py"
@@ -205,8 +205,8 @@ def test_distributed_child_claims_nothing(tmp_path, monkeypatch):
 def test_claiming_does_not_load_torch(tmp_path):
     """torch must not be imported before CUDA_VISIBLE_DEVICES is final."""
     code = (
-        "import sys; from dapt import devices; devices.claim_devices(1); "
-        "devices.maybe_relaunch_distributed(1, sys.argv); assert 'torch' not in sys.modules"
+        "import sys; from dapt import devices, distributed; devices.claim_devices(1); "
+        "distributed.maybe_relaunch_distributed(1, sys.argv); assert 'torch' not in sys.modules"
     )
     run = subprocess.run(
         [sys.executable, "-c", code], env=job_env(tmp_path, "0"), capture_output=True, text=True
@@ -234,18 +234,18 @@ def test_nvidia_smi_listing_is_parsed():
 
 
 def test_dist_info_defaults_and_env(monkeypatch):
-    assert devices.dist_info() == (0, 1, 0)
+    assert distributed.dist_info() == (0, 1, 0)
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert devices.dist_info() == (3, 4, 1)
+    assert distributed.dist_info() == (3, 4, 1)
 
 
 def test_no_relaunch_without_enough_devices(monkeypatch, capsys):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    devices.maybe_relaunch_distributed(2, ["train.py"])  # would sys.exit if it relaunched
+    distributed.maybe_relaunch_distributed(2, ["train.py"])  # would sys.exit if it relaunched
     assert "running one process" in capsys.readouterr().err
-    devices.maybe_relaunch_distributed(1, ["train.py"])
+    distributed.maybe_relaunch_distributed(1, ["train.py"])
 
 
 def test_two_gloo_ranks_on_cpu(tmp_path):
@@ -284,7 +284,7 @@ def test_failing_rank_fails_the_job(tmp_path):
 def test_sigterm_is_forwarded_to_the_launched_processes(tmp_path):
     marker = tmp_path / "got-sigterm"
     child = [sys.executable, str(JOB), "sleep", str(marker)]
-    code = f"import sys; from dapt import devices; sys.exit(devices._run_forwarding_signals({child!r}))"
+    code = f"import sys; from dapt import distributed; sys.exit(distributed._run_forwarding_signals({child!r}))"
     parent = subprocess.Popen(
         [sys.executable, "-c", code],
         env=job_env(tmp_path, ""),
@@ -301,4 +301,4 @@ def test_pick_device_on_cpu():
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("checks the CPU fallback")
-    assert devices.pick_device() == torch.device("cpu")
+    assert distributed.pick_device() == torch.device("cpu")

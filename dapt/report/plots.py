@@ -96,13 +96,18 @@ def plot_mlm_loss(pretrain_logs: pd.DataFrame):
         for chain in sorted(g["chain"].unique()):
             c = g[g["chain"] == chain].sort_values("step")
             ax.plot(c["step"], c["loss"], marker="." if len(c) < 40 else None, label=chain)
-        ax.set_xlabel("MLM optimizer step")
-        ax.set_ylabel("MLM loss")
-        ax.set_title(f"MLM pretraining — {model}")
-        ax.grid(alpha=0.3)
-        ax.legend(title="chain", fontsize=8)
+        _label(ax, "MLM optimizer step", "MLM loss", f"MLM pretraining — {model}", "chain")
     fig.tight_layout()
     return fig
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str, legend: str) -> None:
+    """Axis labels, title, a light grid and a titled legend: every line plot's frame."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(title=legend, fontsize=8)
 
 
 def plot_finetune_curves(logs: pd.DataFrame, config: Mapping):
@@ -128,12 +133,8 @@ def plot_finetune_curves(logs: pd.DataFrame, config: Mapping):
                     continue
                 ax.plot(c["epoch"], 100 * c["mean"], styles[j % len(styles)], marker="o",
                         color=colors[i % len(colors)], label=f"{v} / {m}")
-        ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("validation macro-F1 ×100 (mean over seeds)")
-        ax.set_title(f"{task} — {model}")
-        ax.grid(alpha=0.3)
-        ax.legend(title="variant / method", fontsize=8)
+        _label(ax, "epoch", "validation macro-F1 ×100 (mean over seeds)", f"{task} — {model}", "variant / method")
     fig.tight_layout()
     return fig
 

@@ -20,6 +20,7 @@ from dapt.redact import redact_config
 PROVENANCE_PACKAGES = (
     "torch", "transformers", "datasets", "peft", "accelerate", "snakemake", "pandas",
     "scikit-learn", "numpy", "scipy", "matplotlib", "tokenizers", "huggingface-hub",
+    "onnx", "onnxruntime",  # the deploy stage's runtimes (rules/deploy.smk)
 )
 
 def package_versions(packages: Sequence[str] = PROVENANCE_PACKAGES) -> dict:
@@ -35,8 +36,11 @@ def package_versions(packages: Sequence[str] = PROVENANCE_PACKAGES) -> dict:
 
 def hardware() -> dict:
     """Platform, CPUs, memory and GPUs of the machine that made the report."""
+    from dapt.precision import cpu_model
+
     info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
-                            "processor": platform.processor() or None, "cpu_count": os.cpu_count()}
+                            "processor": platform.processor() or None, "cpu_model": cpu_model(),
+                            "cpu_count": os.cpu_count()}
     try:
         info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
@@ -47,6 +51,7 @@ def hardware() -> dict:
             import torch
 
             info["torch_cuda"] = torch.version.cuda
+            info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
             if torch.cuda.is_available():
                 info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         except Exception as err:  # a broken CUDA set-up must not stop the report
@@ -73,7 +78,7 @@ def provenance(config: Mapping, results: pd.DataFrame, inputs: Mapping[str, int]
     Deliberately no environment variables: they may hold hub tokens.
     """
     runs = {}
-    for col in ("device", "precision"):
+    for col in ("device", "precision", "precision_reason"):
         if col in results:
             runs[f"{col}s"] = sorted(str(x) for x in results[col].dropna().unique())
     return {

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from dapt import devices
+from dapt import devices, distributed
 
 
 def claim(k: int, out: str, hold_s: float) -> None:
@@ -36,17 +36,17 @@ def claim(k: int, out: str, hold_s: float) -> None:
 
 def ddp(n: int, outdir: str, fail: bool) -> None:
     devices.claim_devices(n)
-    devices.maybe_relaunch_distributed(n, sys.argv)
+    distributed.maybe_relaunch_distributed(n, sys.argv)
 
     import torch
     import torch.distributed as dist
 
-    device = devices.pick_device()
-    joined = devices.init_distributed(device)
-    rank, world_size, local_rank = devices.dist_info()
+    device = distributed.pick_device()
+    joined = distributed.init_distributed(device)
+    rank, world_size, local_rank = distributed.dist_info()
     total = torch.tensor([rank + 1.0])
     dist.all_reduce(total)
-    sums = devices.all_reduce_sums({"n": 1.0, "rank": float(rank)})
+    sums = distributed.all_reduce_sums({"n": 1.0, "rank": float(rank)})
     with open(os.path.join(outdir, f"rank-{rank}.json"), "w", encoding="utf-8") as f:
         json.dump(
             {
@@ -60,7 +60,7 @@ def ddp(n: int, outdir: str, fail: bool) -> None:
             },
             f,
         )
-    devices.destroy_distributed()
+    distributed.destroy_distributed()
     if fail and rank == 1:
         sys.exit(3)
 
