@@ -8,6 +8,7 @@ include: "rules/tokenize.smk"
 include: "rules/pretrain.smk"
 include: "rules/finetune.smk"
 include: "rules/report.smk"
+include: "rules/deploy.smk"
 
 
 rule all:

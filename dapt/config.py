@@ -48,6 +48,12 @@ TASK_MAX_LENGTH = 128
 # fine-tuning job. The peft kinds are the ones dapt.finetune hands to peft.
 PEFT_KINDS: tuple[str, ...] = ("lora", "adalora", "ia3", "prefix", "prompt")
 METHOD_KINDS: tuple[str, ...] = ("full", "head", *PEFT_KINDS, "adapter")
+# The deploy stage (`deploy:`; dapt.deploy): formats, which runs, how they are measured.
+DEPLOY_FORMATS: tuple[str, ...] = ("pytorch", "onnx", "onnx_int8")
+DEPLOY_DEFAULTS: dict[str, Any] = {"formats": list(DEPLOY_FORMATS), "runs": "best", "methods": None, "opset": 17,
+                                   "latency_texts": 200, "threads": 2}
+#: Method kinds whose trained state lives outside the model's weights (see dapt.deploy.export).
+NOT_EXPORTABLE_KINDS: tuple[str, ...] = ("prefix", "prompt")
 
 
 class _DuplicateKey(Exception):
@@ -171,6 +177,7 @@ def validate_config(config: dict, where: str = "config") -> None:
             if name not in names:
                 raise UserError(f"{where}: report.labels.{kind}.{name}", f"not one of the study's {kind}",
                                 f"known: {', '.join(sorted(names)) or 'none'}")
+    _validate_deploy(config, where)
     overrides = [(f"methods.{m}", spec) for m, spec in config["methods"].items()]
     overrides += [(f"tasks.{t}.methods.{m}", spec) for t, tspec in config["tasks"].items()
                   for m, spec in (tspec.get("methods") or {}).items()]
@@ -239,3 +246,36 @@ def finetune_params(config: dict, task: str, method: str) -> dict:
 def task_max_length(config: dict, task: str) -> int:
     """Tokens per example of a task: the rules name the tokenized folder by it, fine-tuning reads it."""
     return config["tasks"][task].get("max_length", TASK_MAX_LENGTH)
+
+
+def deploy_params(config: dict) -> dict:
+    """The `deploy:` block with its defaults (formats in their fixed order)."""
+    merged = {**DEPLOY_DEFAULTS, **(config.get("deploy") or {})}
+    merged["formats"] = [f for f in DEPLOY_FORMATS if f in merged["formats"]]
+    return merged
+
+
+def deploy_methods(config: dict) -> list[str]:
+    """Methods the deploy stage exports: `deploy.methods`, or every exportable method of the study."""
+    chosen = deploy_params(config)["methods"]
+    if chosen is not None:
+        return list(chosen)
+    return [m for m in config["methods"] if method_kind(config, m) not in NOT_EXPORTABLE_KINDS]
+
+
+def _validate_deploy(config: dict, where: str) -> None:
+    if "deploy" not in config:
+        return
+    params = deploy_params(config)
+    if "onnx_int8" in params["formats"] and "onnx" not in params["formats"]:
+        raise UserError(f"{where}: deploy.formats", "onnx_int8 quantizes the ONNX export", "list onnx too")
+    for i, method in enumerate(params["methods"] or []):
+        if method not in config["methods"]:
+            raise UserError(f"{where}: deploy.methods[{i}]", f"'{method}' is not a method of the study",
+                            f"known: {', '.join(config['methods'])}")
+        kind = method_kind(config, method)
+        if kind in NOT_EXPORTABLE_KINDS:
+            raise UserError(f"{where}: deploy.methods[{i}]",
+                            f"method '{method}' ({kind} tuning) cannot be exported: its trained virtual tokens live "
+                            "outside the model's weights, which a stock transformers classifier or ONNX graph cannot take",
+                            "deploy full, head, lora, adalora, ia3 or adapter runs")

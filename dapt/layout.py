@@ -50,11 +50,23 @@ REPORT = (
     ReportFile("provenance.json", "provenance", "Provenance"),
 )
 REPORT_FILES = tuple(f.name for f in REPORT)
+#: The deploy stage's table and plot (rules/deploy.smk, rule deploy_report; dapt.deploy.report writes them).
+DEPLOY_REPORT = (
+    ReportFile("deploy.md", "deploy", "Deployment"),
+    ReportFile("deploy.csv"),
+    ReportFile("deploy.tex"),
+    ReportFile("deploy.png", "deploy_plot", "Deployment"),
+)
 
 
 def report_files(folder: str = REPORT_DIR) -> list[str]:
     """Paths of every report file in `folder` (the workflow's final targets)."""
     return [f"{folder}/{name}" for name in REPORT_FILES]
+
+
+def report_files_of(files: tuple[ReportFile, ...], folder: str = REPORT_DIR) -> list[str]:
+    """Paths of some report files (e.g. `DEPLOY_REPORT`) in `folder`."""
+    return [f"{folder}/{f.name}" for f in files]
 
 
 def run_key(run: Mapping[str, Any]) -> str:

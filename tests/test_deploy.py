@@ -255,3 +255,45 @@ def test_bad_inputs(task, runs, exported, tmp_path):
                           "--out", str(tmp_path / "dep3"), "--opset", "40", *common], capture_output=True, text=True, timeout=120)
     _one_line_error(res, "deploy.opset: 40")
     assert not (tmp_path / "dep3").exists()
+
+
+def test_workflow_deploys_the_best_run_per_method(tmp_path):
+    """The tiny study cut to the base variant, LoRA, seeds 1-2, with a deploy: block: target `deploy`
+    exports the better seed by validation score, measures three formats, and writes the deployment
+    table and plot; the default target includes them; a prompt-tuning method in deploy.methods is
+    refused before any job runs."""
+    import json
+
+    from conftest import make_workdir, run_snakemake, tiny_config
+
+    config = tiny_config()
+    config["variants"] = {"base": []}
+    config["methods"] = {"lora": {"lr": 3.0e-3, "r": 4, "alpha": 8}}
+    config["seeds"] = [1, 2]
+    config["deploy"] = {"latency_texts": 5, "threads": 1}
+    workdir = make_workdir(tmp_path / "study", config)
+    proc = run_snakemake(workdir, "-n")  # with a deploy: block, the default target includes the stage
+    assert proc.returncode == 0 and "deploy_report" in proc.stdout and "deploy_measure" in proc.stdout, proc.stdout[-3000:]
+    proc = run_snakemake(workdir, "deploy")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    for method in ("lora",):
+        export = workdir / "results" / "deploy" / "rt_polarity" / method
+        info = json.loads((export / "export" / "deploy.json").read_text())
+        scores = {s: json.loads((workdir / f"results/finetune/rt_polarity/tiny/base/{method}/seed{s}/train.json").read_text())
+                  ["best_validation"] for s in (1, 2)}
+        assert info["validation_score"] == max(scores.values()) and info["run"]["seed"] == max(scores, key=scores.get)
+        rows = json.loads((export / "measure.json").read_text())["rows"]
+        assert [r["format"] for r in rows] == ["pytorch", "onnx", "onnx_int8"]
+        assert all(r["threads"] == 1 and r["latency_texts"] == 5 and r["peak_rss_mb"] > 0 for r in rows)
+        assert abs(rows[1]["f1_diff_vs_pytorch"]) < 1e-9 and rows[2]["size_ratio_vs_pytorch"] < 0.6
+    table = (workdir / "results" / "report" / "deploy.md").read_text()
+    assert "ONNX int8" in table and "onnxruntime" in table
+    assert (workdir / "results" / "report" / "deploy.png").stat().st_size > 1000
+    assert len(pd.read_csv(workdir / "results" / "report" / "deploy.csv")) == 3
+
+    config["methods"]["prompt"] = {"lr": 3e-2, "num_virtual_tokens": 4}
+    config["deploy"]["methods"] = ["lora", "prompt"]
+    make_workdir(workdir, config)
+    proc = run_snakemake(workdir, "-n")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "deploy.methods[1]" in proc.stderr

@@ -132,6 +132,9 @@ class OnnxClassifier:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # no busy-waiting between calls: on a shared or small CPU the spinning threads would take the
+        # cores from the caller's own work (and from PyTorch, when both run side by side in the bench)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001  (ORT raises its own exception types)
