@@ -94,11 +94,13 @@ def _clock(seconds: float) -> str:
 
 class Progress:
     """A line per interval a person can read in a job log (no progress bars: unreadable in files):
-    at most every `seconds`, at least every `every` steps, and at the last step."""
+    every `every` steps (but not within `min_gap` seconds of the last line, so short runs stay
+    readable), at least every `seconds`, and at the last step."""
 
     def __init__(self, total: int, start_step: int, every: int, seconds: float = 30.0, unit: str = "examples",
-                 enabled: bool = True):
+                 enabled: bool = True, min_gap: float = 2.0):
         self.total, self.every, self.seconds, self.unit, self.enabled = total, max(1, every), seconds, unit, enabled
+        self.min_gap = min_gap
         self.start_step, self.started = start_step, time.perf_counter()
         self.last_print, self.count = self.started, 0
 
@@ -106,7 +108,9 @@ class Progress:
         """Count `count` units for this step; print (and return) a line when one is due."""
         self.count += count
         now = time.perf_counter()
-        if not self.enabled or not (step % self.every == 0 or step == self.total or now - self.last_print >= self.seconds):
+        since = now - self.last_print
+        due = (step % self.every == 0 and since >= self.min_gap) or since >= self.seconds or step == self.total
+        if not self.enabled or not due:
             return None
         self.last_print = now
         elapsed = now - self.started

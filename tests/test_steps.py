@@ -95,7 +95,7 @@ def test_checkpoint_cadence():
 
 
 def test_progress_lines_every_tenth_and_at_the_end(capsys):
-    progress = Progress(total=20, start_step=0, every=5, seconds=1e9)
+    progress = Progress(total=20, start_step=0, every=5, seconds=1e9, min_gap=0.0)
     lines = [progress.update(step, 0.5, 32) for step in range(1, 21)]
     printed = [line for line in lines if line]
     assert len(printed) == 4 and printed[-1].startswith("step 20/20 loss 0.5000")
@@ -103,6 +103,8 @@ def test_progress_lines_every_tenth_and_at_the_end(capsys):
     assert capsys.readouterr().out.count("\n") == 4
     quiet = Progress(total=20, start_step=0, every=5, enabled=False)
     assert all(quiet.update(s, 0.1, 1) is None for s in range(1, 21))
+    throttled = Progress(total=20, start_step=0, every=1, seconds=1e9, min_gap=1e9)  # a fast short run
+    assert [s for s in range(1, 21) if throttled.update(s, 0.1, 1)] == [20]
 
 
 @pytest.fixture(scope="module")
