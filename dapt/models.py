@@ -21,7 +21,7 @@ from typing import Any
 from dapt.errors import UserError
 from dapt.files import atomic_path, read_json
 from dapt.redact import public_spec
-from dapt.sources import DEFAULT_CACHE_DIR, describe_source, fetch
+from dapt.sources import DEFAULT_CACHE_DIR, describe_source, fetch, one_line_reason
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def model_folder(
     except Exception as err:  # the hub client raises many unrelated types
         raise UserError(
             f"{where}.id",
-            f"cannot download {source['id']!r}: {type(err).__name__}: {err}",
+            f"cannot download {source['id']!r}: {one_line_reason(err)}",
             "check id and revision; private models need HF_TOKEN set",
         ) from None
     yield Path(folder)

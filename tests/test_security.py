@@ -407,5 +407,7 @@ def test_hub_model_download_keeps_the_token_out_of_every_output(tmp_path, fake_h
     else:
         assert proc.returncode == 2, proc.stderr
         assert "error: models.m.source.id: cannot download 'org/tiny'" in proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0]  # one line, the last
         assert not (tmp_path / "results" / "models" / "m").exists()
     assert_token_nowhere(proc, hub, tmp_path)
