@@ -158,7 +158,9 @@ def pretrain_inputs(wildcards):
         "blocks": f"results/tokenized/{wildcards.model}/mlm/{stage}.L{length}.parquet",
     }
     if parent:  # the parent stage's summary: totals over the whole chain
-        inputs["parent_summary"] = f"results/pretrain/{wildcards.model}/{parent}/summary.json"
+        inputs["parent_summary"] = (
+            f"results/pretrain/{wildcards.model}/{parent}/summary.json"
+        )
     return inputs
 
 
@@ -196,3 +198,86 @@ def report_outputs():
         )
         for f in layout.REPORT
     }
+
+
+# --- the deploy stage (rules/deploy.smk) ---
+
+
+def deploy_candidates(wildcards):
+    """Every run of the grid for this task and method: the export step picks the best."""
+    return [
+        r
+        for r in runs()
+        if r["task"] == wildcards.task and r["method"] == wildcards.method
+    ]
+
+
+def deploy_candidate_inputs(wildcards):
+    files = []
+    for r in deploy_candidates(wildcards):
+        files += [
+            f"results/finetune/{layout.run_key(r)}/model",
+            f"results/finetune/{layout.run_key(r)}/train.json",
+            variant_checkpoint(_RunWildcards(r)),
+        ]
+    return files
+
+
+class _RunWildcards:
+    """A run dict read as rule wildcards (for the helpers that take wildcards)."""
+
+    def __init__(self, run):
+        self.__dict__.update(run)
+
+
+def deploy_candidates_json(wildcards):
+    return as_json(
+        [
+            dict(
+                artifact=f"results/finetune/{layout.run_key(r)}/model",
+                train_json=f"results/finetune/{layout.run_key(r)}/train.json",
+                base=variant_checkpoint(_RunWildcards(r)),
+                run=r,
+            )
+            for r in deploy_candidates(wildcards)
+        ]
+    )
+
+
+def deploy_tokenized(wildcards):
+    """The task tokenized for each model among the candidates (the chosen run's model is read back)."""
+    models = sorted({r["model"] for r in deploy_candidates(wildcards)})
+    return {
+        m: tokenized_task(_RunWildcards(dict(task=wildcards.task, model=m)))
+        for m in models
+    }
+
+
+def deploy_report_outputs():
+    """The deploy table and plot (dapt.layout.DEPLOY_REPORT), captioned for the HTML report."""
+    from snakemake.io import report as html_report
+
+    return {
+        f.name.replace(".", "_"): (
+            html_report(
+                f"{REPORT_DIR}/{f.name}",
+                caption=f"../report/{f.caption}.rst",
+                category=f.category,
+            )
+            if f.caption
+            else f"{REPORT_DIR}/{f.name}"
+        )
+        for f in layout.DEPLOY_REPORT
+    }
+
+
+def deploy_measurements():
+    return [
+        f"results/deploy/{task}/{method}/measure.json"
+        for task in config["tasks"]
+        for method in study.deploy_methods(config)
+        if any(r["task"] == task and r["method"] == method for r in runs())
+    ]
+
+
+DEPLOY = study.deploy_params(config)
