@@ -116,31 +116,50 @@ def _test_texts(task) -> list[str]:
     return pd.read_parquet(task[1] / "test.parquet")["text"].tolist()
 
 
-@pytest.mark.parametrize("name", EXPORTABLE)
-def test_export_loads_with_plain_transformers(name, task, runs, exported):
-    """A fresh interpreter that never imports dapt: pipeline(...) on the folder gives the evaluate
-    step's probabilities (predictions.csv, rounded to 1e-6)."""
-    folder = exported(name)
-    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
-    texts = _test_texts(task)
-    remote = "True" if name.startswith("adapter") else "False"
+@pytest.fixture(scope="module")
+def plain_outputs(task, exported, tmp_path_factory):
+    """method -> DataFrame of label probabilities from plain transformers `pipeline(...)`, run on every
+    method's export in one fresh interpreter that never imports dapt."""
+    import json
+
+    folders = {name: str(exported(name)) for name in EXPORTABLE}
+    work = tmp_path_factory.mktemp("plain")
+    (work / "job.json").write_text(json.dumps({"folders": folders, "texts": _test_texts(task)}))
     code = (
         "import json, sys\n"
         "from transformers import pipeline\n"
-        f"clf = pipeline('text-classification', model=sys.argv[1], trust_remote_code={remote}, top_k=None)\n"
-        "out = clf(json.load(open(sys.argv[2])), truncation=True, max_length=48)\n"
-        "assert 'dapt' not in sys.modules\n"
-        "print(json.dumps([{d['label']: d['score'] for d in row} for row in out]))\n")
-    texts_json = folder.parent / "texts.json"
-    texts_json.write_text(__import__("json").dumps(texts))
-    res = subprocess.run([sys.executable, "-c", code, str(folder), str(texts_json)], capture_output=True, text=True,
-                         cwd="/", timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    got = pd.DataFrame(__import__("json").loads(res.stdout.strip().splitlines()[-1]))
+        "job = json.load(open(sys.argv[1]))\n"
+        "out = {}\n"
+        "for name, folder in job['folders'].items():\n"
+        "    clf = pipeline('text-classification', model=folder, top_k=None,\n"
+        "                   trust_remote_code=name.startswith('adapter'))\n"
+        "    rows = clf(job['texts'], truncation=True, max_length=48)\n"
+        "    out[name] = [{d['label']: d['score'] for d in row} for row in rows]\n"
+        "assert not any(m == 'dapt' or m.startswith('dapt.') for m in sys.modules)\n"
+        "print(json.dumps(out))\n")
+    res = subprocess.run([sys.executable, "-c", code, str(work / "job.json")], capture_output=True, text=True,
+                         cwd=str(work), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return {k: pd.DataFrame(v) for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items()}
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_export_loads_with_plain_transformers(name, runs, exported, plain_outputs):
+    """pipeline(...) on the folder gives the evaluate step's probabilities (predictions.csv, 1e-6)."""
+    folder = exported(name)
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert json_of(folder / "config.json")["id2label"] == {"0": "neg", "1": "pos"}
+    got = plain_outputs[name]
     want = pd.read_csv(runs(name) / "predictions.csv")
-    assert list(got.columns) == LABELS or set(got.columns) == set(LABELS)
+    assert set(got.columns) == set(LABELS) and len(got) == len(want)
     np.testing.assert_allclose(got["pos"].to_numpy(), want["p_pos"].to_numpy(), atol=2e-5)
     assert ((got["pos"] > got["neg"]).map({True: "pos", False: "neg"}) == want["predicted"]).all()
+
+
+def json_of(path):
+    import json
+
+    return json.loads(Path(path).read_text())
 
 
 @pytest.mark.parametrize("name", ["prefix", "prompt"])
