@@ -51,7 +51,7 @@ METHOD_KINDS: tuple[str, ...] = ("full", "head", *PEFT_KINDS, "adapter")
 # The deploy stage (`deploy:`; dapt.deploy): formats, which runs, how they are measured.
 DEPLOY_FORMATS: tuple[str, ...] = ("pytorch", "onnx", "onnx_int8")
 DEPLOY_DEFAULTS: dict[str, Any] = {"formats": list(DEPLOY_FORMATS), "runs": "best", "methods": None, "opset": 17,
-                                   "latency_texts": 200, "threads": 2}
+                                   "latency_texts": 100, "threads": 1}
 #: Method kinds whose trained state lives outside the model's weights (see dapt.deploy.export).
 NOT_EXPORTABLE_KINDS: tuple[str, ...] = ("prefix", "prompt")
 
