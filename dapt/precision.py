@@ -82,9 +82,10 @@ def probe_rates(hidden: int, ffn: int) -> dict[str, float]:
     import torch
 
     rows = int(min(512, max(32, PROBE_FLOPS / (2 * hidden * ffn))))
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, hidden, generator=gen)
-    layer = torch.nn.Linear(hidden, ffn)
+    with torch.random.fork_rng(devices=[]):  # the job's seeded random stream must not move
+        torch.manual_seed(0)
+        x = torch.randn(rows, hidden)
+        layer = torch.nn.Linear(hidden, ffn)
     flops = 2 * rows * hidden * ffn
     best = {"fp32": 0.0, "bf16": 0.0}
     with torch.inference_mode():
