@@ -428,8 +428,8 @@ def test_no_environment_value_in_any_output(study):
 
 
 def test_captions_exist_for_the_declared_files_only():
-    captions = {f.caption for f in layout.REPORT if f.caption}
-    assert {"table", "results", "significance", "runtime", "scores", "provenance"} <= captions
+    captions = {f.caption for f in (*layout.REPORT, *layout.DEPLOY_REPORT) if f.caption}
+    assert {"deploy", "deploy_plot", "table", "results", "significance", "runtime", "scores", "provenance"} <= captions
     for name in captions:
         text = (ROOT / "report" / f"{name}.rst").read_text()
         assert len(text.split()) > 15, name
