@@ -72,7 +72,9 @@ def start(args: argparse.Namespace, model_dir: str | None = None):
     from dapt.devices import claim_devices
     from dapt.distributed import maybe_relaunch_distributed
 
-    ids = claim_devices(args.gpus)
+    nodes = getattr(args, "nodes", 1)  # scripts with a --nodes option (pretrain)
+    # several nodes: this launcher uses no GPU itself; each node's ranks use what SLURM gave that node
+    ids = claim_devices(args.gpus if nodes == 1 else 0)
     if "LOCAL_RANK" not in os.environ:
         fields = {
             "pid": os.getpid(),
@@ -83,9 +85,11 @@ def start(args: argparse.Namespace, model_dir: str | None = None):
             "gpus_claimed": ",".join(ids) or "none",
             "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
         }
+        if nodes != 1:
+            fields["nodes"] = nodes
         _job_line("start", fields)
         atexit.register(_job_line, "end", {k: fields[k] for k in ("pid", "gpus_claimed")})
-    maybe_relaunch_distributed(args.gpus, sys.argv)
+    maybe_relaunch_distributed(args.gpus, sys.argv, nodes, args.threads)
     from dapt.train import setup_runtime
 
     runtime = setup_runtime(args.seed, args.precision, args.threads or None, args.deterministic, model_dir)

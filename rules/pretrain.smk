@@ -19,6 +19,8 @@ rule pretrain:
     resources:
         mem_mb=8000,
         gpu=1,
+        # nodes > 1 (SLURM only): gpu is the job's total, spread over the nodes (profiles/slurm)
+        nodes=1,
         runtime=240,
     params:
         script=script("pretrain.py"),
@@ -34,5 +36,5 @@ rule pretrain:
         "python {params.script} --parent {input.parent} --blocks {input.blocks}"
         " --parent-summary '{params.parent_summary}'"
         " --stage {params.stage} --params {params.hp:q} --seed {params.seed}"
-        " --gpus {resources.gpu} --threads {threads} {params.runtime}"
+        " --gpus {resources.gpu} --nodes {resources.nodes} --threads {threads} {params.runtime}"
         " --checkpoints {params.checkpoints} --out {params.out} >> {log} 2>&1"

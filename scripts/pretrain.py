@@ -15,9 +15,12 @@ def main() -> None:
     p.add_argument("--stage", default="", help="stage name, for logs (e.g. dapt-imdb)")
     p.add_argument("--checkpoints", required=True, help="folder for resumable checkpoints (kept across reruns)")
     p.add_argument("--out", required=True, help="output folder: model/, loss.csv, summary.json")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="nodes of a SLURM allocation to spread the --gpus processes over (the rule's resources.nodes)")
     args = p.parse_args()
     if "LOCAL_RANK" not in os.environ:  # once per job, before any rank reads the checkpoints
-        guard_checkpoints(args.checkpoints, job_identity(vars(args), [args.parent, args.blocks, args.parent_summary]))
+        guard_checkpoints(args.checkpoints, job_identity(vars(args), [args.parent, args.blocks, args.parent_summary],
+                                                         ignore=("gpus", "threads", "nodes")))
     runtime = cli.start(args, model_dir=args.parent)
 
     from dapt.pretrain import pretrain
