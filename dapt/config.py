@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from dapt.errors import UserError
+from dapt.longtext import check_config as check_long_text
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
@@ -44,6 +45,11 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
 FINETUNE_KEYS = set(FINETUNE_DEFAULTS)
 # Tokens per task example when the config gives no tasks.<t>.max_length (names the tokenized folder, .L<n>).
 TASK_MAX_LENGTH = 128
+# How a task's documents longer than max_length become rows (tasks.<t>.long_text; dapt.longtext). head_tail's
+# `head` and windows' `stride` default to these fractions of max_length (Sun et al.'s 128 of 512; half-overlapping
+# windows); `max_windows` caps the rows (training examples, predictions) one document costs.
+LONG_TEXT_DEFAULTS: dict[str, Any] = {"strategy": "head", "head_fraction": 0.25, "stride_fraction": 0.5,
+                                      "pool": "mean", "max_windows": 8}
 # Every fine-tuning method kind, checked here so that a typo fails before any download, not in the first
 # fine-tuning job. The peft kinds are the ones dapt.finetune hands to peft.
 PEFT_KINDS: tuple[str, ...] = ("lora", "adalora", "ia3", "prefix", "prompt")
@@ -178,6 +184,9 @@ def validate_config(config: dict, where: str = "config") -> None:
                 raise UserError(f"{where}: report.labels.{kind}.{name}", f"not one of the study's {kind}",
                                 f"known: {', '.join(sorted(names)) or 'none'}")
     _validate_deploy(config, where)
+    for task, spec in config["tasks"].items():
+        check_long_text(spec.get("long_text") or {}, long_text_params(config, task), task_max_length(config, task),
+                        f"{where}: tasks.{task}.long_text")
     overrides = [(f"methods.{m}", spec) for m, spec in config["methods"].items()]
     overrides += [(f"tasks.{t}.methods.{m}", spec) for t, tspec in config["tasks"].items()
                   for m, spec in (tspec.get("methods") or {}).items()]
@@ -246,6 +255,25 @@ def finetune_params(config: dict, task: str, method: str) -> dict:
 def task_max_length(config: dict, task: str) -> int:
     """Tokens per example of a task: the rules name the tokenized folder by it, fine-tuning reads it."""
     return config["tasks"][task].get("max_length", TASK_MAX_LENGTH)
+
+
+def long_text_params(config: dict, task: str) -> dict:
+    """A task's long_text with its defaults filled in: `{"strategy": "head"}` (the default), `{"strategy":
+    "head_tail", "head"}` or `{"strategy": "windows", "stride", "pool", "max_windows"}`. It names the
+    tokenized folder (dapt.layout.tokenized_task) and is stored beside the tokens."""
+    return resolve_long_text(config["tasks"][task].get("long_text") or {}, task_max_length(config, task))
+
+
+def resolve_long_text(spec: dict, length: int) -> dict:
+    """A long_text mapping with its defaults filled in for rows of `length` tokens (also dapt.predict's flags)."""
+    strategy = spec.get("strategy", LONG_TEXT_DEFAULTS["strategy"])
+    if strategy == "head_tail":
+        return {"strategy": strategy, "head": spec.get("head", int(length * LONG_TEXT_DEFAULTS["head_fraction"]))}
+    if strategy == "windows":
+        return {"strategy": strategy, "stride": spec.get("stride", int(length * LONG_TEXT_DEFAULTS["stride_fraction"])),
+                "pool": spec.get("pool", LONG_TEXT_DEFAULTS["pool"]),
+                "max_windows": spec.get("max_windows", LONG_TEXT_DEFAULTS["max_windows"])}
+    return {"strategy": strategy}
 
 
 def deploy_params(config: dict) -> dict:

@@ -1,4 +1,5 @@
-"""Predictions and test metrics of a fine-tuned run (metrics: `dapt.metrics`)."""
+"""Predictions and test metrics of a fine-tuned run (metrics: `dapt.metrics`), one per document: a
+task cut into windows (`dapt.longtext`) pools each document's windows before anything is scored."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def evaluate_run(artifact_dir: str, base_dir: str, tokenized_dir: str, train_jso
                  out_predictions: str, runtime, context: dict, batch_size: int) -> dict:
     """Predict the test split with a run's artifact; write predictions.csv and metrics.json (the test
     metrics, what the run rests on from its train.json, and how this evaluation ran)."""
+    from dapt.longtext import per_document
     from dapt.methods import load_finetuned
     from dapt.tokenization import read_examples
 
@@ -54,16 +56,19 @@ def evaluate_run(artifact_dir: str, base_dir: str, tokenized_dir: str, train_jso
     model.to(runtime.device)
     test = read_examples(Path(tokenized_dir) / "test.parquet")
     probs = predict_proba(model, test["input_ids"], pad_id, runtime, batch_size)
-    metrics = compute_metrics(test["label"], probs.argmax(1), labels)
+    ids, gold, probs = per_document(test, probs)
+    metrics = compute_metrics(gold, probs.argmax(1), labels)
     artifact_bytes = sum(f.stat().st_size for f in Path(artifact_dir).rglob("*") if f.is_file())
     train_info = read_json(train_json)
-    result = {**context, **metrics, "n_test": len(test["label"]), "artifact_bytes": artifact_bytes,
+    result = {**context, **metrics, "n_test": len(gold), "artifact_bytes": artifact_bytes,
               **{k: train_info[k] for k in TRAIN_KEYS},
               "precision_reason": train_info.get("precision_reason", ""),
               "evaluation": {**runtime.describe(), "batch_size": batch_size}}
     # data issues that are counted, not fixed: texts repeated across splits (truncation: from train.json)
     stats = read_json(Path(tokenized_dir) / "stats.json")
     result["texts_shared_across_splits"] = stats.get("texts_shared_across_splits", {})
-    write_predictions(out_predictions, test["id"], test["label"], probs, labels)
+    if "long_text" in stats:
+        result.update(long_text=stats["long_text"], test_rows=len(test["label"]))
+    write_predictions(out_predictions, ids, gold, probs, labels)
     write_json(out_metrics, result)
     return result

@@ -1,7 +1,8 @@
 """Sequence-classification fine-tuning, full or parameter-efficient, with early stopping.
 
 Batches are length-bucketed (shuffled chunks sorted by length) and padded per batch, so short texts
-cost short sequences. The best epoch on the validation metric is kept, and what is saved is what the
+cost short sequences. A task cut into windows (`dapt.longtext`) trains on every window with its
+document's label and validates per document, its windows' probabilities pooled. The best epoch on the validation metric is kept, and what is saved is what the
 method trains (`dapt.methods`). The optimizer step, its checkpoints and the progress lines are
 `dapt.steps`, shared with pretraining; what is fine-tuning's own is here: the classification loss,
 validation at each epoch's end, early stopping and the best epoch.
@@ -24,6 +25,7 @@ from dapt.distributed import all_reduce_sums
 from dapt.errors import UserError
 from dapt.evaluate import predict_proba
 from dapt.files import atomic_path, read_json, write_json
+from dapt.longtext import n_documents, per_document
 from dapt.methods import (after_optimizer_step, apply_method, load_classifier, method_penalty, method_state,
                           resume_method, save_artifact)
 from dapt.metrics import compute_metrics
@@ -118,7 +120,8 @@ class FineTuning:
         state, metric = self.state, self.params["metric"]
         probs = predict_proba(self.model, self.data.val["input_ids"], self.data.pad_id, self.runtime,
                               self.params["eval_batch_size"])
-        scores = compute_metrics(self.data.val["label"], probs.argmax(1), self.data.labels)
+        _, gold, probs = per_document(self.data.val, probs)  # windows: one prediction per document
+        scores = compute_metrics(gold, probs.argmax(1), self.data.labels)
         epoch = -(-state["step"] // self.steps_per_epoch)
         losses = state["losses"]
         state["epochs_run"] = epoch
@@ -209,13 +212,14 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
 
 def make_summary(run: FineTuning, seconds: float, pretrain_info: dict | None, stats: dict) -> dict:
     state = run.state
-    return {"n_train": len(run.data.lengths), "n_validation": len(run.data.val["label"]), "train_steps": state["step"],
+    long_text = {"long_text": stats["long_text"], "train_rows": len(run.data.lengths)} if "long_text" in stats else {}
+    return {"n_train": n_documents(run.data.train), "n_validation": n_documents(run.data.val), "train_steps": state["step"],
             "epochs_run": state["epochs_run"], "best_epoch": state["best_epoch"], "best_validation": state["best"],
             "trainable_params": run.trainable, "total_params": run.total_params,
             "trainable_pct": 100.0 * run.trainable / run.total_params,
             "peak_memory_mb": peak_memory_mb(run.runtime.device), "seconds": seconds, "pretrain": pretrain_info or {},
             "params": run.params, **run.runtime.describe(),
-            "truncated": {s: stats[s]["truncated"] for s in ("train", "validation", "test")}}
+            "truncated": {s: stats[s]["truncated"] for s in ("train", "validation", "test")}, **long_text}
 
 
 def write_outputs(run: FineTuning, summary: dict, out: Path) -> None:

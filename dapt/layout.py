@@ -20,6 +20,11 @@ RUN = "{task}/{model}/{variant}/{method}/seed{seed}"
 RUN_KEYS = ("task", "model", "variant", "method", "seed")
 REPORT_DIR = "results/report"
 BENCHMARK_DIR = "results/benchmarks"
+#: A task tokenized for a model: `long_text` is "" for the head strategy (the default), else a suffix
+#: naming the strategy and its settings (`long_text_suffix`), so each setting has its own cache.
+TOKENIZED_TASK = "results/tokenized/{model}/tasks/{task}.L{length}{long_text}"
+#: The suffixes `long_text_suffix` writes (the rule's wildcard constraint).
+LONG_TEXT_SUFFIX = r"(\.head_tail-h\d+|\.windows-s\d+-n\d+-(mean|max))?"
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,21 @@ def report_files(folder: str = REPORT_DIR) -> list[str]:
 def report_files_of(files: tuple[ReportFile, ...], folder: str = REPORT_DIR) -> list[str]:
     """Paths of some report files (e.g. `DEPLOY_REPORT`) in `folder`."""
     return [f"{folder}/{f.name}" for f in files]
+
+
+def long_text_suffix(settings: Mapping[str, Any]) -> str:
+    """'' (head), '.head_tail-h64' or '.windows-s128-n8-mean' (stride, cap, pool) of resolved
+    `dapt.config.long_text_params`."""
+    if settings["strategy"] == "head_tail":
+        return f".head_tail-h{settings['head']}"
+    if settings["strategy"] == "windows":
+        return f".windows-s{settings['stride']}-n{settings['max_windows']}-{settings['pool']}"
+    return ""
+
+
+def tokenized_task(model: str, task: str, length: int, settings: Mapping[str, Any]) -> str:
+    """Folder of a task tokenized for a model at a length with a long_text setting."""
+    return TOKENIZED_TASK.format(model=model, task=task, length=length, long_text=long_text_suffix(settings))
 
 
 def run_key(run: Mapping[str, Any]) -> str:

@@ -4,6 +4,8 @@ Texts come from --input (or stdin): one per line, or a CSV column (--column, or 
 column). Writes CSV to --output (or stdout): row, label, and one probability column per label.
 A folder holding safetensors weights runs in PyTorch (transformers); an .onnx file, or a folder
 holding model.onnx, runs in ONNX Runtime (the tokenizer and labels are read from its folder).
+A model trained on a long-text task reads texts as its task did: `--long-text head_tail` or `windows`
+(with `--max-length` the task's; a text's windows pooled into one row, `dapt.longtext`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def read_texts(source: str | None, column: str | None) -> list[str]:
 class Predictor:
     """Tokenizer + model of an export (PyTorch folder or ONNX); `predict_proba(texts)`."""
 
-    def __init__(self, model: str, threads: int = 0, max_length: int | None = None) -> None:
+    def __init__(self, model: str, threads: int = 0, max_length: int | None = None,
+                 long_text: dict | None = None) -> None:
         from dapt.files import read_json
 
         path = Path(model)
@@ -72,16 +75,42 @@ class Predictor:
         if not self.onnx and not list(folder.glob("*.safetensors")):
             raise UserError(model, "no safetensors weights and no model.onnx", "give a folder written by the deploy step")
         self.logits = load_logits_fn(fmt, path if self.onnx else folder, threads or 0)
+        self.long_text = long_text if long_text and long_text["strategy"] != "head" else None
 
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         from dapt.deploy.onnx import softmax
 
+        if self.long_text is not None:
+            return self._predict_long(texts, batch_size)
         out = []
         for i in range(0, len(texts), batch_size):
             enc = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="np")
             out.append(softmax(self.logits(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))))
         return np.concatenate(out)
+
+    def _predict_long(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """Rows cut as the task's tokenization cut them; a text's windows pooled into one row."""
+        from dapt import longtext
+        from dapt.deploy.onnx import softmax
+
+        specials = longtext.special_counts(self.tokenizer)
+        longtext.check_settings(self.long_text, self.max_length, specials, "--long-text")
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        rows, doc, _ = longtext.document_rows(encoded, self.long_text, self.max_length, specials)
+        pad = self.tokenizer.pad_token_id or 0
+        out = []
+        for i in range(0, len(rows), batch_size):
+            part = rows[i:i + batch_size]
+            ids = np.full((len(part), max(map(len, part))), pad, dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for r, row in enumerate(part):
+                ids[r, :len(row)], mask[r, :len(row)] = row, 1
+            out.append(softmax(self.logits(ids, mask)))
+        probs = np.concatenate(out)
+        if self.long_text["strategy"] != "windows":
+            return probs
+        return longtext.pool(probs, np.asarray(doc), self.long_text["pool"])
 
 
 def to_csv(texts: list[str], probs: np.ndarray, labels: list[str]) -> str:
@@ -102,6 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
     p.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's limit)")
+    p.add_argument("--long-text", choices=["head", "head_tail", "windows"], default="head",
+                   help="how a longer text is read (the task's tasks.<t>.long_text.strategy)")
+    p.add_argument("--head", type=int, help="head_tail: tokens from the start (default: a quarter of max-length)")
+    p.add_argument("--stride", type=int, help="windows: tokens between window starts (default: half of max-length)")
+    p.add_argument("--pool", choices=["mean", "max"], help="windows: how a text's windows are pooled (default: mean)")
+    p.add_argument("--max-windows", type=int, help="windows: at most this many per text (default: dapt.config's)")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
@@ -111,6 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     limit_threads(args.threads)
     quiet_progress_bars()
     predictor = Predictor(args.model, args.threads, args.max_length)
+    if args.long_text != "head":
+        from dapt.config import resolve_long_text
+
+        spec = {k: v for k, v in (("strategy", args.long_text), ("head", args.head), ("stride", args.stride),
+                                  ("pool", args.pool), ("max_windows", args.max_windows)) if v is not None}
+        predictor.long_text = resolve_long_text(spec, predictor.max_length)
     text = to_csv(texts, predictor.predict_proba(texts, args.batch_size), predictor.labels)
     if args.output:
         from dapt.files import write_text

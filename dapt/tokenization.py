@@ -7,12 +7,14 @@ example, truncated to the task's max length; padding happens per batch at traini
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dapt import longtext
 from dapt.errors import UserError
 from dapt.files import read_json, write_json, write_parquet, atomic_path
 from dapt.models import load_tokenizer
@@ -73,19 +75,28 @@ def tokenize_mlm(texts: list[str], tokenizer, max_length: int, where: str = "tok
     return table, stats
 
 
-def tokenize_examples(ids: list[str], texts: list[str], labels: list[int], tokenizer, max_length: int) -> tuple[pa.Table, dict]:
-    encoded = _encode(tokenizer, texts)
-    truncated = sum(len(e) > max_length for e in encoded)
-    # keep the closing special token when truncating, as tokenizer(truncation=True) would
-    encoded = [e if len(e) <= max_length else e[: max_length - 1] + e[-1:] for e in encoded]
+#: Parquet schema metadata of a split cut by a long_text strategy other than head (read_examples reads it).
+LONG_TEXT_META = b"dapt.long_text"
+
+
+def tokenize_examples(ids: list[str], texts: list[str], labels: list[int], tokenizer, max_length: int,
+                      long_text: dict | None = None) -> tuple[pa.Table, dict]:
+    """One row per example (strategies head, head_tail) or per window (windows: a document's rows are
+    consecutive and share its id and label), special tokens kept (`dapt.longtext`)."""
+    settings = long_text or {"strategy": "head"}
+    rows, doc, counts = longtext.document_rows(_encode(tokenizer, texts), settings, max_length,
+                                               longtext.special_counts(tokenizer))
     table = pa.table({
-        "id": pa.array(ids, pa.string()),
-        "input_ids": pa.array(encoded, pa.list_(pa.int32())),
-        "label": pa.array(labels, pa.int64()),
+        "id": pa.array([ids[d] for d in doc], pa.string()),
+        "input_ids": pa.array(rows, pa.list_(pa.int32())),
+        "label": pa.array([labels[d] for d in doc], pa.int64()),
     })
-    lengths = [len(e) for e in encoded]
-    stats = {"examples": len(ids), "truncated": truncated, "max_length": max_length,
+    lengths = [len(e) for e in rows]
+    stats = {"examples": len(ids), "truncated": counts.pop("truncated"), "max_length": max_length,
              "mean_tokens": float(np.mean(lengths)) if lengths else 0.0, "tokens": int(sum(lengths))}
+    if settings["strategy"] != "head":  # head: the files and stats of before long_text existed
+        table = table.replace_schema_metadata({LONG_TEXT_META: json.dumps(settings, sort_keys=True)})
+        stats.update(counts)
     return table, stats
 
 
@@ -98,12 +109,20 @@ def tokenize_mlm_file(text_parquet: str, model_dir: str, max_length: int, out: s
     return stats
 
 
-def tokenize_task_dir(task_dir: str, model_dir: str, max_length: int, out_dir: str, key: str = "max_length") -> dict:
+def tokenize_task_dir(task_dir: str, model_dir: str, max_length: int, out_dir: str, key: str = "max_length",
+                      long_text: dict | None = None) -> dict:
+    """Tokenize a task's three splits; `long_text`: the task's resolved `dapt.config.long_text_params`
+    (None: head). `key` names the task's max_length for messages (tasks.<t>.max_length)."""
     check_max_length(model_dir, max_length, key)
     tokenizer = load_tokenizer(model_dir)
+    settings = long_text or {"strategy": "head"}
+    longtext.check_settings(settings, max_length, longtext.special_counts(tokenizer),
+                            f"{key.rpartition('.')[0] or 'tasks'}.long_text")
     labels = read_json(Path(task_dir) / "labels.json")
     label2id = {label: i for i, label in enumerate(labels)}
     stats: dict = {"labels": labels}
+    if settings["strategy"] != "head":
+        stats["long_text"] = settings
     # what the data step counted but kept (texts in more than one split), carried to metrics and report
     data_summary = Path(task_dir) / "summary.json"
     if data_summary.is_file():
@@ -119,7 +138,8 @@ def tokenize_task_dir(task_dir: str, model_dir: str, max_length: int, out_dir: s
             if unknown:
                 raise UserError(f"{task_dir}/{split}.parquet: label", f"labels {unknown} do not occur in train")
             table, stats[split] = tokenize_examples(
-                df["id"].tolist(), df["text"].tolist(), [label2id[x] for x in df["label"]], tokenizer, max_length
+                df["id"].tolist(), df["text"].tolist(), [label2id[x] for x in df["label"]], tokenizer, max_length,
+                settings,
             )
             pq.write_table(table, tmp / f"{split}.parquet")
         write_json(tmp / "labels.json", labels)
@@ -140,7 +160,15 @@ def _read_table(path: str | Path):
 
 
 def read_examples(path: str | Path) -> dict:
+    """A tokenized split's rows; `doc`: each row's document number, `pool`: how a document's windows
+    are pooled (None where every row is a document; `dapt.longtext.per_document` uses both)."""
     table = _read_table(path)
-    return {"id": table.column("id").to_pylist(),
+    meta = (table.schema.metadata or {}).get(LONG_TEXT_META)
+    settings = json.loads(meta) if meta else {"strategy": "head"}
+    ids = table.column("id").to_pylist()
+    windowed = settings["strategy"] == "windows"
+    return {"id": ids,
             "input_ids": [np.asarray(x, dtype=np.int64) for x in table.column("input_ids").to_pylist()],
-            "label": np.asarray(table.column("label").to_pylist(), dtype=np.int64)}
+            "label": np.asarray(table.column("label").to_pylist(), dtype=np.int64),
+            "doc": longtext.document_index(ids) if windowed else np.arange(len(ids)),
+            "pool": settings["pool"] if windowed else None}

@@ -1,5 +1,6 @@
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -165,7 +166,25 @@ def pretrain_inputs(wildcards):
 
 
 def tokenized_task(wildcards):
-    return f"results/tokenized/{wildcards.model}/tasks/{wildcards.task}.L{task_max_length(wildcards.task)}"
+    return layout.tokenized_task(
+        wildcards.model,
+        wildcards.task,
+        task_max_length(wildcards.task),
+        study.long_text_params(config, wildcards.task),
+    )
+
+
+def long_text_args(wildcards):
+    """--long-text for a task cut otherwise than by its head (head: the plain cut, no flag).
+    The folder's suffix must name the task's setting, as no folder may hold another's."""
+    settings = study.long_text_params(config, wildcards.task)
+    if layout.long_text_suffix(settings) != wildcards.long_text:
+        raise ValueError(
+            f"{wildcards.task}.L{wildcards.length}{wildcards.long_text}: tasks.{wildcards.task}"
+            f".long_text is {settings}, not this folder's setting"
+        )
+    flag = f" --long-text {shlex.quote(as_json(settings))}"
+    return "" if settings["strategy"] == "head" else flag
 
 
 def pretrain_chains():

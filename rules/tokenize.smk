@@ -35,11 +35,13 @@ rule tokenize_task:
         task="results/data/tasks/{task}",
         model="results/models/{model}",
     output:
-        directory("results/tokenized/{model}/tasks/{task}.L{length}"),
+        directory(layout.TOKENIZED_TASK),
     log:
-        "results/logs/tokenize_task/{model}/{task}.L{length}.log",
+        "results/logs/tokenize_task/{model}/{task}.L{length}{long_text}.log",
     benchmark:
-        "results/benchmarks/tokenize_task/{model}/{task}.L{length}.tsv"
+        "results/benchmarks/tokenize_task/{model}/{task}.L{length}{long_text}.tsv"
+    wildcard_constraints:
+        long_text=layout.LONG_TEXT_SUFFIX,
     conda:
         "../envs/train.yaml"
     threads: 1
@@ -47,6 +49,7 @@ rule tokenize_task:
         mem_mb=4000,
     params:
         script=script("tokenize_data.py"),
+        long_text=long_text_args,
     shell:
         "python {params.script} --model {input.model} --max-length {wildcards.length}"
-        " --task {input.task} --out {output} --threads {threads} > {log} 2>&1"
+        " --task {input.task}{params.long_text} --out {output} --threads {threads} > {log} 2>&1"

@@ -1,6 +1,7 @@
 """Tokenize once per (data, tokenizer, max length): packed MLM blocks, or a task's three splits."""
 
 import argparse
+import json
 from pathlib import Path
 
 from dapt import cli
@@ -14,6 +15,7 @@ def main() -> None:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--texts", help="parquet with a text column -> packed MLM blocks")
     mode.add_argument("--task", help="task folder with train/validation/test parquet -> tokenized folder")
+    p.add_argument("--long-text", type=json.loads, help="with --task: JSON of dapt.config.long_text_params (default: head)")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=0, help="threads for the tokenizer (0: its default, every core)")
     args = p.parse_args()
@@ -28,12 +30,16 @@ def main() -> None:
         stats = tokenization.tokenize_mlm_file(args.texts, args.model, args.max_length, args.out, key)
     else:
         key = f"tasks.{Path(args.task).name}.max_length"
-        stats = tokenization.tokenize_task_dir(args.task, args.model, args.max_length, args.out, key)
+        stats = tokenization.tokenize_task_dir(args.task, args.model, args.max_length, args.out, key, args.long_text)
     print(stats)
     # kept, but worth knowing: counted here, in stats.json, in metrics.json and in the report's notes
     for split in tokenization.SPLITS:
         if isinstance(stats.get(split), dict) and stats[split].get("truncated"):
             s = stats[split]
+            if "windows_dropped" in s:  # windows: what the cap left unseen
+                print(f"warning: {s['truncated']} of {s['examples']} {split} texts have more than max_windows windows; "
+                      f"{s['windows_dropped']} windows dropped, {s['windows']} kept (evenly spaced)")
+                continue
             print(f"warning: {s['truncated']} of {s['examples']} {split} texts are longer than {s['max_length']} "
                   f"tokens and were truncated ({key})")
     for pair, n in (stats.get("texts_shared_across_splits") or {}).items():

@@ -198,7 +198,8 @@ def test_method_variants_restrict_the_grid(tmp_path):
         study.validate_config(config)
 
 
-@pytest.mark.parametrize("path", ["config/config.yaml", "config/paper.yaml", "config/examples/peft.yaml", "tests/config/tiny.yaml"])
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/paper.yaml", "config/examples/peft.yaml",
+                                  "config/examples/long_reviews.yaml", "tests/config/tiny.yaml"])
 def test_shipped_configs_read_strictly_and_validate(path):
     """The shipped studies have no key given twice and pass the checks every run makes."""
     from dapt import config as study
