@@ -238,7 +238,8 @@ def quiet_transformers() -> None:
 def prepare_inputs(cfg: dict, args, work: Path) -> dict:
     from dapt.data import prepare_corpus, prepare_task
     from dapt.models import prepare_model
-    from dapt.tokenization import tokenize_mlm_file, tokenize_task_dir
+    from dapt.blocks import tokenize_corpus
+    from dapt.tokenization import tokenize_task_dir
 
     corpus = args.corpus or next(iter(cfg["corpora"]))
     task = args.task or next(iter(cfg["tasks"]))
@@ -267,9 +268,9 @@ def prepare_inputs(cfg: dict, args, work: Path) -> dict:
         model_dir = tiny
 
     tok = work / "tokenized" / model_dir.name
-    blocks = tok / f"{corpus}.docs{args.max_docs or 'all'}.L{args.seq_len}.parquet"
+    blocks = tok / f"{corpus}.docs{args.max_docs or 'all'}.L{args.seq_len}.blocks"
     if not blocks.exists():
-        tokenize_mlm_file(str(corpus_pq), str(model_dir), args.seq_len, str(blocks))
+        tokenize_corpus(str(corpus_pq), str(model_dir), args.seq_len, str(blocks))
     task_tok = tok / f"{task_dir.name}.L{args.ft_max_length}"
     if not (task_tok / "test.parquet").exists():
         tokenize_task_dir(str(task_dir), str(model_dir), args.ft_max_length, str(task_tok))
@@ -565,7 +566,7 @@ def bench_pretrain(cfg: dict, args: argparse.Namespace, inp: dict, fp: dict, tmp
     """Ours vs run_mlm.py, interleaved step by step with the matmul peak: speed, MFU, loss."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from dapt.tokenization import read_blocks
+    from dapt.blocks import read_blocks
 
     tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
     params, warmup = mlm_params(cfg, args)

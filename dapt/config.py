@@ -43,6 +43,8 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "save_steps": 50,
 }
 FINETUNE_KEYS = set(FINETUNE_DEFAULTS)
+# Tokenize jobs per DAPT corpus when the config gives no corpora.<c>.shards (1: one job, no gathering).
+CORPUS_SHARDS = 1
 # Tokens per task example when the config gives no tasks.<t>.max_length (names the tokenized folder, .L<n>).
 TASK_MAX_LENGTH = 128
 # How a task's documents longer than max_length become rows (tasks.<t>.long_text; dapt.longtext). head_tail's
@@ -250,6 +252,11 @@ def finetune_params(config: dict, task: str, method: str) -> dict:
     merged["metric"] = task_spec.get("metric", "macro_f1")
     merged["max_length"] = task_max_length(config, task)
     return merged
+
+
+def corpus_shards(config: dict, corpus: str) -> int:
+    """Tokenize jobs of a DAPT corpus: each takes a run of its documents, one job gathers them."""
+    return (config.get("corpora") or {}).get(corpus, {}).get("shards", CORPUS_SHARDS)
 
 
 def task_max_length(config: dict, task: str) -> int:

@@ -10,16 +10,21 @@ The parts: `dapt.sources` (source specs, downloads, cache), `dapt.archives` (saf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dapt.errors import UserError
-from dapt.files import atomic_path, write_parquet
+from dapt.files import atomic_path
 from dapt.redact import public_spec
-from dapt.sources import DEFAULT_CACHE_DIR, required
+from dapt.sources import DEFAULT_CACHE_DIR, describe_source, required
 from dapt.splits import (
     SPLITS,
     cap_splits,
@@ -29,7 +34,7 @@ from dapt.splits import (
     class_counts,
     shared_texts,
 )
-from dapt.tables import load_source
+from dapt.tables import iter_source, load_source, some
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +42,72 @@ logger = logging.getLogger(__name__)
 def prepare_corpus(
     spec: dict, name: str, out_path: str | os.PathLike, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR
 ) -> dict:
-    """Write the corpus as parquet (id, text), first `max_docs` documents only; return a summary."""
+    """Write the corpus as parquet (id, text), first `max_docs` documents only; return a summary.
+
+    The source streams through in chunks (a row group each), so memory does not grow with the corpus."""
     where = f"corpora.{name}"
     source = required(spec, "source", where)
-    docs = load_source(source, f"{where}.source", cache_dir, id_prefix=name, with_label=False)
-    if spec.get("max_docs"):
-        docs = docs.head(spec["max_docs"])
-    write_parquet(out_path, docs[["id", "text"]].reset_index(drop=True))
-    return {
-        "corpus": name,
-        "docs": len(docs),
-        "chars": int(docs["text"].str.len().sum()),
-        "source": public_spec(source),
-    }
+    limit = spec.get("max_docs") or None
+    checks = CorpusChecks(describe_source(source), f"{where}.source")
+    schema = pa.schema([("id", pa.string()), ("text", pa.string())])
+    with atomic_path(out_path) as tmp:
+        with contextlib.closing(iter_source(source, f"{where}.source", cache_dir, id_prefix=name)) as chunks, \
+                pq.ParquetWriter(tmp, schema) as writer:
+            for chunk in chunks:
+                chunk = chunk if limit is None else chunk.head(limit - checks.rows)
+                checks.add(chunk)
+                writer.write_table(pa.Table.from_pandas(chunk, schema=schema, preserve_index=False))
+                if checks.rows == limit:
+                    break
+        checks.finish(tmp)
+    return {"corpus": name, "docs": checks.rows, "chars": checks.chars, "source": public_spec(source)}
+
+
+class CorpusChecks:
+    """What `normalise` refuses in a whole table, counted over a corpus's chunks: empty texts and
+    duplicate ids, in the same one-line messages. Ids are kept as 8-byte hashes (a corpus of
+    millions of documents), confirmed by reading the written ids back when two hashes collide."""
+
+    def __init__(self, origin: str, where: str):
+        self.origin, self.where = origin, where
+        self.rows = self.chars = 0
+        self.empty: list[str] = []  # ids of empty texts (the first few) ...
+        self.empty_count = 0  # ... and how many
+        self.hashes: list[np.ndarray] = []
+
+    def add(self, chunk: pd.DataFrame) -> None:
+        self.rows += len(chunk)
+        lengths = chunk["text"].str.len()
+        self.chars += int(lengths.sum())
+        empty = chunk["id"][lengths == 0]
+        self.empty_count += len(empty)
+        self.empty += empty.head(5 - len(self.empty)).tolist()
+        self.hashes.append(pd.util.hash_array(chunk["id"].to_numpy(dtype=object)))
+
+    def finish(self, written: Path) -> None:
+        if self.rows == 0:
+            raise UserError(self.origin, "the source has no rows")
+        if self.empty_count:
+            more = self.empty_count - len(self.empty)
+            ids = ", ".join(self.empty) + (f", ... ({more} more)" if more else "")  # as tables.some writes them
+            raise UserError(self.origin, f"{self.empty_count} of {self.rows} rows have an empty text (ids: {ids})",
+                            f"remove those rows or check {self.where}.columns.text")
+        hashes = np.sort(np.concatenate(self.hashes))
+        suspects = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+        if not suspects:
+            return
+        seen, duplicated = set(), []  # the ids again, in order: as pandas' duplicated() counts them
+        for batch in pq.ParquetFile(written).iter_batches(columns=["id"]):
+            ids = batch.column(0).to_pylist()
+            for i, h in zip(ids, pd.util.hash_array(np.asarray(ids, dtype=object)).tolist()):
+                if h in suspects and i in seen:
+                    duplicated.append(i)
+                elif h in suspects:
+                    seen.add(i)
+        if duplicated:
+            examples = some(dict.fromkeys(duplicated))  # each once, in order
+            raise UserError(self.origin, f"{len(duplicated)} duplicate ids (e.g. {examples})",
+                            f"map {self.where}.columns.id to a unique column, or leave it out to number the rows")
 
 
 def prepare_task(

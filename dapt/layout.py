@@ -20,6 +20,10 @@ RUN = "{task}/{model}/{variant}/{method}/seed{seed}"
 RUN_KEYS = ("task", "model", "variant", "method", "seed")
 REPORT_DIR = "results/report"
 BENCHMARK_DIR = "results/benchmarks"
+#: Packed MLM blocks of a pretraining stage: a folder of tokens.bin + index.json (dapt.blocks).
+MLM_BLOCKS = "results/tokenized/{model}/mlm/{stage}.L{length}"
+#: One of a corpus's `shards` token streams (numbered from 1), gathered into MLM_BLOCKS, then removed.
+MLM_SHARD = MLM_BLOCKS + ".shards/{shard}-of-{shards}"
 #: A task tokenized for a model: `long_text` is "" for the head strategy (the default), else a suffix
 #: naming the strategy and its settings (`long_text_suffix`), so each setting has its own cache.
 TOKENIZED_TASK = "results/tokenized/{model}/tasks/{task}.L{length}{long_text}"

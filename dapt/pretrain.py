@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -26,7 +27,7 @@ from safetensors.torch import save_file
 from dapt.distributed import all_reduce_sums
 from dapt.errors import UserError
 from dapt.files import atomic_path, read_json, write_json
-from dapt.tokenization import read_blocks
+from dapt.blocks import read_blocks
 from dapt.checkpoints import checkpoint_step, clear_checkpoints
 from dapt.config import MLM_DEFAULTS
 from dapt.models import TOKENIZER_FILES
@@ -36,14 +37,31 @@ from dapt.train import Runtime, Timer, count_params, linear_schedule, make_optim
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, probability: float, mask_id: int,
                 vocab_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's dynamic masking: pick `probability` of the non-special tokens; 80% [MASK], 10% random, 10% kept."""
+    return apply_masking(input_ids, special, masking_draws(input_ids.shape, vocab_size, generator), probability,
+                         mask_id)
+
+
+def masking_draws(shape: tuple[int, ...] | torch.Size, vocab_size: int,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random numbers masking a global batch takes, in the stream's order: which positions,
+    what becomes of them, the random replacement ids. Every rank draws the whole batch's (one
+    stream for any number of processes) and applies its own rows of them."""
+    chosen = torch.rand(shape, generator=generator)
+    action = torch.rand(shape, generator=generator)
+    return chosen, action, torch.randint(vocab_size, shape, generator=generator)
+
+
+def apply_masking(input_ids: torch.Tensor, special: torch.Tensor, draws: tuple[torch.Tensor, ...],
+                  probability: float, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and labels (-100 where not masked) of some rows, from those rows' draws."""
+    pick, action, random_ids = draws
     labels = input_ids.clone()
-    chosen = (torch.rand(input_ids.shape, generator=generator) < probability) & ~special
+    chosen = (pick < probability) & ~special
     labels[~chosen] = -100
     inputs = input_ids.clone()
-    action = torch.rand(input_ids.shape, generator=generator)
     inputs[chosen & (action < 0.8)] = mask_id
     randomize = chosen & (action >= 0.8) & (action < 0.9)
-    inputs[randomize] = torch.randint(vocab_size, input_ids.shape, generator=generator)[randomize]
+    inputs[randomize] = random_ids[randomize]
     return inputs, labels
 
 
@@ -115,12 +133,18 @@ def save_mlm_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, parent_dir:
 
 @dataclass
 class MLMData:
-    """Packed blocks and where their special tokens are (never masked)."""
+    """Packed blocks, mapped from disk (n x block length; rows are read when a batch takes them),
+    and the ids of the special tokens (never masked)."""
 
-    blocks: torch.Tensor
-    special: torch.Tensor
+    blocks: np.ndarray
+    special_ids: torch.Tensor
     mask_id: int
     vocab_size: int
+
+    def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (int64) of the blocks `idx`, in that order, and where their special tokens are."""
+        ids = torch.from_numpy(np.array(self.blocks[idx.numpy()], dtype=np.int64))  # only these rows are read
+        return ids, torch.isin(ids, self.special_ids)
 
 
 def load_model(parent: Path, runtime: Runtime) -> tuple[torch.nn.Module, set[str], Any]:
@@ -164,6 +188,7 @@ class Pretraining:
         # what one process would, so the run does not depend on the number of GPUs (and a resumed rank
         # continues the very stream rank 0 saved).
         self.masking = torch.Generator().manual_seed(seed * 1000)
+        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, its permutation of the blocks)
 
     def enter_phase(self, step: int) -> None:
         """Phase 0 trains only the new head; phase 1 trains everything with warmup + linear decay."""
@@ -189,18 +214,31 @@ class Pretraining:
             print(f"resumed from checkpoint at step {resumed['step']}/{self.total}", flush=True)
         return resumed or {"step": 0, "log": []}
 
-    def train_step(self, step: int) -> tuple[float, torch.Tensor]:
-        """One optimizer step on the global batch of `step`; its loss (mean over the masked tokens of
-        the global batch) and the batch's row ids."""
-        data, params, runtime = self.data, self.params, self.runtime
-        batch = params["batch_size"]
+    def batch_rows(self, step: int) -> torch.Tensor:
+        """Block ids of the global batch of `step` (the same in every rank): epoch by epoch, a seeded
+        permutation of the blocks, so a resumed run takes the very batches of an uninterrupted one."""
+        batch = self.params["batch_size"]
         epoch, offset = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(len(data.blocks), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        idx = order[offset * batch : offset * batch + batch]  # the global batch, identical in every rank
-        inputs, labels = mask_tokens(data.blocks[idx], data.special[idx], params["mlm_probability"], data.mask_id,
-                                     data.vocab_size, self.masking)
-        masked = max(1, int((labels != -100).sum()))  # masked tokens of the global batch
+        if self._order is None or self._order[0] != epoch:
+            seeded = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.data.blocks), generator=seeded))
+        return self._order[1][offset * batch : offset * batch + batch]
+
+    def train_step(self, step: int) -> tuple[float, int, int]:
+        """One optimizer step on the global batch of `step`; its loss (mean over the masked tokens of
+        the global batch), its number of blocks and of non-special tokens. Each rank reads and masks
+        only its own rows of the batch."""
+        data, params, runtime = self.data, self.params, self.runtime
+        idx = self.batch_rows(step)
         mine = torch.arange(len(idx))[runtime.rank :: runtime.world_size]  # this rank's rows
+        ids, special = data.rows(idx[mine])
+        draws = masking_draws(idx.shape + data.blocks.shape[1:], data.vocab_size, self.masking)
+        inputs, labels = apply_masking(ids, special, tuple(d[mine] for d in draws), params["mlm_probability"],
+                                       data.mask_id)
+        counts = all_reduce_sums({"masked": int((labels != -100).sum()), "tokens": int((~special).sum())},
+                                 runtime.device)  # of the global batch
+        masked = max(1, int(counts["masked"]))
+        local = torch.arange(len(mine))
 
         def micro(rows: torch.Tensor) -> tuple[torch.Tensor, float]:
             with runtime.autocast():
@@ -209,8 +247,8 @@ class Pretraining:
             # all masked tokens of the global batch, for any number of processes and micro-batches
             return part * (runtime.world_size / masked), part.item()
 
-        loss_sum = self.stepper.step(split_micro(mine, params["grad_accum"]), micro, step)
-        return all_reduce_sums({"loss": loss_sum}, runtime.device)["loss"] / masked, idx
+        loss_sum = self.stepper.step(split_micro(local, params["grad_accum"]), micro, step)
+        return all_reduce_sums({"loss": loss_sum}, runtime.device)["loss"] / masked, len(idx), int(counts["tokens"])
 
     def run(self, ckpt_dir: str) -> tuple[list, int, float]:
         """Train to the last step, resuming if a checkpoint exists; (log, tokens seen, seconds)."""
@@ -223,20 +261,21 @@ class Pretraining:
         while step < self.total:
             if self.head_steps and step == self.head_steps:
                 self.enter_phase(step)
-            loss, idx = self.train_step(step)
+            loss, blocks, batch_tokens = self.train_step(step)
             step += 1
-            tokens += int((~self.data.special[idx]).sum())
+            tokens += batch_tokens
             log.append([step, loss, self.stepper.scheduler.get_last_lr()[0], tokens])
-            progress.update(step, loss, len(idx), f" lr {log[-1][2]:.2e} tokens {tokens}")
+            progress.update(step, loss, blocks, f" lr {log[-1][2]:.2e} tokens {tokens}")
             if self.runtime.is_main and Stepper.checkpoint_due(step, self.total, self.params["save_steps"]):
                 self.stepper.save(ckpt_dir, {"step": step, "log": log, "seconds": timer.seconds()}, self.masking)
         return log, tokens, timer.seconds()
 
 
 def read_data(blocks_path: str, tokenizer) -> MLMData:
-    blocks = torch.tensor(read_blocks(blocks_path), dtype=torch.long)  # a copy: the file's array is read-only
-    special = torch.isin(blocks, torch.tensor(sorted(set(tokenizer.all_special_ids))))
-    return MLMData(blocks, special, tokenizer.mask_token_id, len(tokenizer))
+    """The block folder, mapped: memory does not grow with the corpus, and the page cache holding
+    it is shared by every process of a data-parallel job."""
+    special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+    return MLMData(read_blocks(blocks_path), special_ids, tokenizer.mask_token_id, len(tokenizer))
 
 
 def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, params: dict, seed: int,

@@ -7,9 +7,11 @@ here, naming the file and the config key to change.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from dapt.errors import UserError
 from dapt.sources import describe_source, fetch, one_line_reason, required
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".txt": "txt"}
+#: Rows per chunk when a corpus is streamed (`iter_source`).
+CHUNK_ROWS = 1000
 
 
 def load_source(
@@ -37,8 +41,35 @@ def load_source(
     return normalise(raw, source.get("columns") or {}, where, origin, id_prefix, with_label)
 
 
+def iter_source(
+    source: dict, where: str, cache_dir: str | os.PathLike, id_prefix: str, rows: int | None = None
+) -> Iterator[pd.DataFrame]:
+    """`load_source` for a corpus (string columns id, text), a chunk of `rows` (CHUNK_ROWS) rows at a time.
+
+    Empty texts and duplicate ids are left to the caller, who sees every chunk (dapt.data)."""
+    rows = rows or CHUNK_ROWS
+    origin = describe_source(source)
+    columns = source.get("columns") or {}
+    first = 0
+    with contextlib.ExitStack() as stack:
+        if source.get("kind") == "hf":
+            ds = _open_hf_dataset(source, where, cache_dir)
+            chunks: Iterator[pd.DataFrame] = (_label_names(ds, pd.DataFrame(b)) for b in ds.iter(batch_size=rows))
+        else:
+            chunks = read_chunks(stack.enter_context(fetch(source, where, cache_dir)), source, where, origin, rows)
+        for raw in chunks:
+            yield normalise(raw, columns, where, origin, id_prefix, with_label=False, first_row=first, check=False)
+            first += len(raw)
+
+
 def load_hf_dataset(source: dict, where: str, cache_dir: str | os.PathLike) -> pd.DataFrame:
     """Load one split with `datasets`; the hub token comes only from HF_TOKEN in the environment."""
+    ds = _open_hf_dataset(source, where, cache_dir)
+    return _label_names(ds, ds.to_pandas())
+
+
+def _open_hf_dataset(source: dict, where: str, cache_dir: str | os.PathLike) -> Any:
+    """One split of a hub dataset, as `datasets` keeps it: memory-mapped Arrow files in the cache."""
     import datasets
 
     dataset_id = required(source, "id", where)
@@ -57,9 +88,15 @@ def load_hf_dataset(source: dict, where: str, cache_dir: str | os.PathLike) -> p
             f"cannot load dataset {dataset_id!r}: {one_line_reason(err)}",
             "check id, name, split and revision; private datasets need HF_TOKEN set",
         ) from None
-    table = ds.to_pandas()
+    return ds
+
+
+def _label_names(ds: Any, table: pd.DataFrame) -> pd.DataFrame:
+    """Label names, not class numbers, for the dataset's class-label columns; -1 means none."""
+    import datasets
+
     for column, feature in ds.features.items():
-        if isinstance(feature, datasets.ClassLabel):  # store label names, not class numbers; -1 means none
+        if isinstance(feature, datasets.ClassLabel) and column in table:
             table[column] = [feature.int2str(int(i)) if i >= 0 else "" for i in table[column]]
     return table
 
@@ -70,14 +107,44 @@ def read_table(path: Path, source: dict, where: str, origin: str) -> pd.DataFram
     Without a header the columns are numbered 0, 1, ...; a txt file is one column "text",
     one text per non-blank line; tsv fields are never quoted (as in GLUE-style files).
     """
+    fmt, encoding = _check_file(path, source, where, origin)
+    with _read_errors(origin, where, fmt, encoding):
+        table = _read_format(path, fmt, encoding, source.get("header", True), origin)
+    if table.empty:
+        raise UserError(origin, "the file has no rows")
+    return table
+
+
+def read_chunks(path: Path, source: dict, where: str, origin: str, rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """`read_table` a chunk of `rows` (CHUNK_ROWS) rows at a time, with the same values and errors: a
+    corpus of any size passes in bounded memory."""
+    rows = rows or CHUNK_ROWS
+    fmt, encoding = _check_file(path, source, where, origin)
+    seen = 0
+    with _read_errors(origin, where, fmt, encoding):
+        for chunk in _format_chunks(path, fmt, encoding, source.get("header", True), origin, rows):
+            if len(chunk):
+                seen += len(chunk)
+                yield chunk
+    if not seen:
+        raise UserError(origin, "the file has no rows")
+
+
+def _check_file(path: Path, source: dict, where: str, origin: str) -> tuple[str, str]:
+    """A non-empty file of a known format; its format and encoding."""
     if path.is_dir():
         raise UserError(origin, "is a folder, not a data file", "point path/member at a file")
     fmt = _table_format(path, source, where)
     if path.stat().st_size == 0:
         raise UserError(origin, "the file is empty")
-    encoding = source.get("encoding", "utf-8-sig")
+    return fmt, source.get("encoding", "utf-8-sig")
+
+
+@contextlib.contextmanager
+def _read_errors(origin: str, where: str, fmt: str, encoding: str) -> Iterator[None]:
+    """Decoding and parsing errors as one line naming the file and the key to change."""
     try:
-        table = _read_format(path, fmt, encoding, source.get("header", True), origin)
+        yield
     except UnicodeDecodeError as err:
         raise UserError(
             origin,
@@ -90,9 +157,6 @@ def read_table(path: Path, source: dict, where: str, origin: str) -> pd.DataFram
         raise UserError(origin, "the file has no data") from None
     except (pd.errors.ParserError, OSError, ValueError) as err:
         raise UserError(origin, f"cannot read as {fmt}: {err}", f"check the file or set format: in {where}") from None
-    if table.empty:
-        raise UserError(origin, "the file has no rows")
-    return table
 
 
 def _read_format(path: Path, fmt: str, encoding: str, header: bool, origin: str) -> pd.DataFrame:
@@ -117,19 +181,43 @@ def _read_format(path: Path, fmt: str, encoding: str, header: bool, origin: str)
 
 def _read_jsonl(path: Path, encoding: str, origin: str) -> pd.DataFrame:
     """One JSON object per non-blank line; a bad line is named by its number."""
-    rows = []
     with open(path, encoding=encoding) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{origin}:{lineno}", f"not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{origin}:{lineno}", "each line must be one JSON object")
-            rows.append(row)
-    return pd.DataFrame(rows)
+        return pd.DataFrame(list(_jsonl_rows(f, origin)))
+
+
+def _jsonl_rows(lines: Any, origin: str) -> Iterator[dict]:
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{origin}:{lineno}", f"not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{origin}:{lineno}", "each line must be one JSON object")
+        yield row
+
+
+def _format_chunks(path: Path, fmt: str, encoding: str, header: bool, origin: str, rows: int) -> Iterator[pd.DataFrame]:
+    """`_read_format`, `rows` rows at a time (txt: lines split as str.splitlines splits them)."""
+    if fmt in ("csv", "tsv"):
+        with pd.read_csv(path, sep="," if fmt == "csv" else "\t",
+                         quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE, header=0 if header else None,
+                         encoding=encoding, dtype=str, keep_default_na=False, chunksize=rows) as reader:
+            yield from reader
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+            yield batch.to_pandas()
+    else:
+        with open(path, encoding=encoding) as f:
+            if fmt == "jsonl":
+                items: Iterator = _jsonl_rows(f, origin)
+            else:
+                items = ({"text": part} for line in f for part in line.splitlines() if part.strip())
+            while chunk := [row for _, row in zip(range(rows), items)]:
+                yield pd.DataFrame(chunk)
 
 
 def _table_format(path: Path, source: dict, where: str) -> str:
@@ -142,9 +230,13 @@ def _table_format(path: Path, source: dict, where: str) -> str:
 
 
 def normalise(
-    raw: pd.DataFrame, columns: dict, where: str, origin: str, id_prefix: str, with_label: bool
+    raw: pd.DataFrame, columns: dict, where: str, origin: str, id_prefix: str, with_label: bool,
+    first_row: int = 0, check: bool = True,
 ) -> pd.DataFrame:
-    """Map the user's columns to id/text/label strings and refuse empty texts or labels, duplicate ids."""
+    """Map the user's columns to id/text/label strings and refuse empty texts or labels, duplicate ids.
+
+    A chunk of a streamed source numbers its rows from `first_row`; check=False leaves the refusals
+    to the caller, who sees every chunk (dapt.data.CorpusChecks)."""
     roles = ("text", "label") if with_label else ("text",)
     table = pd.DataFrame(index=raw.index)
     for role in roles:
@@ -152,8 +244,9 @@ def normalise(
     if "id" in columns or "id" in raw.columns:
         table["id"] = _as_strings(raw[_column(raw, columns, "id", where, origin)]).str.strip()
     else:
-        table["id"] = [f"{id_prefix}-{row}" for row in range(len(raw))]
-
+        table["id"] = [f"{id_prefix}-{row}" for row in range(first_row, first_row + len(raw))]
+    if not check:
+        return table[["id", *roles]]
     for role in roles:
         empty = table["id"][table[role] == ""]
         if len(empty):

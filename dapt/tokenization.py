@@ -1,8 +1,7 @@
-"""Tokenization, cached once per (data, tokenizer, max length) and reused by every later job.
+"""Task tokenization, cached once per (task, tokenizer, max length) and reused by every later job.
 
-MLM data is packed like `run_mlm.py`'s `group_texts`: documents (with their special tokens) are
-concatenated and cut into full blocks, so no compute is spent on padding. Task data keeps one row per
-example, truncated to the task's max length; padding happens per batch at training time.
+Task data keeps one row per example, truncated to the task's max length; padding happens per batch
+at training time. MLM data (packed blocks) is `dapt.blocks`.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import pyarrow.parquet as pq
 
 from dapt import longtext
 from dapt.errors import UserError
-from dapt.files import read_json, write_json, write_parquet, atomic_path
+from dapt.files import read_json, write_json, atomic_path
 from dapt.models import load_tokenizer
 
 SPLITS = ("train", "validation", "test")
@@ -29,13 +28,6 @@ def _encode(tokenizer, texts: list[str], batch: int = 1000) -> list[list[int]]:
         enc = tokenizer(texts[start : start + batch], add_special_tokens=True, truncation=False, verbose=False)
         ids.extend(enc["input_ids"])
     return ids
-
-
-def pack_blocks(sequences: list[list[int]], block: int) -> tuple[np.ndarray, int]:
-    """Concatenate and cut into full blocks; returns the blocks and the number of tokens left over."""
-    flat = np.fromiter((t for seq in sequences for t in seq), dtype=np.int32)
-    n = len(flat) // block
-    return flat[: n * block].reshape(n, block), int(len(flat) - n * block)
 
 
 # models whose position ids start after the padding index (fairseq heritage)
@@ -64,21 +56,6 @@ def check_max_length(model_dir: str | Path, max_length: int, key: str) -> None:
                         f"use max_length <= {limit}")
 
 
-def tokenize_mlm(texts: list[str], tokenizer, max_length: int, where: str = "tokenize") -> tuple[pa.Table, dict]:
-    blocks, dropped = pack_blocks(_encode(tokenizer, texts), max_length)
-    if len(blocks) == 0:
-        raise UserError(where, f"{len(texts)} texts make no full block of {max_length} tokens",
-                        "use more text or a smaller max_length")
-    table = pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.reshape(-1)), max_length)})
-    stats = {"documents": len(texts), "blocks": len(blocks), "block_length": max_length,
-             "tokens": int(blocks.size), "tokens_left_over": dropped}
-    return table, stats
-
-
-#: Parquet schema metadata of a split cut by a long_text strategy other than head (read_examples reads it).
-LONG_TEXT_META = b"dapt.long_text"
-
-
 def tokenize_examples(ids: list[str], texts: list[str], labels: list[int], tokenizer, max_length: int,
                       long_text: dict | None = None) -> tuple[pa.Table, dict]:
     """One row per example (strategies head, head_tail) or per window (windows: a document's rows are
@@ -98,15 +75,6 @@ def tokenize_examples(ids: list[str], texts: list[str], labels: list[int], token
         table = table.replace_schema_metadata({LONG_TEXT_META: json.dumps(settings, sort_keys=True)})
         stats.update(counts)
     return table, stats
-
-
-def tokenize_mlm_file(text_parquet: str, model_dir: str, max_length: int, out: str, key: str = "max_length") -> dict:
-    check_max_length(model_dir, max_length, key)
-    texts = pq.read_table(text_parquet, columns=["text"]).column("text").to_pylist()
-    table, stats = tokenize_mlm(texts, load_tokenizer(model_dir), max_length, where=str(text_parquet))
-    write_parquet(out, table)
-    write_json(str(out) + ".json", stats)
-    return stats
 
 
 def tokenize_task_dir(task_dir: str, model_dir: str, max_length: int, out_dir: str, key: str = "max_length",
@@ -145,12 +113,6 @@ def tokenize_task_dir(task_dir: str, model_dir: str, max_length: int, out_dir: s
         write_json(tmp / "labels.json", labels)
         write_json(tmp / "stats.json", stats)
     return stats
-
-
-def read_blocks(path: str | Path) -> np.ndarray:
-    col = _read_table(path).column("input_ids").combine_chunks()
-    width = col.type.list_size
-    return col.values.to_numpy().reshape(-1, width)
 
 
 def _read_table(path: str | Path):

@@ -156,7 +156,9 @@ def pretrain_inputs(wildcards):
     length = study.mlm_params(config, stage)["max_length"]
     inputs = {
         "parent": checkpoint_of(wildcards.model, parent),
-        "blocks": f"results/tokenized/{wildcards.model}/mlm/{stage}.L{length}.parquet",
+        "blocks": layout.MLM_BLOCKS.format(
+            model=wildcards.model, stage=stage, length=length
+        ),
     }
     if parent:  # the parent stage's summary: totals over the whole chain
         inputs["parent_summary"] = (

@@ -1,13 +1,43 @@
 # Step 2: tokenize once per (data, tokenizer, max length); every later job reads these files.
+# MLM blocks stream in bounded memory (dapt/blocks.py). A DAPT corpus with `shards: N` is tokenized
+# by N tokenize_corpus_shard jobs (side by side on a cluster) that tokenize_corpus gathers.
+
+
+def corpus_shards(stage):
+    kind, name = stage.split("-", 1)
+    return study.corpus_shards(config, name) if kind == "dapt" else 1
+
+
+def mlm_text_file(wildcards, texts):
+    """TAPT reads the task's training split only."""
+    return texts if wildcards.stage.startswith("dapt-") else f"{texts}/train.parquet"
+
+
+def tokenize_corpus_inputs(wildcards):
+    inputs = {
+        "texts": mlm_texts(wildcards),
+        "model": f"results/models/{wildcards.model}",
+    }
+    n = corpus_shards(wildcards.stage)
+    if n > 1:
+        inputs["shards"] = [
+            layout.MLM_SHARD.format(
+                model=wildcards.model,
+                stage=wildcards.stage,
+                length=wildcards.length,
+                shard=k,
+                shards=n,
+            )
+            for k in range(1, n + 1)
+        ]
+    return inputs
 
 
 rule tokenize_corpus:
     input:
-        texts=mlm_texts,
-        model="results/models/{model}",
+        unpack(tokenize_corpus_inputs),
     output:
-        blocks="results/tokenized/{model}/mlm/{stage}.L{length}.parquet",
-        stats="results/tokenized/{model}/mlm/{stage}.L{length}.parquet.json",
+        directory(layout.MLM_BLOCKS),
     log:
         "results/logs/tokenize_corpus/{model}/{stage}.L{length}.log",
     benchmark:
@@ -19,15 +49,40 @@ rule tokenize_corpus:
         mem_mb=4000,
     params:
         script=script("tokenize_data.py"),
-        # TAPT reads the task's training split only
-        texts=lambda w, input: (
-            input.texts
-            if w.stage.startswith("dapt-")
-            else f"{input.texts}/train.parquet"
+        texts=lambda w, input: mlm_text_file(w, input.texts),
+        gather=lambda w, input: (
+            " --gather " + " ".join(input.shards) if "shards" in input.keys() else ""
         ),
     shell:
         "python {params.script} --model {input.model} --max-length {wildcards.length}"
-        " --texts {params.texts} --out {output.blocks} --threads {threads} > {log} 2>&1"
+        " --texts {params.texts}{params.gather} --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule tokenize_corpus_shard:
+    input:
+        texts=mlm_texts,
+        model="results/models/{model}",
+    output:
+        temp(directory(layout.MLM_SHARD)),
+    log:
+        "results/logs/tokenize_corpus_shard/{model}/{stage}.L{length}/{shard}-of-{shards}.log",
+    benchmark:
+        "results/benchmarks/tokenize_corpus_shard/{model}/{stage}.L{length}/{shard}-of-{shards}.tsv"
+    wildcard_constraints:
+        shard=r"\d+",
+        shards=r"\d+",
+    conda:
+        "../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        script=script("tokenize_data.py"),
+        texts=lambda w, input: mlm_text_file(w, input.texts),
+    shell:
+        "python {params.script} --model {input.model} --max-length {wildcards.length}"
+        " --texts {params.texts} --shard {wildcards.shard}/{wildcards.shards}"
+        " --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule tokenize_task:

@@ -82,7 +82,7 @@ def reliability_config() -> dict:
 def reliability_inputs(tmp_path_factory) -> Path:
     """Models, data and tokenized files of the reliability study, made once through Snakemake."""
     workdir = make_workdir(tmp_path_factory.mktemp("prepared"), reliability_config())
-    targets = ["results/tokenized/tiny/mlm/dapt-imdb.L64.parquet", "results/tokenized/tiny/tasks/rt_polarity.L48"]
+    targets = ["results/tokenized/tiny/mlm/dapt-imdb.L64", "results/tokenized/tiny/tasks/rt_polarity.L48"]
     proc = run_snakemake(workdir, *targets, env={"HF_TOKEN": HUB_TOKEN_CANARY})
     if proc.returncode != 0:
         pytest.fail(f"snakemake failed:\n{proc.stderr[-6000:]}")

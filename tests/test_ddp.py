@@ -57,7 +57,8 @@ def inputs(tmp_path_factory) -> dict:
     from dapt import config as study
     from dapt.data import prepare_corpus, prepare_task
     from dapt.models import prepare_model
-    from dapt.tokenization import tokenize_mlm_file, tokenize_task_dir
+    from dapt.blocks import tokenize_corpus
+    from dapt.tokenization import tokenize_task_dir
 
     root = tmp_path_factory.mktemp("ddp")
     config = tiny_config()
@@ -77,7 +78,7 @@ def inputs(tmp_path_factory) -> dict:
     prepare_task(config["tasks"]["rt_polarity"], "rt_polarity", root / "task", 0, cache)
     tokenize_task_dir(str(root / "task"), str(root / "model"), 48, str(root / "tokenized"))
     prepare_corpus(config["corpora"]["imdb"], "imdb", root / "imdb.parquet", cache)
-    tokenize_mlm_file(str(root / "imdb.parquet"), str(root / "model"), 64, str(root / "blocks.parquet"))
+    tokenize_corpus(str(root / "imdb.parquet"), str(root / "model"), 64, str(root / "blocks"))
     return {
         "root": root,
         "finetune": study.finetune_params(config, "rt_polarity", "full"),
@@ -152,7 +153,7 @@ def test_finetune_two_processes_match_one(inputs):
 
 def test_pretrain_two_processes_match_one(inputs):
     root = inputs["root"]
-    args = ["--parent", str(root / "headless"), "--blocks", str(root / "blocks.parquet"), "--stage", "dapt-imdb",
+    args = ["--parent", str(root / "headless"), "--blocks", str(root / "blocks"), "--stage", "dapt-imdb",
             "--params", json.dumps(inputs["mlm"])]
     run_script("pretrain.py", root / "pt1", 1, args)
     log2 = run_script("pretrain.py", root / "pt2", 2, args)

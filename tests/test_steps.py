@@ -113,7 +113,7 @@ def tiny_mlm(tmp_path_factory):
     from transformers import BertConfig, BertModel
 
     from dapt.models import load_tokenizer
-    from dapt.tokenization import tokenize_mlm_file
+    from dapt.blocks import tokenize_corpus
 
     root = tmp_path_factory.mktemp("steps")
     tok = load_tokenizer(minilm_dir())
@@ -124,7 +124,7 @@ def tiny_mlm(tmp_path_factory):
     tok.save_pretrained(root / "base")
     texts = pd.read_json(REPO / "tests" / "data" / "imdb_sample.jsonl", lines=True)
     texts.rename(columns={"review": "text"})[["text"]].to_parquet(root / "texts.parquet", index=False)
-    tokenize_mlm_file(str(root / "texts.parquet"), str(root / "base"), 32, str(root / "blocks.parquet"), "test")
+    tokenize_corpus(str(root / "texts.parquet"), str(root / "base"), 32, str(root / "blocks"), "test")
     return root
 
 
@@ -141,7 +141,7 @@ def test_pretraining_killed_in_the_head_warmup_resumes_exactly(tiny_mlm, tmp_pat
     def run(name: str) -> tuple[str, dict]:
         out = tmp_path / name
         torch.manual_seed(1)  # as setup_runtime does: the new MLM head's initial weights
-        pt.pretrain(str(tiny_mlm / "base"), str(tiny_mlm / "blocks.parquet"), str(out), str(tmp_path / f"c-{name}"),
+        pt.pretrain(str(tiny_mlm / "base"), str(tiny_mlm / "blocks"), str(out), str(tmp_path / f"c-{name}"),
                     MLM, 1, runtime(precision), "dapt-test")
         return (out / "loss.csv").read_text(), load_file(str(out / "model" / "model.safetensors"))
 

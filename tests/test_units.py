@@ -16,7 +16,8 @@ from dapt.batching import bucketed_batches, length_sorted_batches
 from dapt.metrics import compute_metrics
 from dapt.pretrain import MaskedOnlyMLM, mask_tokens, save_mlm_checkpoint
 from dapt.models import load_tokenizer
-from dapt.tokenization import pack_blocks, tokenize_examples
+from dapt.blocks import pack_blocks
+from dapt.tokenization import tokenize_examples
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
