@@ -38,6 +38,9 @@ class ReportFile:
     name: str
     caption: str | None = None
     category: str | None = None
+    #: None: every report has it; "sweeps" / "curves": only a study that sweeps hyperparameters /
+    #: has learning-curve sizes (dapt.grid.has_sweeps / has_sizes) writes and declares it.
+    when: str | None = None
 
 
 REPORT = (
@@ -49,6 +52,12 @@ REPORT = (
     ReportFile("notes.md", "notes", "Tables"),
     ReportFile("ensemble.csv"),
     ReportFile("majority.csv", "majority", "Tables"),
+    ReportFile("baseline.csv", "baseline", "Tables"),
+    ReportFile("sweep.md", "sweep", "Tables", when="sweeps"),
+    ReportFile("sweep.csv", when="sweeps"),
+    ReportFile("learning_curve.md", "learning_curve", "Tables", when="curves"),
+    ReportFile("learning_curve.csv", when="curves"),
+    ReportFile("learning_curve.png", "learning_curve_plot", "Plots", when="curves"),
     ReportFile("significance.csv", "significance", "Tables"),
     ReportFile("runtime.csv", "runtime", "Cost"),
     ReportFile("runtime.md"),
@@ -58,7 +67,7 @@ REPORT = (
     ReportFile("f1_vs_params.png", "f1_vs_params", "Plots"),
     ReportFile("provenance.json", "provenance", "Provenance"),
 )
-REPORT_FILES = tuple(f.name for f in REPORT)
+REPORT_FILES = tuple(f.name for f in REPORT if f.when is None)
 #: The deploy stage's table and plot (rules/deploy.smk, rule deploy_report; dapt.deploy.report writes them).
 DEPLOY_REPORT = (
     ReportFile("deploy.md", "deploy", "Deployment"),
@@ -71,6 +80,13 @@ DEPLOY_REPORT = (
 def report_files(folder: str = REPORT_DIR) -> list[str]:
     """Paths of every report file in `folder` (the workflow's final targets)."""
     return [f"{folder}/{name}" for name in REPORT_FILES]
+
+
+def report_list(sweeps: bool = False, curves: bool = False) -> tuple[ReportFile, ...]:
+    """The report's files for a study that does or does not sweep hyperparameters / have learning
+    curves (the rule declares exactly these; the report writes exactly these)."""
+    wanted = {None, *(["sweeps"] if sweeps else []), *(["curves"] if curves else [])}
+    return tuple(f for f in REPORT if f.when in wanted)
 
 
 def report_files_of(files: tuple[ReportFile, ...], folder: str = REPORT_DIR) -> list[str]:
@@ -91,6 +107,30 @@ def long_text_suffix(settings: Mapping[str, Any]) -> str:
 def tokenized_task(model: str, task: str, length: int, settings: Mapping[str, Any]) -> str:
     """Folder of a task tokenized for a model at a length with a long_text setting."""
     return TOKENIZED_TASK.format(model=model, task=task, length=length, long_text=long_text_suffix(settings))
+
+
+def value_text(value: Any) -> str:
+    """A hyperparameter value as exact, path-safe text: 0.001, 2e-5, 16, true, houlsby (floats by
+    their shortest exact repr, so two different values never share a name)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        mantissa, e, exponent = repr(value).partition("e")
+        return f"{mantissa}e{int(exponent)}" if e else mantissa
+    return str(value)
+
+
+def method_run_name(method: str, settings: Mapping[str, Any], train_size: int | None = None) -> str:
+    """The `{method}` folder of a run: the method's name, then `-<key><value>` for each swept key
+    (alphabetical) and `-n<size>` for a learning-curve size: `lora-lr0.001-r16`, `full-n100`. A run
+    with neither keeps the method's name, so a study without sweeps has the paths it always had."""
+    parts = [method, *(f"{k}{value_text(v)}" for k, v in sorted(settings.items()))]
+    return "-".join(parts + ([f"n{train_size}"] if train_size is not None else []))
+
+
+#: What a `{method}` folder may be (the Snakemake wildcard constraint): a method name, then the
+#: `-`-separated settings of method_run_name.
+METHOD_WILDCARD = r"[A-Za-z][A-Za-z0-9_]*(-[A-Za-z0-9_.]+)*"
 
 
 def run_key(run: Mapping[str, Any]) -> str:

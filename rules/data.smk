@@ -65,7 +65,7 @@ rule prepare_task:
         mem_mb=4000,
     params:
         script=script("prepare_data.py"),
-        spec=lambda w: as_json(config["tasks"][w.task]),
+        spec=lambda w: as_json(grid.prepare_spec(config, w.task)),
         split_seed=config.get("split_seed", 0),
         cache=CACHE,
         unverified=download_args(),

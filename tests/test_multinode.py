@@ -5,6 +5,9 @@ No multi-node SLURM cluster is available here, so:
 
 * the command is checked as built from a fake SLURM environment, with a fake ``scontrol`` on PATH
   (and the real one, where installed, for the node-list expansion);
+* on the real single-node test cluster (tests/slurm/cluster.sh, needs root), a batch job runs the
+  command built for 1 node x 2 processes: scontrol and srun are real there, and the job drops its
+  SLURM_* variables as Snakemake's job step does;
 * the launch itself runs for real on one machine: scripts/pretrain.py ``--gpus 2 --nodes 2`` under a
   fake SLURM job, whose ``srun`` (a stand-in on PATH) starts the built command once per "node" as
   two local processes. That makes two torchrun agents with one gloo worker each, which meet at the
@@ -34,6 +37,7 @@ from conftest import REPO
 from dapt import distributed
 from dapt.errors import UserError
 from test_ddp import LOSS_RTOL, assert_same_weights, inputs, run_script  # noqa: F401  (inputs: fixture)
+from test_slurm import slurm_cluster  # noqa: F401  (fixture: the single-node test cluster)
 
 # scontrol stand-in: logs its arguments; `show hostnames` prints $FAKE_HOSTS, `show job` a node list
 FAKE_SCONTROL = """#!/bin/sh
@@ -254,3 +258,55 @@ def test_two_nodes_train_like_one_process(inputs, fake_slurm):
     assert_same_weights(root / "one", out)
     s1, s2 = (json.loads((root / d / "summary.json").read_text()) for d in ("one", "nodes2"))
     assert s1["world_size"] == 1 and s2["world_size"] == 2 and s2["tokens"] == s1["tokens"]
+
+
+# batch script: keep only SLURM_JOB_ID of the SLURM_*/SRUN_*/SBATCH_* variables, as the plugin's job step
+# does before it runs an mpi job's command, then build the command (1 node: the test cluster has one) and run it
+SLURM_JOB = """#!/bin/bash
+for v in $(env | grep -o '^\\(SLURM\\|SRUN\\|SBATCH\\)_[A-Z_]*'); do [ "$v" = SLURM_JOB_ID ] || unset "$v"; done
+echo "kept: $(env | grep '^SLURM_' | tr '\\n' ' ')"
+exec {python} -c 'import json, sys
+from dapt import distributed
+cmd = distributed.multinode_command(1, 2, json.load(open(sys.argv[1])), threads=2)
+print("command:", json.dumps(cmd), flush=True)
+sys.exit(distributed._run_forwarding_signals(cmd))' {argv}
+"""
+
+
+@pytest.mark.slurm
+def test_srun_step_from_a_real_slurm_batch_job(slurm_cluster, inputs, tmp_path):
+    root = inputs["root"]
+    blocks = next(p for p in (root / "blocks", root / "blocks.parquet") if p.exists())
+    mlm = {**inputs["mlm"], "max_steps": 6}
+    out = tmp_path / "out"
+    argv = [str(REPO / "scripts" / "pretrain.py"), "--parent", str(root / "headless"), "--blocks", str(blocks),
+            "--stage", "dapt-imdb", "--params", json.dumps(mlm), "--seed", "1", "--gpus", "2", "--threads", "1",
+            "--precision", "fp32", "--checkpoints", str(tmp_path / "ckpt"), "--out", str(out)]
+    (tmp_path / "argv.json").write_text(json.dumps(argv))
+    job = tmp_path / "job.sh"
+    job.write_text(SLURM_JOB.format(python=sys.executable, argv=tmp_path / "argv.json"))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK", "RANK", "WORLD_SIZE") and not k.startswith("SLURM_")}
+    env.update(SLURM_CONF=str(slurm_cluster.slurm_conf), DAPT_GPU_IDS="", DAPT_FORCE_CPU_DDP="1",
+               PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    t0 = time.monotonic()
+    job_id = subprocess.run(["sbatch", "--parsable", "-N1", "-n1", "-c2", "--mem=4000", "-D", str(tmp_path), "-o",
+                             str(tmp_path / "job.out"), str(job)], capture_output=True, text=True, env=env,
+                            timeout=60, check=True).stdout.strip().split(";")[0]
+    state = ""
+    while time.monotonic() - t0 < 600 and state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"):
+        time.sleep(1)  # (sbatch --wait polls at up to 32 s intervals)
+        state = subprocess.run(["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"], capture_output=True,
+                               text=True, env=env, timeout=60).stdout.strip()
+    log = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else ""
+    print(f"SLURM job {job_id}: {state} after {time.monotonic() - t0:.1f}s")
+    assert state == "COMPLETED", f"{log[-5000:]}\n{slurm_cluster.daemon_logs()}"
+    assert f"kept: SLURM_JOB_ID={job_id} \n" in log  # the node list had to come from scontrol show job
+    cmd = json.loads(log.split("command: ", 1)[1].splitlines()[0])
+    port = distributed.RDZV_BASE_PORT + int(job_id) % 1000
+    assert cmd[:9] == ["srun", "--nodes", "1", "--ntasks", "1", "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
+                       "--cpus-per-task"]
+    assert cmd[10:] == [*torchrun(1, 2, f"localhost:{port}", job_id), *argv]  # the test node is "localhost"
+    assert log.count("done:") == 2 and {p.name for p in out.iterdir()} == {"model", "loss.csv", "summary.json"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 6

@@ -608,3 +608,40 @@ def test_renderers_format_the_numbers_and_bold_visible_ties():
     csv = report.render.table_csv(table, variants)
     assert list(csv.columns[:9]) == ["task", "metric", "model", "method", "row", "base", "dapt", "tapt", "best"]
     assert list(csv["best"]) == ["base dapt", "dapt"] and list(csv["tapt"]) == ["–", "–"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The classical baseline (scripts/baseline.py's metrics.json): a row beside the majority class.
+
+
+def _write_baseline(root: Path, task: str, c: float, scores: dict, n_test: int = N_TEST) -> Path:
+    path = root / "results" / "baseline" / task / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"task": task, "method": "tfidf_lr", "C": c, "validation": {"1": 0.5, "10": 0.6},
+                                "n_test": n_test, "n_train": 800, **scores}))
+    return path
+
+
+def test_baseline_row_beside_the_majority_class(small_study):
+    scores = {"rt_polarity": {"accuracy": 0.71, "macro_f1": 0.6843, "micro_f1": 0.71},
+              "topic": {"accuracy": 0.5512, "macro_f1": 0.4, "micro_f1": 0.5512}}
+    paths = [str(_write_baseline(small_study, t, c, scores[t])) for t, c in (("rt_polarity", 10.0), ("topic", 0.1))]
+    out = small_study / "out"
+    _load_script().main([*_cli_args(small_study, out), "--bootstrap-resamples", "50", "--baseline", *paths])
+    table = pd.read_csv(out / "table.csv")
+    for task, c in (("rt_polarity", 10), ("topic", 0.1)):
+        rows = table[table.task == task]
+        assert list(rows["row"])[-2:] == ["majority", "baseline"]
+        row = rows.iloc[-1]
+        assert row["method"] == f"TF-IDF + LR (C={c:g})" and row["best"] != row["best"]  # NaN: compares nothing
+        assert row["base_mean"] == pytest.approx(100 * scores[task][TASKS[task][1]]) and np.isnan(row["dapt_mean"])
+    md = (out / "table.md").read_text()
+    assert "| TF-IDF + LR (C=10) | baseline | 68.4 |" in md and "Row *baseline*: TF-IDF" in md
+    tex = (out / "table.tex").read_text()
+    assert "TF-IDF + LR (C=0.1) & 55.1" in tex and "TF-IDF + LR: word 1--2-gram" in tex
+    base = pd.read_csv(out / "baseline.csv")
+    assert list(base["task"]) == ["rt_polarity", "topic"] and list(base["C"]) == [10.0, 0.1]
+    assert list(base["score"]) == [0.6843, 0.5512]
+    _write_baseline(small_study, "topic", 0.1, scores["topic"], n_test=N_TEST - 1)
+    with pytest.raises(UserError, match=r"topic/metrics\.json: scored on 239 test examples"):
+        _load_script().main([*_cli_args(small_study, small_study / "out2"), "--baseline", *paths])

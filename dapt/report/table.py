@@ -1,6 +1,7 @@
 """The main table as numbers: one row per (task, model, method) for the seed mean and std, one for
-the seed ensemble, and one majority-class row per task; per variant (config order) the columns
-`{v}_mean`, `{v}_std` (×100, NaN where absent) and `{v}_n` (runs behind the cell).
+the seed ensemble, and one majority-class and one classical-baseline row per task; per variant
+(config order) the columns `{v}_mean`, `{v}_std` (×100, NaN where absent) and `{v}_n` (runs behind
+the cell). A study that sweeps hyperparameters also has `chosen`: the settings its seeds rows rest on.
 
 Renderers (render.py, latex.py) format these numbers; nothing here is display text except the
 footing columns (n_seeds, finetune_steps, n_train, n_validation, n_test), which are ranges over runs
@@ -19,7 +20,9 @@ import pandas as pd
 from dapt.report.design import baseline_variant, ordered_by, task_metric_from_results
 from dapt.report.formatting import DASH, SCORE_DIGITS, finite, range_text
 
-ROW_KINDS = ("seeds", "ensemble", "majority")
+ROW_KINDS = ("seeds", "ensemble", "majority", "baseline")
+#: Rows that train no transformer: one score, in the first variant column, compared with nothing.
+FIXED_ROWS = ("majority", "baseline")
 SPLITS = ("n_train", "n_validation", "n_test")
 COST_COLUMNS = ["trainable_pct", "trainable_params", "finetune_wall_s", "peak_memory_mb"]
 
@@ -35,8 +38,8 @@ def compared_variants(variants: Sequence[str], base: str | None) -> list[str]:
 
 def best_variants(rec: Mapping[str, Any], variants: Sequence[str], digits: int = SCORE_DIGITS) -> list[str]:
     """Variants whose score is the best of the row *as displayed* (so visible ties are all bold);
-    none on the majority row, which compares nothing."""
-    if rec.get("row") == "majority":
+    none on the majority and baseline rows, which compare nothing."""
+    if rec.get("row") in FIXED_ROWS:
         return []
     shown = {v: round(rec[f"{v}_mean"], digits) for v in variants if finite(rec.get(f"{v}_mean"))}
     top = max(shown.values(), default=None)
@@ -107,14 +110,34 @@ def _majority_row(head: dict, majority: pd.DataFrame, variants: Sequence[str], s
     return {**row, "n_seeds": DASH, **sizes}  # no training, no seeds
 
 
+def _baseline_row(head: dict, baseline: pd.DataFrame | None, variants: Sequence[str], sizes: dict) -> dict | None:
+    """The classical baseline's row of a task (TF-IDF + LR with its chosen C), like the majority row."""
+    b = baseline[baseline["task"] == head["task"]] if baseline is not None and len(baseline) else None
+    if b is None or not len(b) or not variants:
+        return None
+    row = {**head, "model": DASH, "method": b["method"].iloc[0], "row": "baseline"}
+    row.update({f"{v}_mean": 100 * float(b["score"].iloc[0]) if i == 0 else math.nan for i, v in enumerate(variants)})
+    return {**row, "n_seeds": DASH, **sizes}
+
+
+def _chosen(g: pd.DataFrame, variants: Sequence[str]) -> str:
+    """The swept settings a seeds row rests on: one text if every variant chose the same, else per variant."""
+    per = {v: "; ".join(sorted(set(g.loc[g["variant"] == v, "setting"]))) for v in variants if (g["variant"] == v).any()}
+    if len(set(per.values())) <= 1:
+        return next(iter(per.values()), "")
+    return "; ".join(f"{v}: {s}" for v, s in per.items())
+
+
 def build_table(
     results: pd.DataFrame,
     ensembles: pd.DataFrame,
     majority: pd.DataFrame,
     sig: pd.DataFrame,
     config: Mapping,
+    baseline: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """The table (numbers, see the module docstring) and the variant order."""
+    swept = "setting" in results and bool((results["setting"] != "").any())
     variants = ordered_by(results, "variant", config)
     others = compared_variants(variants, baseline_variant(config, variants))
     rows = []
@@ -129,13 +152,17 @@ def build_table(
                     continue
                 key = {**head, "model": model, "method": method}
                 seeds = {**key, "row": "seeds", **_seed_cells(g, variants),
-                         **_p_values(sig, task, model, method, others), **_method_costs(g), **sizes}
+                         **_p_values(sig, task, model, method, others), **_method_costs(g), **sizes,
+                         **({"chosen": _chosen(g, variants)} if swept else {})}
                 rows.append(seeds)
                 rows.append({**key, "row": "ensemble", **_ensemble_cells(ensembles, task, model, method, variants),
                              "n_seeds": seeds["n_seeds"], **sizes})
         majority_row = _majority_row(head, majority, variants, sizes)
         if majority_row:
             rows.append(majority_row)
+        baseline_row = _baseline_row(head, baseline, variants, sizes)
+        if baseline_row:
+            rows.append(baseline_row)
     columns = ["task", "metric", "model", "method", "row", *[f"p_{v}" for v in others], *COST_COLUMNS,
-               "n_seeds", "finetune_steps", *SPLITS, *value_columns(variants)]
+               "n_seeds", "finetune_steps", *SPLITS, *(["chosen"] if swept else []), *value_columns(variants)]
     return pd.DataFrame(rows).reindex(columns=columns), variants
