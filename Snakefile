@@ -7,6 +7,7 @@ include: "rules/data.smk"
 include: "rules/tokenize.smk"
 include: "rules/pretrain.smk"
 include: "rules/finetune.smk"
+include: "rules/baseline.smk"
 include: "rules/report.smk"
 include: "rules/deploy.smk"
 

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from dapt.errors import UserError
+from dapt.sweeps import without_sweeps
 from dapt.longtext import check_config as check_long_text
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
@@ -138,7 +139,9 @@ def validate_config(config: dict, where: str = "config") -> None:
 
     schema = yaml.safe_load(SCHEMA.read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    # sweep lists (and learning-curve sizes) are checked item by item first, then the schema sees one value
+    checked = without_sweeps(config, schema, where)
+    errors = sorted(validator.iter_errors(checked), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         err = errors[0]
         raise UserError(f"{where}: {_key_path(err)}", _message(err), "see config/README.md")

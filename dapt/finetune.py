@@ -190,6 +190,11 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
     if missing:  # the rule passes dapt.config.finetune_params, defaults included
         raise UserError("--params", f"missing {missing}", "pass every fine-tuning setting, as the rule does")
     data = load_task(tokenized_dir, base_dir)
+    if params.get("train_size"):  # a learning-curve point: a nested subset of the training split
+        from dapt.sweeps import subset_examples
+
+        data = TaskData(data.labels, subset_examples(data.train, params["train_size"], params["train_subset_seed"]),
+                        data.val, data.pad_id)
     run = FineTuning(base_dir, data, ckpt_dir, params, seed, runtime)
     run.resume()
     restore_encoder = None

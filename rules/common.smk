@@ -20,6 +20,7 @@ os.environ["PATH"] = os.pathsep.join(
 )
 
 from dapt import config as study  # noqa: E402
+from dapt import grid, layout  # noqa: E402
 from dapt.errors import UserError  # noqa: E402
 
 SCRIPTS = BASE / "scripts"
@@ -65,14 +66,12 @@ wildcard_constraints:
     corpus=r"[A-Za-z][A-Za-z0-9_]*",
     task=r"[A-Za-z][A-Za-z0-9_]*",
     variant=r"[A-Za-z][A-Za-z0-9_]*",
-    method=r"[A-Za-z][A-Za-z0-9_]*",
+    method=layout.METHOD_WILDCARD,
     seed=r"\d+",
     length=r"\d+",
     stage=r"(dapt|tapt)-[A-Za-z][A-Za-z0-9_]*",
     chain=r"(dapt|tapt)-[A-Za-z][A-Za-z0-9_]*(\+(dapt|tapt)-[A-Za-z][A-Za-z0-9_]*)*",
 
-
-from dapt import layout  # noqa: E402
 
 RUN = layout.RUN
 
@@ -117,21 +116,19 @@ def variant_pretrain_summary(wildcards):
 
 
 def runs():
-    """Every (task, model, variant, method, seed) of the grid."""
-    for task in config["tasks"]:
-        for model in config["models"]:
-            for variant in config["variants"]:
-                for method in config["methods"]:
-                    if variant not in study.method_variants(config, task, method):
-                        continue
-                    for seed in config["seeds"]:
-                        yield dict(
-                            task=task,
-                            model=model,
-                            variant=variant,
-                            method=method,
-                            seed=seed,
-                        )
+    """Every (task, model, variant, method folder, seed) of the grid; a swept or sized run's
+    method folder names its settings (dapt.grid)."""
+    return grid.runs(config)
+
+
+def run_params(wildcards):
+    """The hyperparameters of a run (its swept values filled in)."""
+    return grid.run_params(config, wildcards.task, wildcards.method)
+
+
+def method_of(run):
+    """The config's method of a run (its method folder without swept settings)."""
+    return grid.run_spec(config, run["task"], run["method"]).method
 
 
 def run_files(pattern):
@@ -197,7 +194,9 @@ def pretrain_chains():
 
 
 REPORT_DIR = layout.REPORT_DIR
-REPORT_FILES = layout.report_files(REPORT_DIR)
+# the report's files: sweep and learning-curve files only for a study that has them
+REPORT_LIST = layout.report_list(grid.has_sweeps(config), grid.has_sizes(config))
+REPORT_FILES = [f"{REPORT_DIR}/{f.name}" for f in REPORT_LIST]
 
 
 def report_outputs():
@@ -217,7 +216,7 @@ def report_outputs():
             if f.caption
             else f"{REPORT_DIR}/{f.name}"
         )
-        for f in layout.REPORT
+        for f in REPORT_LIST
     }
 
 
@@ -229,7 +228,7 @@ def deploy_candidates(wildcards):
     return [
         r
         for r in runs()
-        if r["task"] == wildcards.task and r["method"] == wildcards.method
+        if r["task"] == wildcards.task and method_of(r) == wildcards.method
     ]
 
 
@@ -297,7 +296,7 @@ def deploy_measurements():
         f"results/deploy/{task}/{method}/measure.json"
         for task in config["tasks"]
         for method in study.deploy_methods(config)
-        if any(r["task"] == task and r["method"] == method for r in runs())
+        if any(r["task"] == task and method_of(r) == method for r in runs())
     ]
 
 

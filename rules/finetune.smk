@@ -23,7 +23,7 @@ rule finetune:
         runtime=120,
     params:
         script=script("finetune.py"),
-        hp=lambda w: as_json(study.finetune_params(config, w.task, w.method)),
+        hp=lambda w: as_json(run_params(w)),
         runtime=runtime_args(),
         checkpoints=f"results/checkpoints/finetune/{RUN}",
         out=lambda w, output: os.path.dirname(output.train),
@@ -60,13 +60,7 @@ rule evaluate:
             dict(task=w.task, model=w.model, variant=w.variant, method=w.method)
         ),
         # only what evaluation uses, so a change of a training setting does not re-evaluate twice
-        hp=lambda w: as_json(
-            {
-                "eval_batch_size": study.finetune_params(config, w.task, w.method)[
-                    "eval_batch_size"
-                ]
-            }
-        ),
+        hp=lambda w: as_json({"eval_batch_size": run_params(w)["eval_batch_size"]}),
         runtime=runtime_args(),
     shell:
         "python {params.script} --artifact {input.artifact} --base {input.base}"

@@ -11,6 +11,7 @@ rule report:
         predictions=run_files(f"results/evaluate/{RUN}/predictions.csv"),
         logs=run_files(f"results/finetune/{RUN}/log.csv"),
         mlm=[f"results/pretrain/{m}/{c}/loss.csv" for m, c in pretrain_chains()],
+        baseline=[f"results/baseline/{t}/metrics.json" for t in config["tasks"]],
     output:
         **report_outputs(),
     log:
@@ -29,5 +30,5 @@ rule report:
         benchmarks=layout.BENCHMARK_DIR,
     shell:
         "python {params.script} --metrics {input.metrics} --logs {input.logs}"
-        " --pretrain-logs {input.mlm} --benchmarks {params.benchmarks}"
+        " --pretrain-logs {input.mlm} --baseline {input.baseline} --benchmarks {params.benchmarks}"
         " --config-json {params.config:q} --out {params.out} > {log} 2>&1"

@@ -6,6 +6,7 @@ Example:
         --metrics results/evaluate/*/*/*/*/seed*/metrics.json \\
         --logs results/finetune/*/*/*/*/seed*/log.csv \\
         --pretrain-logs results/pretrain/*/*/loss.csv \\
+        --baseline results/baseline/*/metrics.json \\
         --benchmarks results/benchmarks
 """
 
@@ -47,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="predictions.csv per run, same order as --metrics (default: next to each metrics.json)")
     p.add_argument("--logs", nargs="*", default=[], help="fine-tuning log.csv files")
     p.add_argument("--pretrain-logs", nargs="*", default=[], help="MLM pretraining loss.csv files")
+    p.add_argument("--baseline", nargs="*", default=[],
+                   help="metrics.json of the classical baseline (scripts/baseline.py), one per task")
     p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark .tsv files, or folders to search for them")
     p.add_argument("--config-json", default=None, help="the study config as JSON (file, or inline text)")
     p.add_argument("--out", default="results/report", help="report folder (default: %(default)s)")
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         args.metrics, args.out, load_config(args.config_json), log_paths=args.logs,
         pretrain_log_paths=args.pretrain_logs, benchmark_paths=args.benchmarks,
         prediction_paths=args.predictions, n_resamples=args.bootstrap_resamples,
-        bootstrap_seed=args.bootstrap_seed)
+        bootstrap_seed=args.bootstrap_seed, baseline_paths=args.baseline)
     print(f"report: {len(paths)} files in {args.out}")
 
 

@@ -199,7 +199,8 @@ def test_method_variants_restrict_the_grid(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["config/config.yaml", "config/paper.yaml", "config/examples/peft.yaml",
-                                  "config/examples/long_reviews.yaml", "tests/config/tiny.yaml"])
+                                  "config/examples/long_reviews.yaml", "config/examples/learning_curve.yaml",
+                                  "tests/config/tiny.yaml"])
 def test_shipped_configs_read_strictly_and_validate(path):
     """The shipped studies have no key given twice and pass the checks every run makes."""
     from dapt import config as study
@@ -240,3 +241,16 @@ def test_unknown_method_kinds_are_refused_naming_the_known_ones():
     assert study.task_max_length(config, "task0") == 64 and study.finetune_params(config, "task0", "full")["max_length"] == 64
     del config["tasks"]["task0"]["max_length"]
     assert study.task_max_length(config, "task0") == study.finetune_params(config, "task0", "full")["max_length"] == 128
+
+
+def test_learning_curve_example_dry_runs(tmp_path):
+    """config/examples/learning_curve.yaml: 3 sizes x 4 variants x 3 seeds of full fine-tuning, one
+    prepared task, tokenization and pretraining shared by the sizes, one baseline job."""
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
+           str(REPO / "config" / "examples" / "learning_curve.yaml"), "--cores", "2", "-n", "--quiet", "rules"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = _jobs(proc.stdout + proc.stderr)
+    assert jobs["finetune"] == jobs["evaluate"] == 3 * 4 * 3
+    assert jobs["prepare_task"] == jobs["baseline"] == jobs["report"] == 1
+    assert jobs["pretrain"] == 3  # dapt-imdb, tapt-rt_polarity, dapt-imdb+tapt-rt_polarity: once for every size

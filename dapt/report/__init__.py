@@ -8,6 +8,9 @@ each number is tied to what it rests on. Modules, in the order the data flows:
 * inputs      reading and validating metrics, predictions, logs, benchmarks (errors name the file)
 * design      the study's order of names, each task's metric, the baseline variant
 * results     one row per run (results.csv), with the cost of its jobs
+* selection   a swept study: the combination chosen on validation per cell, sweep.md/csv
+* baseline    the classical baseline (TF-IDF + logistic regression) per task, baseline.csv
+* curves      a study with training-set sizes: learning_curve.md/csv/png
 * ensembles   seed ensembles and the majority-class baseline
 * stats       paired bootstrap significance against the baseline
 * table       the main table as numbers
@@ -29,10 +32,12 @@ from typing import Any
 
 import pandas as pd
 
-from dapt import files, layout
+from dapt import files, grid, layout
 from dapt.errors import UserError
 from dapt.metrics import METRICS, score, score_confusion
 from dapt.redact import scrub, secret_values
+from dapt.report.baseline import read_baselines
+from dapt.report.curves import curve_table, plot_curves, render_curves
 from dapt.report.design import baseline_variant, ordered, task_metric
 from dapt.report.ensembles import build_ensembles, ensemble_predictions, group_labels, load_run_predictions, \
     majority_baselines
@@ -44,6 +49,7 @@ from dapt.report.provenance import provenance
 from dapt.report.render import render_markdown, table_csv
 from dapt.report.results import build_results, labels_by_run
 from dapt.report.runtime import render_runtime, runtime_table
+from dapt.report.selection import render_sweep, select_runs, sweep_csv, view_logs
 from dapt.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_bootstrap, significance
 from dapt.report.table import build_table
 
@@ -77,49 +83,79 @@ def build_report(
     prediction_paths: Sequence[str | os.PathLike] | None = None,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     bootstrap_seed: int = BOOTSTRAP_SEED,
+    baseline_paths: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Content]:
-    """Read every input and compute every report file's content, keyed by file name."""
+    """Read every input and compute every report file's content, keyed by file name.
+
+    A study that sweeps hyperparameters or has training-set sizes is first reduced to the runs of
+    the combinations chosen on validation (selection.py), named by method (and size); every table
+    and plot below then reads those as it reads an unswept study's runs."""
     config = dict(config or {})
     if not metrics_paths:
         raise UserError("--metrics", "no metrics files given", "the report needs at least one evaluated run")
     pred_map = _predictions_of(metrics_paths, prediction_paths)
     metrics = [(str(p), read_metrics(p)) for p in metrics_paths]
     benchmarks = read_benchmarks(benchmark_paths)
-    results = build_results(metrics, benchmarks, config)
+    all_results = build_results(metrics, benchmarks, config)
+    ft_logs = read_finetune_logs(log_paths)
+    swept, sized = grid.has_sweeps(config), grid.has_sizes(config)
+    results, view = all_results, config
+    if swept or sized:
+        results, selection, all_results = select_runs(all_results, ft_logs, config)
+        ft_logs = view_logs(ft_logs, results)
+        view = {**config, "methods": dict.fromkeys(_display_order(config, results))}
+    baseline = read_baselines(baseline_paths, all_results, config)
     run_labels = labels_by_run(metrics)
     predictions = load_run_predictions(results, pred_map, run_labels)
     ensembles, ens_preds = build_ensembles(results, predictions, group_labels(results, run_labels))
     majority = majority_baselines(results, ens_preds)
-    sig = significance(results, ens_preds, config, n_resamples, bootstrap_seed)
-    table, variants = build_table(results, ensembles, majority, sig, config)
-    notes = build_notes(results, config)
+    sig = significance(results, ens_preds, view, n_resamples, bootstrap_seed)
+    table, variants = build_table(results, ensembles, majority, sig, view, baseline)
+    notes = build_notes(results, view)
     runtime = runtime_table(benchmarks)
     runtime_md = render_runtime(runtime)
-    ft_logs = read_finetune_logs(log_paths)
     pt_logs = read_pretrain_logs(pretrain_log_paths)
-    prov = provenance(config, results, {
+    prov = provenance(config, all_results, {
         "metrics": len(metrics_paths), "finetune_logs": len(log_paths),
         "pretrain_logs": len(pretrain_log_paths), "benchmarks": len(benchmarks),
         "bootstrap_resamples": n_resamples, "bootstrap_seed": bootstrap_seed})
-    return {
+    contents = {
         "table.md": render_markdown(table, variants, baseline_variant(config, variants), notes, runtime_md,
                                     n_resamples, bootstrap_seed),
         "table.csv": table_csv(table, variants),
         "table.tex": render_latex(table, variants, n_resamples, bootstrap_seed),
-        "table_paper.tex": render_paper_latex(table, variants, config),
-        "results.csv": results,
+        "table_paper.tex": render_paper_latex(table, variants, view),
+        "results.csv": all_results,
         "notes.md": NOTES_TITLE + notes,
         "ensemble.csv": ensembles,
         "majority.csv": majority,
+        "baseline.csv": baseline,
         "significance.csv": sig,
         "runtime.csv": runtime,
         "runtime.md": runtime_md,
-        "scores.png": lambda: plot_scores(results, config),
+        "scores.png": lambda: plot_scores(results, view),
         "mlm_loss.png": lambda: plot_mlm_loss(pt_logs),
-        "finetune_curves.png": lambda: plot_finetune_curves(ft_logs, config),
-        "f1_vs_params.png": lambda: plot_f1_vs_params(results, config),
+        "finetune_curves.png": lambda: plot_finetune_curves(ft_logs, view),
+        "f1_vs_params.png": lambda: plot_f1_vs_params(results, view),
         "provenance.json": json.dumps(prov, indent=2, sort_keys=True, default=files._json_default) + "\n",
     }
+    if swept:
+        sweep = sweep_csv(selection)
+        contents.update({"sweep.csv": sweep, "sweep.md": render_sweep(sweep)})
+    if sized:
+        curves = curve_table(results, config)
+        contents.update({"learning_curve.csv": curves, "learning_curve.md": render_curves(curves),
+                         "learning_curve.png": lambda: plot_curves(curves)})
+    return contents
+
+
+def _display_order(config: Mapping, results: pd.DataFrame) -> list[str]:
+    """The tables' method names in config order, each method's training sizes smallest first."""
+    methods = list(config.get("methods") or {})
+    names = results.drop_duplicates("method")
+    rank = {m: (methods.index(b) if b in methods else len(methods), -1 if pd.isna(n) else int(n))
+            for m, b, n in zip(names["method"], names["base_method"], names["train_size"])}
+    return sorted(rank, key=rank.get)
 
 
 def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike, config: Mapping | None = None,
@@ -131,11 +167,13 @@ def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathL
     naming it) leaves no half-updated report behind. Text is scrubbed of secret values on the way out.
     """
     contents = build_report(metrics_paths, config, **inputs)
-    if set(contents) != set(layout.REPORT_FILES):  # the rule declares layout.REPORT_FILES as outputs
-        raise AssertionError(f"report files {sorted(contents)} differ from {sorted(layout.REPORT_FILES)}")
+    config = dict(config or {})
+    names = [f.name for f in layout.report_list(grid.has_sweeps(config), grid.has_sizes(config))]
+    if set(contents) != set(names):  # the rule declares the same layout.report_list as outputs
+        raise AssertionError(f"report files {sorted(contents)} differ from {sorted(names)}")
     secrets = secret_values()
     paths = {}
-    for name in layout.REPORT_FILES:
+    for name in names:
         content, paths[name] = contents[name], Path(out) / name
         if isinstance(content, pd.DataFrame):
             content = content.to_csv(index=False)
