@@ -295,7 +295,7 @@ def test_srun_step_from_a_real_slurm_batch_job(slurm_cluster, inputs, tmp_path):
                             timeout=60, check=True).stdout.strip().split(";")[0]
     state = ""
     while time.monotonic() - t0 < 600 and state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"):
-        time.sleep(1)  # (sbatch --wait polls at up to 32 s intervals)
+        time.sleep(1)  # (sbatch --wait polls at growing intervals: seen returning 25 s after the job ended)
         state = subprocess.run(["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"], capture_output=True,
                                text=True, env=env, timeout=60).stdout.strip()
     log = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else ""
