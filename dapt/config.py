@@ -13,8 +13,10 @@ from typing import Any
 import yaml
 
 from dapt.errors import UserError
-from dapt.sweeps import without_sweeps
+from dapt.knn import KIND as KNN_KIND, selection_of as knn_selection_of, stage_name as knn_stage_name, \
+    stage_parts as knn_stage_parts
 from dapt.longtext import check_config as check_long_text
+from dapt.sweeps import without_sweeps
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
@@ -63,6 +65,10 @@ DEPLOY_DEFAULTS: dict[str, Any] = {"formats": list(DEPLOY_FORMATS), "runs": "bes
                                    "latency_texts": 100, "threads": 1}
 #: Method kinds whose trained state lives outside the model's weights (see dapt.deploy.export).
 NOT_EXPORTABLE_KINDS: tuple[str, ...] = ("prefix", "prompt")
+# kNN-TAPT (variant stage "tapt_knn:<corpus>:<k>"; dapt.knn): TAPT on the task's text and each training example's
+# k nearest corpus documents. Its MLM settings are `pretrain.tapt_knn`, else `pretrain.tapt`; the sentence
+# embeddings that choose the documents (mean pooling) read the first `max_length` tokens of each text.
+KNN_DEFAULTS: dict[str, Any] = {"max_length": 256, "batch_size": 32, "chunk_docs": 4096, "query_batch": 1024}
 
 
 class _DuplicateKey(Exception):
@@ -124,7 +130,7 @@ def _key_path(error) -> str:
 def _message(error) -> str:
     """jsonschema's message, without the schema internals a user cannot act on."""
     if error.validator == "pattern" and "variants" in list(error.absolute_path)[:1]:
-        return f"{error.instance!r} is not a pretraining stage (use dapt:<corpus>, dapt or tapt)"
+        return f"{error.instance!r} is not a pretraining stage (use dapt:<corpus>, dapt, tapt or tapt_knn:<corpus>:<k>)"
     if error.validator == "oneOf" and all("required" in s for s in error.validator_value):
         choices = " or ".join(f"{s['required'][0]}:" for s in error.validator_value)
         return f"needs exactly one of {choices}"
@@ -174,7 +180,9 @@ def validate_config(config: dict, where: str = "config") -> None:
                     f"unknown corpus '{corpus}'",
                     f"known corpora: {', '.join(corpora) or 'none'}",
                 )
-            if kind not in (config.get("pretrain") or {}):
+            elif kind == KNN_KIND:
+                knn_stage_parts(stage, corpora, f"{where}: variants.{variant}[{i}]")
+            if mlm_kind(config, kind) not in (config.get("pretrain") or {}):
                 raise UserError(f"{where}: pretrain.{kind}", f"missing, but variant '{variant}' uses {kind}")
     for task, spec in config["tasks"].items():
         for method in spec.get("methods") or {}:
@@ -209,9 +217,21 @@ def resolve_stage(config: dict, stage: str, task: str) -> str:
 
 
 def stage_name(stage: str, task: str) -> str:
-    """'dapt:imdb' -> 'dapt-imdb'; 'tapt' -> 'tapt-<task>'."""
+    """'dapt:imdb' -> 'dapt-imdb'; 'tapt' -> 'tapt-<task>'; 'tapt_knn:imdb:50' -> 'tapt_knn-<task>-imdb-k50'."""
     kind, _, corpus = stage.partition(":")
+    if kind == KNN_KIND:
+        return knn_stage_name(task, *knn_stage_parts(stage))
     return f"dapt-{corpus}" if kind == "dapt" else f"tapt-{task}"
+
+
+def knn_params(config: dict) -> dict:
+    """How the kNN-TAPT selection embeds texts: `knn` with its defaults (KNN_DEFAULTS)."""
+    return {**KNN_DEFAULTS, **(config.get("knn") or {})}
+
+
+def mlm_kind(config: dict, kind: str) -> str:
+    """The `pretrain` block a stage kind trains with: kNN-TAPT falls back to TAPT's settings."""
+    return "tapt" if kind == KNN_KIND and KNN_KIND not in (config.get("pretrain") or {}) else kind
 
 
 def chain_for(config: dict, variant: str, task: str) -> str:
@@ -226,7 +246,7 @@ def split_chain(chain: str) -> tuple[str, str]:
 
 
 def mlm_params(config: dict, stage: str) -> dict:
-    kind = stage.split("-", 1)[0]
+    kind = mlm_kind(config, stage.split("-", 1)[0])
     return {**MLM_DEFAULTS, **(config.get("pretrain") or {}).get(kind, {})}
 
 

@@ -29,6 +29,14 @@ MLM_SHARD = MLM_BLOCKS + ".shards/{shard}-of-{shards}"
 TOKENIZED_TASK = "results/tokenized/{model}/tasks/{task}.L{length}{long_text}"
 #: The suffixes `long_text_suffix` writes (the rule's wildcard constraint).
 LONG_TEXT_SUFFIX = r"(\.head_tail-h\d+|\.windows-s\d+-n\d+-(mean|max))?"
+#: kNN-TAPT's selection (dapt.knn): train.parquet (the task's training text + the chosen corpus documents,
+#: what the stage's MLM blocks are made of), neighbours.parquet and selection.json; per encoder model.
+KNN_SELECTION = "results/knn/{model}/{task}/{corpus}-k{k}"
+_NAME = r"[A-Za-z][A-Za-z0-9_]*"
+#: A pretraining stage's folder name (dapt.config.stage_name): dapt-<corpus>, tapt-<task>, tapt_knn-<task>-<corpus>-k<k>.
+STAGE_WILDCARD = rf"(?:(?:dapt|tapt)-{_NAME}|tapt_knn-{_NAME}-{_NAME}-k\d+)"
+#: A chain of stages, each continuing from the one before: stage+stage+...
+CHAIN_WILDCARD = rf"{STAGE_WILDCARD}(?:\+{STAGE_WILDCARD})*"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ os.environ["PATH"] = os.pathsep.join(
 
 from dapt import config as study  # noqa: E402
 from dapt import grid, layout  # noqa: E402
+from dapt import tracking  # noqa: E402
 from dapt.errors import UserError  # noqa: E402
 
 SCRIPTS = BASE / "scripts"
@@ -69,8 +70,8 @@ wildcard_constraints:
     method=layout.METHOD_WILDCARD,
     seed=r"\d+",
     length=r"\d+",
-    stage=r"(dapt|tapt)-[A-Za-z][A-Za-z0-9_]*",
-    chain=r"(dapt|tapt)-[A-Za-z][A-Za-z0-9_]*(\+(dapt|tapt)-[A-Za-z][A-Za-z0-9_]*)*",
+    stage=layout.STAGE_WILDCARD,
+    chain=layout.CHAIN_WILDCARD,
 
 
 RUN = layout.RUN
@@ -90,6 +91,16 @@ def runtime_args():
     """Flags every training script takes from the study config."""
     flags = f"--precision {config.get('precision', 'auto')}"
     return flags + (" --deterministic" if config.get("deterministic") else "")
+
+
+def tracking_env(job, **tags):
+    """DAPT_TRACKING='<json>' before a job's command when the study tracks runs
+    (dapt/tracking.py), else ''. The rules compute it in a param that takes `output`, which
+    Snakemake treats as derived and leaves out of its params trigger: turning tracking on
+    or off reruns no training job."""
+    study_name = Path(CONFIG_SOURCE.split(", ")[0]).stem
+    settings = tracking.job_settings(config.get("tracking"), study_name, job, tags)
+    return f"{tracking.ENV}={shlex.quote(as_json(settings))} " if settings else ""
 
 
 def task_max_length(task):
@@ -145,6 +156,9 @@ def mlm_texts(wildcards):
     kind, name = wildcards.stage.split("-", 1)
     if kind == "dapt":
         return f"results/data/corpora/{name}.parquet"
+    # kNN-TAPT: the task's text and its chosen corpus documents (rules/knn.smk)
+    if kind == study.KNN_KIND:
+        return knn_selection(wildcards.model, wildcards.stage)
     return f"results/data/tasks/{name}"
 
 
@@ -162,6 +176,23 @@ def pretrain_inputs(wildcards):
             f"results/pretrain/{wildcards.model}/{parent}/summary.json"
         )
     return inputs
+
+
+def knn_selection(model, stage):
+    """The selection folder of a kNN-TAPT stage name (tapt_knn-<task>-<corpus>-k<k>)."""
+    return layout.KNN_SELECTION.format(model=model, **study.knn_selection_of(stage))
+
+
+def knn_selections():
+    """Every selection of the study (the report's notes describe them)."""
+    return sorted(
+        {
+            knn_selection(model, stage)
+            for model, chain in pretrain_chains()
+            for stage in chain.split("+")
+            if stage.startswith(f"{study.KNN_KIND}-")
+        }
+    )
 
 
 def tokenized_task(wildcards):

@@ -12,6 +12,7 @@ rule report:
         logs=run_files(f"results/finetune/{RUN}/log.csv"),
         mlm=[f"results/pretrain/{m}/{c}/loss.csv" for m, c in pretrain_chains()],
         baseline=[f"results/baseline/{t}/metrics.json" for t in config["tasks"]],
+        knn=knn_selections(),
     output:
         **report_outputs(),
     log:
@@ -30,5 +31,6 @@ rule report:
         benchmarks=layout.BENCHMARK_DIR,
     shell:
         "python {params.script} --metrics {input.metrics} --logs {input.logs}"
-        " --pretrain-logs {input.mlm} --baseline {input.baseline} --benchmarks {params.benchmarks}"
+        " --pretrain-logs {input.mlm} --baseline {input.baseline} --knn {input.knn}"
+        " --benchmarks {params.benchmarks}"
         " --config-json {params.config:q} --out {params.out} > {log} 2>&1"

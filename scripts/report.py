@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrain-logs", nargs="*", default=[], help="MLM pretraining loss.csv files")
     p.add_argument("--baseline", nargs="*", default=[],
                    help="metrics.json of the classical baseline (scripts/baseline.py), one per task")
+    p.add_argument("--knn", nargs="*", default=[], help="kNN-TAPT selection folders (selection.json), for the notes")
     p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark .tsv files, or folders to search for them")
     p.add_argument("--config-json", default=None, help="the study config as JSON (file, or inline text)")
     p.add_argument("--out", default="results/report", help="report folder (default: %(default)s)")
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         args.metrics, args.out, load_config(args.config_json), log_paths=args.logs,
         pretrain_log_paths=args.pretrain_logs, benchmark_paths=args.benchmarks,
         prediction_paths=args.predictions, n_resamples=args.bootstrap_resamples,
-        bootstrap_seed=args.bootstrap_seed, baseline_paths=args.baseline)
+        bootstrap_seed=args.bootstrap_seed, baseline_paths=args.baseline,
+        knn_paths=args.knn)
     print(f"report: {len(paths)} files in {args.out}")
 
 

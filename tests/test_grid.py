@@ -200,7 +200,7 @@ def test_method_variants_restrict_the_grid(tmp_path):
 
 @pytest.mark.parametrize("path", ["config/config.yaml", "config/paper.yaml", "config/examples/peft.yaml",
                                   "config/examples/long_reviews.yaml", "config/examples/learning_curve.yaml",
-                                  "tests/config/tiny.yaml"])
+                                  "config/examples/knn_tapt.yaml", "tests/config/tiny.yaml"])
 def test_shipped_configs_read_strictly_and_validate(path):
     """The shipped studies have no key given twice and pass the checks every run makes."""
     from dapt import config as study

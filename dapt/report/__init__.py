@@ -43,6 +43,7 @@ from dapt.report.ensembles import build_ensembles, ensemble_predictions, group_l
     majority_baselines
 from dapt.report.inputs import read_benchmarks, read_finetune_logs, read_metrics, read_pretrain_logs
 from dapt.report.latex import render_latex, render_paper_latex
+from dapt.report.knn import knn_notes
 from dapt.report.notes import NOTES_TITLE, build_notes
 from dapt.report.plots import plot_f1_vs_params, plot_finetune_curves, plot_mlm_loss, plot_scores, save_figure
 from dapt.report.provenance import provenance
@@ -84,6 +85,7 @@ def build_report(
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     bootstrap_seed: int = BOOTSTRAP_SEED,
     baseline_paths: Sequence[str | os.PathLike] = (),
+    knn_paths: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Content]:
     """Read every input and compute every report file's content, keyed by file name.
 
@@ -126,7 +128,7 @@ def build_report(
         "table.tex": render_latex(table, variants, n_resamples, bootstrap_seed),
         "table_paper.tex": render_paper_latex(table, variants, view),
         "results.csv": all_results,
-        "notes.md": NOTES_TITLE + notes,
+        "notes.md": NOTES_TITLE + notes + knn_notes(knn_paths),
         "ensemble.csv": ensembles,
         "majority.csv": majority,
         "baseline.csv": baseline,
