@@ -31,6 +31,7 @@ from dapt.methods import (after_optimizer_step, apply_method, load_classifier, m
 from dapt.metrics import compute_metrics
 from dapt.steps import Progress, Stepper, split_micro
 from dapt.tokenization import read_examples
+from dapt.tracking import log_finetune
 from dapt.train import Runtime, Timer, count_params, linear_schedule, make_optimizer, peak_memory_mb, trainable_state, unwrap
 
 LOG_COLUMNS = ["epoch", "step", "train_loss", "val_accuracy", "val_macro_f1", "lr"]
@@ -212,6 +213,7 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
     if runtime.is_main:
         write_outputs(run, summary, Path(out_dir))
         clear_checkpoints(ckpt_dir)
+        log_finetune(summary, run.state["log"], LOG_COLUMNS)  # experiment tracking, if the study has it
     return summary
 
 

@@ -32,6 +32,7 @@ from dapt.checkpoints import checkpoint_step, clear_checkpoints
 from dapt.config import MLM_DEFAULTS
 from dapt.models import TOKENIZER_FILES
 from dapt.steps import Progress, Stepper, split_micro
+from dapt.tracking import log_pretrain
 from dapt.train import Runtime, Timer, count_params, linear_schedule, make_optimizer, peak_memory_mb, unwrap
 
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, probability: float, mask_id: int,
@@ -309,4 +310,5 @@ def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, par
             w.writerows(log)
         write_json(out / "summary.json", summary)
         clear_checkpoints(ckpt_dir)
+        log_pretrain(params, summary, log)  # experiment tracking, if the study has it
     return summary

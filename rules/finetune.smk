@@ -27,8 +27,16 @@ rule finetune:
         runtime=runtime_args(),
         checkpoints=f"results/checkpoints/finetune/{RUN}",
         out=lambda w, output: os.path.dirname(output.train),
+        tracking=lambda w, output: tracking_env(
+            "finetune",
+            task=w.task,
+            model=w.model,
+            variant=w.variant,
+            method=w.method,
+            seed=w.seed,
+        ),
     shell:
-        "python {params.script} --base {input.base} --tokenized {input.tokenized}"
+        "{params.tracking}python {params.script} --base {input.base} --tokenized {input.tokenized}"
         " --pretrain-summary '{input.pretrain}' --params {params.hp:q} --seed {wildcards.seed}"
         " --gpus {resources.gpu} --threads {threads} {params.runtime}"
         " --checkpoints {params.checkpoints} --out {params.out} >> {log} 2>&1"

@@ -32,8 +32,11 @@ rule pretrain:
         # outside the declared outputs: Snakemake must not wipe them when it reruns a killed job
         checkpoints="results/checkpoints/pretrain/{model}/{chain}",
         out=lambda w, output: os.path.dirname(output.summary),
+        tracking=lambda w, output: tracking_env(
+            "pretrain", model=w.model, chain=w.chain
+        ),
     shell:
-        "python {params.script} --parent {input.parent} --blocks {input.blocks}"
+        "{params.tracking}python {params.script} --parent {input.parent} --blocks {input.blocks}"
         " --parent-summary '{params.parent_summary}'"
         " --stage {params.stage} --params {params.hp:q} --seed {params.seed}"
         " --gpus {resources.gpu} --nodes {resources.nodes} --threads {threads} {params.runtime}"
