@@ -263,12 +263,14 @@ def test_predict_reads_a_long_text_as_its_task_did(long_task, tok, tmp_path):
 def test_a_windowed_task_trains_alike_in_two_processes(long_task, tmp_path):
     """Data parallel (tests/test_ddp.py's launch and tolerances): the windows are rows like any other.
 
-    The attention key biases are left out of the weight comparison: their gradient is zero in exact
-    arithmetic (a bias on the keys shifts every score of a query alike, which softmax ignores) and here
-    ~1e-8 of rounding, Adam's epsilon, so Adam turns the two runs' different rounding into steps of up
-    to lr in either direction. They are only held to that bound."""
+    Weights: test_ddp's tolerances are for its std-0.02 model at lr 1e-3; this model (std 0.2, lr 3e-3)
+    ends with weights up to 5.8e-5 apart (word embeddings, measured), so they are held to a tenth of one
+    Adam step (lr). The attention key biases are held to lr per step only: their gradient is zero in
+    exact arithmetic (a bias on the keys shifts every score of a query alike, which softmax ignores)
+    and ~1e-8 here, Adam's epsilon, so Adam turns the runs' different rounding into steps of up to lr.
+    A rank that trained on the wrong rows would be a whole step apart after the first update."""
     from safetensors.torch import load_file
-    from test_ddp import LOSS_RTOL, SCORE_ATOL, WEIGHT_ATOL, WEIGHT_RTOL, run_script
+    from test_ddp import LOSS_RTOL, SCORE_ATOL, run_script
 
     base, tokenized = long_task
     args = ["--base", str(base), "--tokenized", str(tokenized), "--params", json.dumps(TRAIN)]
@@ -284,7 +286,7 @@ def test_a_windowed_task_trains_alike_in_two_processes(long_task, tmp_path):
         if name.endswith("attention.self.key.bias"):
             assert diff.max() <= 2 * TRAIN["lr"] * steps, name
         else:
-            assert (diff <= WEIGHT_ATOL + WEIGHT_RTOL * w1[name].abs()).all(), (name, diff.max().item())
+            assert diff.max() <= TRAIN["lr"] / 10, (name, diff.max().item())
     t2 = json.loads((tmp_path / "two" / "train.json").read_text())
     assert t2["world_size"] == 2 and t2["n_train"] == 24 and t2["n_validation"] == 8
 
