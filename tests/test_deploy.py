@@ -309,6 +309,12 @@ def test_workflow_deploys_the_best_run_per_method(tmp_path):
     assert "ONNX int8" in table and "onnxruntime" in table
     assert (workdir / "results" / "report" / "deploy.png").stat().st_size > 1000
     assert len(pd.read_csv(workdir / "results" / "report" / "deploy.csv")) == 3
+    # the default target adds the study's own report; Snakemake's HTML report captions the deploy files
+    assert run_snakemake(workdir).returncode == 0
+    proc = run_snakemake(workdir, "--report", str(workdir / "report.html"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "deploy.md" in html and "deploy.png" in html and "table.md" in html
 
     config["methods"]["prompt"] = {"lr": 3e-2, "num_virtual_tokens": 4}
     config["deploy"]["methods"] = ["lora", "prompt"]
