@@ -103,8 +103,8 @@ rule tokenize_task:
     resources:
         mem_mb=4000,
     params:
-        script=script("tokenize_data.py"),
-        long_text=long_text_args,
+        # with --long-text for a task not cut by its head; head's command is as before (no rerun)
+        script=lambda w: script("tokenize_data.py") + long_text_args(w),
     shell:
         "python {params.script} --model {input.model} --max-length {wildcards.length}"
-        " --task {input.task}{params.long_text} --out {output} --threads {threads} > {log} 2>&1"
+        " --task {input.task} --out {output} --threads {threads} > {log} 2>&1"
