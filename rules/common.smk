@@ -162,6 +162,36 @@ def mlm_texts(wildcards):
     return f"results/data/tasks/{name}"
 
 
+def corpus_shards(stage):
+    kind, name = stage.split("-", 1)
+    return study.corpus_shards(config, name) if kind == "dapt" else 1
+
+
+def mlm_text_file(wildcards, texts):
+    """TAPT reads the task's training split only."""
+    return texts if wildcards.stage.startswith("dapt-") else f"{texts}/train.parquet"
+
+
+def tokenize_corpus_inputs(wildcards):
+    inputs = {
+        "texts": mlm_texts(wildcards),
+        "model": f"results/models/{wildcards.model}",
+    }
+    n = corpus_shards(wildcards.stage)
+    if n > 1:
+        inputs["shards"] = [
+            layout.MLM_SHARD.format(
+                model=wildcards.model,
+                stage=wildcards.stage,
+                length=wildcards.length,
+                shard=k,
+                shards=n,
+            )
+            for k in range(1, n + 1)
+        ]
+    return inputs
+
+
 def pretrain_inputs(wildcards):
     parent, stage = study.split_chain(wildcards.chain)
     length = study.mlm_params(config, stage)["max_length"]

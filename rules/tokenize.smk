@@ -3,36 +3,6 @@
 # by N tokenize_corpus_shard jobs (side by side on a cluster) that tokenize_corpus gathers.
 
 
-def corpus_shards(stage):
-    kind, name = stage.split("-", 1)
-    return study.corpus_shards(config, name) if kind == "dapt" else 1
-
-
-def mlm_text_file(wildcards, texts):
-    """TAPT reads the task's training split only."""
-    return texts if wildcards.stage.startswith("dapt-") else f"{texts}/train.parquet"
-
-
-def tokenize_corpus_inputs(wildcards):
-    inputs = {
-        "texts": mlm_texts(wildcards),
-        "model": f"results/models/{wildcards.model}",
-    }
-    n = corpus_shards(wildcards.stage)
-    if n > 1:
-        inputs["shards"] = [
-            layout.MLM_SHARD.format(
-                model=wildcards.model,
-                stage=wildcards.stage,
-                length=wildcards.length,
-                shard=k,
-                shards=n,
-            )
-            for k in range(1, n + 1)
-        ]
-    return inputs
-
-
 rule tokenize_corpus:
     input:
         unpack(tokenize_corpus_inputs),
