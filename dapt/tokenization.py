@@ -56,6 +56,10 @@ def check_max_length(model_dir: str | Path, max_length: int, key: str) -> None:
                         f"use max_length <= {limit}")
 
 
+#: Parquet schema metadata of a split cut by a long_text strategy other than head (read_examples reads it).
+LONG_TEXT_META = b"dapt.long_text"
+
+
 def tokenize_examples(ids: list[str], texts: list[str], labels: list[int], tokenizer, max_length: int,
                       long_text: dict | None = None) -> tuple[pa.Table, dict]:
     """One row per example (strategies head, head_tail) or per window (windows: a document's rows are
