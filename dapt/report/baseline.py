@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from dapt import files
 from dapt.errors import UserError
 from dapt.metrics import METRICS
 from dapt.report.design import task_metric
+from dapt.report.inputs import read_json_object
 
 BASELINE_COLUMNS = ["task", "metric", "method", "C", "score", *METRICS, "best_validation", "validation", "n_train",
                     "n_validation", "n_test", "n_features", "seconds", "path"]
@@ -25,13 +25,8 @@ def baseline_label(c: float) -> str:
 
 
 def _read(path: str | os.PathLike) -> dict:
-    try:
-        data = files.read_json(path)
-    except FileNotFoundError:
-        raise UserError(str(path), "baseline metrics file is missing", "re-run the baseline rule") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(str(path), f"cannot parse baseline JSON: {err}", "re-run the baseline rule") from None
-    missing = [k for k in REQUIRED if not isinstance(data, dict) or k not in data]
+    data = read_json_object(path, "baseline metrics", "baseline")
+    missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise UserError(str(path), f"baseline metrics lack keys {missing}", "re-run the baseline rule")
     for k in METRICS:

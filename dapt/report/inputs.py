@@ -23,17 +23,23 @@ PRETRAIN_LOG_COLUMNS = ("step", "loss")
 GROUP_KEYS = ["task", "model", "variant", "method"]
 
 
-def read_metrics(path: str | os.PathLike) -> dict:
-    """Read one run's metrics.json and check the keys the report depends on."""
-    path = Path(path)
+def read_json_object(path: str | os.PathLike, what: str, rule: str) -> dict:
+    """A JSON object a rule wrote; a missing, unreadable or non-object file is one line naming it."""
     try:
         data = files.read_json(path)
     except FileNotFoundError:
-        raise UserError(str(path), "metrics file is missing", "re-run the evaluate rule") from None
+        raise UserError(str(path), f"{what} file is missing", f"re-run the {rule} rule") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(str(path), f"cannot parse metrics JSON: {err}", "re-run the evaluate rule") from None
+        raise UserError(str(path), f"cannot parse {what} JSON: {err}", f"re-run the {rule} rule") from None
     if not isinstance(data, dict):
-        raise UserError(str(path), "metrics JSON is not an object")
+        raise UserError(str(path), f"{what} JSON is not an object")
+    return data
+
+
+def read_metrics(path: str | os.PathLike) -> dict:
+    """Read one run's metrics.json and check the keys the report depends on."""
+    path = Path(path)
+    data = read_json_object(path, "metrics", "evaluate")
     missing = [k for k in REQUIRED_METRIC_KEYS if k not in data]
     if missing:
         raise UserError(str(path), f"metrics lack keys {missing}", "re-run the evaluate rule")
