@@ -236,7 +236,8 @@ def tokenized_task(wildcards):
 
 def long_text_args(wildcards):
     """--long-text for a task cut otherwise than by its head (head: the plain cut, no flag).
-    The folder's suffix must name the task's setting, as no folder may hold another's."""
+    The folder's suffix must name the task's setting, as no folder may hold another's.
+    """
     settings = study.long_text_params(config, wildcards.task)
     if layout.long_text_suffix(settings) != wildcards.long_text:
         raise ValueError(
