@@ -329,11 +329,11 @@ def test_tiny_study_on_slurm(slurm_cluster, tmp_path):
     assert json.loads((report / "provenance.json").read_text())["runs"]["count"] == 2
 
     # Which rules ran as SLURM jobs: prepare_* and report are localrules, the evaluate jobs are
-    # one group job.
+    # one group job; the classical baseline (TF-IDF + LR, minutes on a large task) is a job of its own.
     by_rule = slurm_jobs_by_rule(workdir)
     print({name: sorted(ids) for name, ids in by_rule.items()})
     assert set(by_rule) == {"rule_tokenize_corpus", "rule_tokenize_task", "rule_pretrain", "rule_finetune",
-                            "group_evaluation"}, by_rule
+                            "rule_baseline", "group_evaluation"}, by_rule
     assert len(by_rule["rule_finetune"]) == 2 and len(by_rule["group_evaluation"]) == 1
 
     logs = workdir / "results" / "logs"
