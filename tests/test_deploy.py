@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, minilm_dir
+from conftest import REPO, minilm_dir, rt_examples, write_tokenized_task
 
 LABELS = ["neg", "pos"]
 TRAIN = {"epochs": 2, "batch_size": 16, "eval_batch_size": 64, "grad_accum": 1, "weight_decay": 0.0,
@@ -42,9 +42,7 @@ def task(tmp_path_factory):
     """(base checkpoint, task folder, tokenized task folder)."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from dapt.files import write_json
     from dapt.models import load_tokenizer
-    from dapt.tokenization import tokenize_task_dir
 
     root = tmp_path_factory.mktemp("deploy")
     tok = load_tokenizer(minilm_dir())
@@ -57,16 +55,10 @@ def task(tmp_path_factory):
     base = root / "base"
     mlm.save_pretrained(base)
     tok.save_pretrained(base)
-    df = pd.read_csv(REPO / "tests" / "data" / "rt_sample.csv").rename(columns={"sentence": "text", "sentiment": "label"})
-    df.insert(0, "id", [f"rt{i}" for i in range(len(df))])
-    data = root / "task"
-    data.mkdir()
-    for split, part in {"train": df[:48], "validation": df[48:80], "test": df[80:140]}.items():
-        part.to_parquet(data / f"{split}.parquet", index=False)
-    write_json(data / "labels.json", LABELS)
-    tokenized = root / "tokenized"
-    tokenize_task_dir(str(data), str(base), 48, str(tokenized))
-    return base, data, tokenized
+    df = rt_examples()
+    tokenized = write_tokenized_task(root, {"train": df[:48], "validation": df[48:80], "test": df[80:140]},
+                                     LABELS, base, 48)
+    return base, root / "task", tokenized
 
 
 @pytest.fixture(scope="module")

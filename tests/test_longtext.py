@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, SNAKEMAKE, minilm_dir, tiny_config
+from conftest import REPO, SNAKEMAKE, minilm_dir, tiny_config, write_tokenized_task
 
 from dapt import config as study
 from dapt import layout, longtext
@@ -121,8 +121,6 @@ def _tiny_classifier(tok, root: Path) -> Path:
 @pytest.fixture(scope="module")
 def long_task(tok, tmp_path_factory) -> tuple[Path, Path]:
     """(tiny base model, task tokenized into windows): 'reviews' of 6-14 sentences of one label."""
-    from dapt.files import write_json
-    from dapt.tokenization import tokenize_task_dir
 
     root = tmp_path_factory.mktemp("longtext")
     base = _tiny_classifier(tok, root)
@@ -136,13 +134,8 @@ def long_task(tok, tmp_path_factory) -> tuple[Path, Path]:
             i += n
     docs = pd.DataFrame(docs).sample(frac=1.0, random_state=0).reset_index(drop=True)
     docs.insert(0, "id", [f"doc{i}" for i in range(len(docs))])
-    task = root / "task"
-    task.mkdir()
-    for split, part in {"train": docs[:24], "validation": docs[24:32], "test": docs[32:44]}.items():
-        part.to_parquet(task / f"{split}.parquet", index=False)
-    write_json(task / "labels.json", ["neg", "pos"])
-    tokenized = root / "tokenized"
-    tokenize_task_dir(str(task), str(base), MAX_LENGTH, str(tokenized), "tasks.reviews.max_length", WINDOWS)
+    tokenized = write_tokenized_task(root, {"train": docs[:24], "validation": docs[24:32], "test": docs[32:44]},
+                                     ["neg", "pos"], base, MAX_LENGTH, "tasks.reviews.max_length", WINDOWS)
     return base, tokenized
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, make_workdir, minilm_dir, run_snakemake, tiny_config
+from conftest import make_workdir, minilm_dir, rt_examples, run_snakemake, tiny_config, write_tokenized_task
 
 HIDDEN, LAYERS, INTERMEDIATE = 32, 2, 64
 
@@ -46,9 +46,7 @@ def tiny_task(tmp_path_factory):
     """(base checkpoint folder, tokenized task folder)."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from dapt.files import write_json
     from dapt.models import load_tokenizer
-    from dapt.tokenization import tokenize_task_dir
 
     root = tmp_path_factory.mktemp("methods")
     tok = load_tokenizer(minilm_dir())
@@ -65,15 +63,9 @@ def tiny_task(tmp_path_factory):
     mlm.save_pretrained(base)
     tok.save_pretrained(base)
 
-    df = pd.read_csv(REPO / "tests" / "data" / "rt_sample.csv").rename(columns={"sentence": "text", "sentiment": "label"})
-    df.insert(0, "id", [f"rt{i}" for i in range(len(df))])
-    task = root / "task"
-    task.mkdir()
-    for split, part in {"train": df[:48], "validation": df[48:80], "test": df[80:180]}.items():
-        part.to_parquet(task / f"{split}.parquet", index=False)
-    write_json(task / "labels.json", ["neg", "pos"])
-    tokenized = root / "tokenized"
-    tokenize_task_dir(str(task), str(base), 48, str(tokenized))
+    df = rt_examples()
+    tokenized = write_tokenized_task(root, {"train": df[:48], "validation": df[48:80], "test": df[80:180]},
+                                     ["neg", "pos"], base, 48)
     return base, tokenized
 
 
