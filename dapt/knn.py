@@ -166,12 +166,11 @@ def mean_pool(hidden: Any, mask: Any) -> Any:
 def text_chunks(path: str | Path, size: int) -> Iterator[list[str]]:
     """The `text` column of a parquet file, in order, `size` rows at a time (bounded memory)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
+    from dapt.blocks import open_texts  # the one check of a prepared text file
+
+    pf = open_texts(path)
     try:
-        pf = pq.ParquetFile(path)
-        if "text" not in pf.schema_arrow.names:
-            raise UserError(f"{path}: text", "no column 'text'", "prepare the data again")
         for batch in pf.iter_batches(batch_size=max(1, size), columns=["text"]):
             yield [t or "" for t in batch.column(0).to_pylist()]
     except (OSError, pa.ArrowException) as err:
