@@ -16,7 +16,8 @@ from dapt.errors import UserError
 from dapt.knn import KIND as KNN_KIND, selection_of as knn_selection_of, stage_name as knn_stage_name, \
     stage_parts as knn_stage_parts
 from dapt.longtext import check_config as check_long_text
-from dapt.sweeps import without_sweeps
+from dapt.augment import check_config as check_augment
+from dapt.sweeps import fine_tuning_blocks, without_sweeps
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
@@ -46,6 +47,10 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "save_steps": 50,
 }
 FINETUNE_KEYS = set(FINETUNE_DEFAULTS)
+# Training-time robustness (dapt.robust), all off: fine-tuning keys like the above, sweepable, but only the ones a
+# config sets are in a run's hyperparameters (runs without them keep their files and need no rerun).
+ROBUST_DEFAULTS: dict[str, Any] = {"adversarial": "none", "adv_epsilon": 1.0, "adv_alpha": 0.3, "adv_steps": 3,
+                                   "rdrop": 0.0, "label_smoothing": 0.0}
 # Tokenize jobs per DAPT corpus when the config gives no corpora.<c>.shards (1: one job, no gathering).
 CORPUS_SHARDS = 1
 # Tokens per task example when the config gives no tasks.<t>.max_length (names the tokenized folder, .L<n>).
@@ -197,6 +202,8 @@ def validate_config(config: dict, where: str = "config") -> None:
                 raise UserError(f"{where}: report.labels.{kind}.{name}", f"not one of the study's {kind}",
                                 f"known: {', '.join(sorted(names)) or 'none'}")
     _validate_deploy(config, where)
+    check_augment(config, [(key, block["augment"]) for key, block, _ in fine_tuning_blocks(config) if block.get("augment")],
+                  where)
     for task, spec in config["tasks"].items():
         check_long_text(spec.get("long_text") or {}, long_text_params(config, task), task_max_length(config, task),
                         f"{where}: tasks.{task}.long_text")

@@ -44,9 +44,11 @@ def write_predictions(path: str | Path, ids: list[str], gold: np.ndarray, probs:
 
 
 def evaluate_run(artifact_dir: str, base_dir: str, tokenized_dir: str, train_json: str, out_metrics: str,
-                 out_predictions: str, runtime, context: dict, batch_size: int) -> dict:
+                 out_predictions: str, runtime, context: dict, batch_size: int, perturbed: dict | None = None,
+                 out_robustness: str | None = None) -> dict:
     """Predict the test split with a run's artifact; write predictions.csv and metrics.json (the test
-    metrics, what the run rests on from its train.json, and how this evaluation ran)."""
+    metrics, what the run rests on from its train.json, and how this evaluation ran), and with
+    `perturbed` (name -> perturbed test file) robustness.json (`score_perturbed`)."""
     from dapt.longtext import per_document
     from dapt.methods import load_finetuned
     from dapt.tokenization import read_examples
@@ -69,6 +71,42 @@ def evaluate_run(artifact_dir: str, base_dir: str, tokenized_dir: str, train_jso
     result["texts_shared_across_splits"] = stats.get("texts_shared_across_splits", {})
     if "long_text" in stats:
         result.update(long_text=stats["long_text"], test_rows=len(test["label"]))
+    if out_robustness:
+        scores = score_perturbed(model, pad_id, base_dir, tokenized_dir, perturbed or {}, runtime, batch_size,
+                                 dict(zip(ids, probs)), labels)
+        write_json(out_robustness, {**context, **scores})
     write_predictions(out_predictions, ids, gold, probs, labels)
     write_json(out_metrics, result)
     return result
+
+
+def score_perturbed(model, pad_id: int, base_dir: str, tokenized_dir: str, perturbed: dict, runtime, batch_size: int,
+                    clean: dict, labels: list[str]) -> dict:
+    """Metrics on each perturbed test set (`dapt.augment.write_perturbed`), and the clean metrics on the
+    same documents (a sample of the test split, if the study perturbs one), so that each drop compares
+    like with like. Documents, not windows, are scored, as for the clean test set."""
+    from dapt.longtext import per_document
+    from dapt.models import load_tokenizer
+    from dapt.tokenization import tokenize_like
+
+    out: dict = {"perturbations": {}}
+    if not perturbed:
+        return out
+    tokenizer = load_tokenizer(base_dir)
+    for name, path in perturbed.items():
+        rows = tokenize_like(path, tokenized_dir, tokenizer)
+        ids, gold, probs = per_document(rows, predict_proba(model, rows["input_ids"], pad_id, runtime, batch_size))
+        changed = read_changed(path)
+        out["perturbations"][name] = {**compute_metrics(gold, probs.argmax(1), labels), "n": len(gold),
+                                      "changed": changed}
+        if "clean" not in out:
+            clean_probs = np.stack([clean[i] for i in ids])
+            out["clean"] = {**compute_metrics(gold, clean_probs.argmax(1), labels), "n": len(gold)}
+    return out
+
+
+def read_changed(path: str) -> int:
+    """How many texts the perturbation changed (the rest are scored as they were)."""
+    import pyarrow.parquet as pq
+
+    return int(sum(pq.read_table(path, columns=["changed"]).column("changed").to_pylist()))

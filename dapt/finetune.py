@@ -29,6 +29,7 @@ from dapt.longtext import n_documents, per_document
 from dapt.methods import (after_optimizer_step, apply_method, load_classifier, method_penalty, method_state,
                           resume_method, save_artifact)
 from dapt.metrics import compute_metrics
+from dapt.robust import EmbeddingNoise, changes_encoder_input, robust_loss, robust_settings
 from dapt.steps import Progress, Stepper, split_micro
 from dapt.tokenization import read_examples
 from dapt.tracking import log_finetune
@@ -86,6 +87,7 @@ class FineTuning:
         optimizer = make_optimizer(list(self.model.named_parameters()), params["lr"], params["weight_decay"])
         self.stepper.use(optimizer, linear_schedule(optimizer, int(params["warmup_ratio"] * self.total), self.total))
         self.state = new_state()
+        self.noise = EmbeddingNoise(self.model) if robust_settings(params)["adversarial"] != "none" else None
 
     def best_path(self, epoch: int) -> Path:
         """One file per best epoch: the state a checkpoint records always names weights that exist,
@@ -103,11 +105,17 @@ class FineTuning:
         """The classification loss of one micro-batch; a method's regulariser (AdaLoRA) only trains."""
         device, train = self.runtime.device, self.data.train
         ids, mask = collate(train["input_ids"], part, self.data.pad_id)
-        with self.runtime.autocast():
-            logits = self.train_model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), torch.from_numpy(train["label"][part]).to(device))
-        objective = (loss + method_penalty(self.model, self.params)) * len(part) * weight
+        labels = torch.from_numpy(train["label"][part]).to(device)
+        objective, loss = robust_loss(self._forward(self.train_model), ids.to(device), mask.to(device), labels,
+                                      self.params, self.noise, self._forward(self.model))
+        objective = (objective + method_penalty(self.model, self.params)) * len(part) * weight
         return objective, loss.item() * len(part) * weight / self.runtime.world_size
+
+    def _forward(self, model: torch.nn.Module):
+        def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            with self.runtime.autocast():
+                return model(input_ids=ids, attention_mask=mask).logits
+        return forward
 
     def train_step(self, idx: np.ndarray) -> float:
         """One optimizer step over the global batch `idx`; returns its mean loss over all ranks."""
@@ -184,9 +192,10 @@ class FineTuning:
 
 
 def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, params: dict, seed: int,
-             runtime: Runtime, pretrain_info: dict | None = None) -> dict:
+             runtime: Runtime, pretrain_info: dict | None = None, augmented: str | None = None) -> dict:
     """Fine-tune one run, resuming from its checkpoint if there is one; write model/, log.csv and
-    train.json to `out_dir` (rank 0) and return the summary."""
+    train.json to `out_dir` (rank 0) and return the summary. `augmented`: the run's augmented
+    training rows (`dapt.augment`), added to the training split."""
     missing = sorted({*FINETUNE_DEFAULTS, "kind", "metric"} - set(params))
     if missing:  # the rule passes dapt.config.finetune_params, defaults included
         raise UserError("--params", f"missing {missing}", "pass every fine-tuning setting, as the rule does")
@@ -196,10 +205,13 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
 
         data = TaskData(data.labels, subset_examples(data.train, params["train_size"], params["train_subset_seed"]),
                         data.val, data.pad_id)
+    if augmented:
+        data = TaskData(data.labels, with_copies(data.train, augmented, tokenized_dir, base_dir), data.val, data.pad_id)
+        print(f"augment: {len(data.lengths)} training rows with the augmented copies of {augmented}", flush=True)
     run = FineTuning(base_dir, data, ckpt_dir, params, seed, runtime)
     run.resume()
     restore_encoder = None
-    if params["kind"] == "head" and runtime.world_size == 1:
+    if params["kind"] == "head" and runtime.world_size == 1 and not changes_encoder_input(params):
         from dapt.adapters import store_frozen_encoder
 
         restore_encoder = store_frozen_encoder(run.model, [data.train["input_ids"], data.val["input_ids"]],
@@ -215,6 +227,21 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
         clear_checkpoints(ckpt_dir)
         log_finetune(summary, run.state["log"], LOG_COLUMNS)  # experiment tracking, if the study has it
     return summary
+
+
+def with_copies(train: dict, augmented: str, tokenized_dir: str, base_dir: str) -> dict:
+    """The training rows plus the augmented copies of those among them (after a learning curve's cut)."""
+    from dapt.augment import source_ids
+    from dapt.longtext import document_index
+    from dapt.models import load_tokenizer
+    from dapt.tokenization import tokenize_like
+
+    copies = tokenize_like(augmented, tokenized_dir, load_tokenizer(base_dir))
+    keep = np.flatnonzero(np.isin(source_ids(copies["id"]), list(set(train["id"]))))
+    ids = list(train["id"]) + [copies["id"][i] for i in keep]
+    return {**train, "id": ids, "input_ids": list(train["input_ids"]) + [copies["input_ids"][i] for i in keep],
+            "label": np.concatenate([train["label"], copies["label"][keep]]),
+            "doc": document_index(ids) if train["pool"] else np.arange(len(ids))}
 
 
 def make_summary(run: FineTuning, seconds: float, pretrain_info: dict | None, stats: dict) -> dict:

@@ -126,6 +126,11 @@ def has_sizes(config: Mapping) -> bool:
     return _complete(config) and any(train_sizes(config, t) != [None] for t in config["tasks"])
 
 
+def report_list(config: Mapping) -> tuple[layout.ReportFile, ...]:
+    """The report's files for this study: the rule declares exactly these, the report writes exactly these."""
+    return layout.report_list(has_sweeps(config), has_sizes(config), bool(config.get("robustness")))
+
+
 def _complete(config: Mapping) -> bool:
     """Whether the config has a grid at all (the report may be run with a partial config)."""
     return all(isinstance(config.get(k), (dict, list)) and config.get(k) for k in ("tasks", "methods", "models",

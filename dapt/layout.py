@@ -32,6 +32,12 @@ LONG_TEXT_SUFFIX = r"(\.head_tail-h\d+|\.windows-s\d+-n\d+-(mean|max))?"
 #: kNN-TAPT's selection (dapt.knn): train.parquet (the task's training text + the chosen corpus documents,
 #: what the stage's MLM blocks are made of), neighbours.parquet and selection.json; per encoder model.
 KNN_SELECTION = "results/knn/{model}/{task}/{corpus}-k{k}"
+#: Augmented copies of a task's training rows, one file per augment setting (dapt.augment.augment_name).
+AUGMENTED = "results/data/augmented/{task}/{augment}.parquet"
+#: A perturbed copy of a task's test split (dapt.augment.write_perturbed): one file, read by every run.
+PERTURBED = "results/data/perturbed/{task}/{perturbation}.parquet"
+#: WordNet's synonyms (lemma -> synonyms), for the synonym operation.
+WORDNET = "results/data/wordnet/synonyms.json"
 _NAME = r"[A-Za-z][A-Za-z0-9_]*"
 #: A pretraining stage's folder name (dapt.config.stage_name): dapt-<corpus>, tapt-<task>, tapt_knn-<task>-<corpus>-k<k>.
 STAGE_WILDCARD = rf"(?:(?:dapt|tapt)-{_NAME}|tapt_knn-{_NAME}-{_NAME}-k\d+)"
@@ -46,8 +52,9 @@ class ReportFile:
     name: str
     caption: str | None = None
     category: str | None = None
-    #: None: every report has it; "sweeps" / "curves": only a study that sweeps hyperparameters /
-    #: has learning-curve sizes (dapt.grid.has_sweeps / has_sizes) writes and declares it.
+    #: None: every report has it; "sweeps" / "curves" / "robustness": only a study that sweeps
+    #: hyperparameters / has learning-curve sizes (dapt.grid.has_sweeps / has_sizes) / a robustness:
+    #: block writes and declares it.
     when: str | None = None
 
 
@@ -66,6 +73,9 @@ REPORT = (
     ReportFile("learning_curve.md", "learning_curve", "Tables", when="curves"),
     ReportFile("learning_curve.csv", when="curves"),
     ReportFile("learning_curve.png", "learning_curve_plot", "Plots", when="curves"),
+    ReportFile("robustness.md", "robustness", "Robustness", when="robustness"),
+    ReportFile("robustness.csv", when="robustness"),
+    ReportFile("robustness.png", "robustness_plot", "Robustness", when="robustness"),
     ReportFile("significance.csv", "significance", "Tables"),
     ReportFile("runtime.csv", "runtime", "Cost"),
     ReportFile("runtime.md"),
@@ -90,10 +100,11 @@ def report_files(folder: str = REPORT_DIR) -> list[str]:
     return [f"{folder}/{name}" for name in REPORT_FILES]
 
 
-def report_list(sweeps: bool = False, curves: bool = False) -> tuple[ReportFile, ...]:
+def report_list(sweeps: bool = False, curves: bool = False, robustness: bool = False) -> tuple[ReportFile, ...]:
     """The report's files for a study that does or does not sweep hyperparameters / have learning
-    curves (the rule declares exactly these; the report writes exactly these)."""
-    wanted = {None, *(["sweeps"] if sweeps else []), *(["curves"] if curves else [])}
+    curves / evaluate robustness (the rule declares exactly these; the report writes exactly these)."""
+    wanted = {None, *(["sweeps"] if sweeps else []), *(["curves"] if curves else []),
+              *(["robustness"] if robustness else [])}
     return tuple(f for f in REPORT if f.when in wanted)
 
 

@@ -37,7 +37,7 @@ def is_sweep(key: str, value: Any) -> bool:
     return key not in NATIVE_LISTS or any(isinstance(v, list) for v in value)
 
 
-def _blocks(config: Mapping) -> Iterator[tuple[str, dict, str]]:
+def fine_tuning_blocks(config: Mapping) -> Iterator[tuple[str, dict, str]]:
     """(key path, block, 'finetune' or 'method') of every block of fine-tuning hyperparameters."""
     candidates = [("finetune", config.get("finetune"), "finetune")]
     candidates += [(f"methods.{m}", spec, "method") for m, spec in _items(config.get("methods"))]
@@ -87,7 +87,7 @@ def without_sweeps(config: Mapping, schema: Mapping, where: str) -> dict:
     a hyperparameter (NOT_SWEPT) are one-line errors too."""
     out = copy.deepcopy(dict(config))
     defs = schema["$defs"]
-    for path, block, kind in _blocks(out):
+    for path, block, kind in fine_tuning_blocks(out):
         for key, value in list(block.items()):
             if not isinstance(value, list) or (key in NATIVE_LISTS and not is_sweep(key, value)):
                 continue

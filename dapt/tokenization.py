@@ -128,7 +128,25 @@ def _read_table(path: str | Path):
 def read_examples(path: str | Path) -> dict:
     """A tokenized split's rows; `doc`: each row's document number, `pool`: how a document's windows
     are pooled (None where every row is a document; `dapt.longtext.per_document` uses both)."""
-    table = _read_table(path)
+    return _examples(_read_table(path))
+
+
+def tokenize_like(texts_file: str | Path, tokenized_dir: str | Path, tokenizer) -> dict:
+    """Rows of a text file (id, text, label: augmented training rows, a perturbed test set) as
+    `read_examples` gives a split of `tokenized_dir`: its labels, max_length and long_text strategy."""
+    df = pq.read_table(texts_file).to_pandas()
+    labels = read_json(Path(tokenized_dir) / "labels.json")
+    stats = read_json(Path(tokenized_dir) / "stats.json")
+    label2id = {label: i for i, label in enumerate(labels)}
+    unknown = sorted(set(df["label"]) - set(label2id))
+    if unknown:
+        raise UserError(f"{texts_file}: label", f"labels {unknown} are not the task's")
+    table, _ = tokenize_examples(df["id"].tolist(), df["text"].tolist(), [label2id[x] for x in df["label"]], tokenizer,
+                                 stats["train"]["max_length"], stats.get("long_text"))
+    return _examples(table)
+
+
+def _examples(table) -> dict:
     meta = (table.schema.metadata or {}).get(LONG_TEXT_META)
     settings = json.loads(meta) if meta else {"strategy": "head"}
     ids = table.column("id").to_pylist()

@@ -22,6 +22,7 @@ os.environ["PATH"] = os.pathsep.join(
 from dapt import config as study  # noqa: E402
 from dapt import grid, layout  # noqa: E402
 from dapt import tracking  # noqa: E402
+from dapt import augment  # noqa: E402
 from dapt.errors import UserError  # noqa: E402
 
 SCRIPTS = BASE / "scripts"
@@ -255,9 +256,54 @@ def pretrain_chains():
     )
 
 
+# --- robustness: augmented training rows, perturbed test sets (rules/robustness.smk) ---
+
+ROBUSTNESS = augment.robustness_settings(config)
+
+
+def augmented_rows(wildcards):
+    """The augmented training rows a run adds (its augment: setting), or none."""
+    settings = augment.augment_settings(run_params(wildcards))
+    if settings is None:
+        return []
+    name = augment.augment_name(settings)
+    return [layout.AUGMENTED.format(task=wildcards.task, augment=name)]
+
+
+def augment_setting(wildcards):
+    """The augment: setting an augmented file is named by (some run of the task has it)."""
+    for r in runs():
+        if r["task"] == wildcards.task:
+            settings = augment.augment_settings(run_params(_RunWildcards(r)))
+            if settings and augment.augment_name(settings) == wildcards.augment:
+                return settings
+    raise ValueError(
+        f"no run of task {wildcards.task} has augment setting {wildcards.augment}"
+    )
+
+
+def perturbed_sets(wildcards):
+    """The perturbed test sets every run of the task is scored on (robustness:), by name."""
+    if not ROBUSTNESS:
+        return []
+    return [
+        layout.PERTURBED.format(task=wildcards.task, perturbation=p)
+        for p in ROBUSTNESS["perturbations"]
+    ]
+
+
+def synonyms_for(ops):
+    """WordNet's synonyms, for the steps whose operations include synonym replacement."""
+    return [layout.WORDNET] if "synonym" in ops else []
+
+
+def synonyms_flag(wildcards, input):
+    return f" --synonyms {input.synonyms}" if input.synonyms else ""
+
+
 REPORT_DIR = layout.REPORT_DIR
-# the report's files: sweep and learning-curve files only for a study that has them
-REPORT_LIST = layout.report_list(grid.has_sweeps(config), grid.has_sizes(config))
+# the report's files: sweep, learning-curve and robustness files only for a study that has them
+REPORT_LIST = grid.report_list(config)
 REPORT_FILES = [f"{REPORT_DIR}/{f.name}" for f in REPORT_LIST]
 
 

@@ -1,4 +1,5 @@
-# Steps 4 and 5: fine-tune every run of the grid, then evaluate it on the test split.
+# Steps 4 and 5: fine-tune every run of the grid, then evaluate it on the test split (and on its
+# perturbed copies, for a study with robustness:).
 
 
 rule finetune:
@@ -6,6 +7,7 @@ rule finetune:
         base=variant_checkpoint,
         pretrain=variant_pretrain_summary,
         tokenized=tokenized_task,
+        augmented=augmented_rows,
     output:
         model=directory(f"results/finetune/{RUN}/model"),
         log=f"results/finetune/{RUN}/log.csv",
@@ -27,6 +29,9 @@ rule finetune:
         runtime=runtime_args(),
         checkpoints=f"results/checkpoints/finetune/{RUN}",
         out=lambda w, output: os.path.dirname(output.train),
+        augmented=lambda w, input: (
+            f" --augmented {input.augmented}" if input.augmented else ""
+        ),
         tracking=lambda w, output: tracking_env(
             "finetune",
             task=w.task,
@@ -37,7 +42,7 @@ rule finetune:
         ),
     shell:
         "{params.tracking}python {params.script} --base {input.base} --tokenized {input.tokenized}"
-        " --pretrain-summary '{input.pretrain}' --params {params.hp:q} --seed {wildcards.seed}"
+        " --pretrain-summary '{input.pretrain}'{params.augmented} --params {params.hp:q} --seed {wildcards.seed}"
         " --gpus {resources.gpu} --threads {threads} {params.runtime}"
         " --checkpoints {params.checkpoints} --out {params.out} >> {log} 2>&1"
 
@@ -48,9 +53,11 @@ rule evaluate:
         train=f"results/finetune/{RUN}/train.json",
         base=variant_checkpoint,
         tokenized=tokenized_task,
+        perturbed=perturbed_sets,
     output:
         metrics=f"results/evaluate/{RUN}/metrics.json",
         predictions=f"results/evaluate/{RUN}/predictions.csv",
+        robustness=f"results/evaluate/{RUN}/robustness.json",
     log:
         f"results/logs/evaluate/{RUN}.log",
     benchmark:
@@ -70,9 +77,13 @@ rule evaluate:
         # only what evaluation uses, so a change of a training setting does not re-evaluate twice
         hp=lambda w: as_json({"eval_batch_size": run_params(w)["eval_batch_size"]}),
         runtime=runtime_args(),
+        perturbed=lambda w, input: " ".join(
+            f"{Path(f).stem}={f}" for f in input.perturbed
+        ),
     shell:
         "python {params.script} --artifact {input.artifact} --base {input.base}"
         " --tokenized {input.tokenized} --train-json {input.train} --params {params.hp:q}"
         " --context {params.context:q} --seed {wildcards.seed}"
         " --gpus {resources.gpu} --threads {threads} {params.runtime}"
-        " --metrics {output.metrics} --predictions {output.predictions} > {log} 2>&1"
+        " --metrics {output.metrics} --predictions {output.predictions}"
+        " --robustness {output.robustness} --perturbed {params.perturbed} > {log} 2>&1"

@@ -13,6 +13,9 @@ rule report:
         mlm=[f"results/pretrain/{m}/{c}/loss.csv" for m, c in pretrain_chains()],
         baseline=[f"results/baseline/{t}/metrics.json" for t in config["tasks"]],
         knn=knn_selections(),
+        robustness=(
+            run_files(f"results/evaluate/{RUN}/robustness.json") if ROBUSTNESS else []
+        ),
     output:
         **report_outputs(),
     log:
@@ -32,5 +35,6 @@ rule report:
     shell:
         "python {params.script} --metrics {input.metrics} --logs {input.logs}"
         " --pretrain-logs {input.mlm} --baseline {input.baseline} --knn {input.knn}"
+        " --robustness {input.robustness}"
         " --benchmarks {params.benchmarks}"
         " --config-json {params.config:q} --out {params.out} > {log} 2>&1"

@@ -13,6 +13,8 @@ def main() -> None:
     p.add_argument("--train-json", required=True, help="the run's train.json (what its metrics rest on)")
     p.add_argument("--metrics", required=True)
     p.add_argument("--predictions", required=True)
+    p.add_argument("--robustness", default="", help="robustness.json to write (scores on the perturbed test sets)")
+    p.add_argument("--perturbed", nargs="*", default=[], help="perturbed test sets, name=file (robustness: in the config)")
     args = p.parse_args()
     if "eval_batch_size" not in args.params:
         p.error("--params must give eval_batch_size (the rule passes finetune.eval_batch_size)")
@@ -21,7 +23,8 @@ def main() -> None:
     from dapt.evaluate import evaluate_run
 
     result = evaluate_run(args.artifact, args.base, args.tokenized, args.train_json, args.metrics, args.predictions,
-                          runtime, {**args.context, "seed": args.seed}, args.params["eval_batch_size"])
+                          runtime, {**args.context, "seed": args.seed}, args.params["eval_batch_size"],
+                          dict(item.split("=", 1) for item in args.perturbed), args.robustness or None)
     print(f"test accuracy {result['accuracy']:.4f} macro_f1 {result['macro_f1']:.4f}")
 
 

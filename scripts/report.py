@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline", nargs="*", default=[],
                    help="metrics.json of the classical baseline (scripts/baseline.py), one per task")
     p.add_argument("--knn", nargs="*", default=[], help="kNN-TAPT selection folders (selection.json), for the notes")
+    p.add_argument("--robustness", nargs="*", default=[], help="robustness.json of every run (a study with robustness:)")
     p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark .tsv files, or folders to search for them")
     p.add_argument("--config-json", default=None, help="the study config as JSON (file, or inline text)")
     p.add_argument("--out", default="results/report", help="report folder (default: %(default)s)")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         pretrain_log_paths=args.pretrain_logs, benchmark_paths=args.benchmarks,
         prediction_paths=args.predictions, n_resamples=args.bootstrap_resamples,
         bootstrap_seed=args.bootstrap_seed, baseline_paths=args.baseline,
-        knn_paths=args.knn)
+        knn_paths=args.knn, robustness_paths=args.robustness)
     print(f"report: {len(paths)} files in {args.out}")
 
 

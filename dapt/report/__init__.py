@@ -49,6 +49,7 @@ from dapt.report.plots import plot_f1_vs_params, plot_finetune_curves, plot_mlm_
 from dapt.report.provenance import provenance
 from dapt.report.render import render_markdown, table_csv
 from dapt.report.results import build_results, labels_by_run
+from dapt.report.robustness import plot_robustness, read_robustness, render_robustness, robustness_table
 from dapt.report.runtime import render_runtime, runtime_table
 from dapt.report.selection import render_sweep, select_runs, sweep_csv, view_logs
 from dapt.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_bootstrap, significance
@@ -86,6 +87,7 @@ def build_report(
     bootstrap_seed: int = BOOTSTRAP_SEED,
     baseline_paths: Sequence[str | os.PathLike] = (),
     knn_paths: Sequence[str | os.PathLike] = (),
+    robustness_paths: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Content]:
     """Read every input and compute every report file's content, keyed by file name.
 
@@ -144,6 +146,10 @@ def build_report(
     if swept:
         sweep = sweep_csv(selection)
         contents.update({"sweep.csv": sweep, "sweep.md": render_sweep(sweep)})
+    if config.get("robustness"):
+        robust = robustness_table(results, read_robustness(robustness_paths), view)
+        contents.update({"robustness.csv": robust, "robustness.md": render_robustness(robust),
+                         "robustness.png": lambda: plot_robustness(robust)})
     if sized:
         curves = curve_table(results, config)
         contents.update({"learning_curve.csv": curves, "learning_curve.md": render_curves(curves),
@@ -170,7 +176,7 @@ def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathL
     """
     contents = build_report(metrics_paths, config, **inputs)
     config = dict(config or {})
-    names = [f.name for f in layout.report_list(grid.has_sweeps(config), grid.has_sizes(config))]
+    names = [f.name for f in grid.report_list(config)]
     if set(contents) != set(names):  # the rule declares the same layout.report_list as outputs
         raise AssertionError(f"report files {sorted(contents)} differ from {sorted(names)}")
     secrets = secret_values()
