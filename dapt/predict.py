@@ -4,8 +4,11 @@ Texts come from --input (or stdin): one per line, or a CSV column (--column, or 
 column). Writes CSV to --output (or stdout): row, label, and one probability column per label.
 A folder holding safetensors weights runs in PyTorch (transformers); an .onnx file, or a folder
 holding model.onnx, runs in ONNX Runtime (the tokenizer and labels are read from its folder).
-A model trained on a long-text task reads texts as its task did: `--long-text head_tail` or `windows`
-(with `--max-length` the task's; a text's windows pooled into one row, `dapt.longtext`).
+A model reads texts as its task did: the export's `dapt_input.json` (written by `dapt.deploy.export`,
+copied beside the .onnx) gives the task's max_length and long_text strategy (`head`, `head_tail`, or
+`windows`: a text's windows pooled into one row, `dapt.longtext`) as defaults; --max-length,
+--long-text, --head, --stride, --pool and --max-windows replace them. One line on stderr says which
+setting is used and where it came from.
 """
 
 from __future__ import annotations
@@ -49,7 +52,11 @@ class Predictor:
 
     def __init__(self, model: str, threads: int = 0, max_length: int | None = None,
                  long_text: dict | None = None) -> None:
+        """`max_length` and `long_text` (resolved, `dapt.config.resolve_long_text`): None takes the
+        export's recorded ones (`dapt_input.json`), or, without it, head at the model's limit."""
+        from dapt.deploy.export import INPUT_FILE, read_input_settings
         from dapt.files import read_json
+        from dapt.tokenization import position_limit
 
         path = Path(model)
         if not path.exists():
@@ -60,13 +67,17 @@ class Predictor:
             raise UserError(model, "no config.json beside the model (labels unknown)", "give a folder written by the deploy step")
         cfg = read_json(folder / "config.json")
         self.labels = [cfg.get("id2label", {}).get(str(i), f"LABEL_{i}") for i in range(len(cfg.get("id2label", {})) or 2)]
+        self.recorded = read_input_settings(folder)
+        self.recorded_in = folder / INPUT_FILE
         from transformers import AutoTokenizer
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError) as err:
             raise UserError(str(folder), f"no usable tokenizer ({str(err).splitlines()[0][:200]})") from None
-        limits = [n for n in (max_length, cfg.get("max_position_embeddings"), self.tokenizer.model_max_length)
+        # an export with dapt_input.json set the tokenizer's model_max_length to the task's: not a limit then
+        tok_limit = None if self.recorded else self.tokenizer.model_max_length
+        limits = [n for n in (max_length or self.recorded.get("max_length"), position_limit(folder), tok_limit)
                   if n and n < 100_000]
         self.max_length = min(limits) if limits else 512
         from dapt.deploy.measure import load_logits_fn
@@ -75,7 +86,12 @@ class Predictor:
         if not self.onnx and not list(folder.glob("*.safetensors")):
             raise UserError(model, "no safetensors weights and no model.onnx", "give a folder written by the deploy step")
         self.logits = load_logits_fn(fmt, path if self.onnx else folder, threads or 0)
-        self.long_text = long_text if long_text and long_text["strategy"] != "head" else None
+        self.long_text = None
+        self.use(long_text or self.recorded.get("long_text") or {"strategy": "head"})
+
+    def use(self, long_text: dict) -> None:
+        """Read texts by this (resolved) long_text setting from now on."""
+        self.long_text = long_text if long_text["strategy"] != "head" else None
 
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         from dapt.deploy.onnx import softmax
@@ -113,6 +129,36 @@ class Predictor:
         return longtext.pool(probs, np.asarray(doc), self.long_text["pool"])
 
 
+FLAG_KEYS = (("head", "--head"), ("stride", "--stride"), ("pool", "--pool"), ("max_windows", "--max-windows"))
+
+
+def choose_reading(args: argparse.Namespace, predictor: Predictor) -> tuple[dict, str]:
+    """The long_text setting to use and one line saying it and where it came from: --long-text (its
+    other flags, defaults for the rest), else the export's record with any of --head/--stride/--pool/
+    --max-windows replacing its values, else head. A flag of another strategy is refused."""
+    from dapt.config import resolve_long_text
+    from dapt.longtext import STRATEGY_KEYS
+
+    flags = {k: getattr(args, k) for k, _ in FLAG_KEYS if getattr(args, k) is not None}
+    recorded = predictor.recorded.get("long_text")
+    where = str(predictor.recorded_in)
+    if args.long_text:
+        settings, source = resolve_long_text({"strategy": args.long_text, **flags}, predictor.max_length), "--long-text"
+    elif recorded:
+        settings, source = {**recorded, **flags}, where + (" and the command line" if flags else "")
+    else:
+        settings, source = {"strategy": "head"}, f"the default (no {predictor.recorded_in.name} beside the model)"
+    for key, flag in FLAG_KEYS:
+        if key in flags and key not in STRATEGY_KEYS[settings["strategy"]]:
+            raise UserError(flag, f"applies to another strategy than {settings['strategy']} (from {source})",
+                            "set --long-text to the strategy it belongs to, or drop it")
+    length = "--max-length" if args.max_length else (where if predictor.recorded else "the model's limit")
+    shown = ", ".join(f"{k} {settings[k]}" for k in STRATEGY_KEYS[settings["strategy"]] if k in settings)
+    line = (f"dapt.predict: reading texts with max_length {predictor.max_length} (from {length}) and long_text "
+            f"{settings['strategy']}{f' ({shown})' if shown else ''} (from {source})")
+    return settings, line
+
+
 def to_csv(texts: list[str], probs: np.ndarray, labels: list[str]) -> str:
     import pandas as pd
 
@@ -130,13 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", help="CSV file to write (default: stdout)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
-    p.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's limit)")
-    p.add_argument("--long-text", choices=["head", "head_tail", "windows"], default="head",
-                   help="how a longer text is read (the task's tasks.<t>.long_text.strategy)")
-    p.add_argument("--head", type=int, help="head_tail: tokens from the start (default: a quarter of max-length)")
-    p.add_argument("--stride", type=int, help="windows: tokens between window starts (default: half of max-length)")
-    p.add_argument("--pool", choices=["mean", "max"], help="windows: how a text's windows are pooled (default: mean)")
-    p.add_argument("--max-windows", type=int, help="windows: at most this many per text (default: dapt.config's)")
+    p.add_argument("--max-length", type=int, help="tokens per model row (default: the export's dapt_input.json, else the model's limit)")
+    p.add_argument("--long-text", choices=["head", "head_tail", "windows"],
+                   help="how a longer text is read (default: the export's dapt_input.json, else head)")
+    p.add_argument("--head", type=int, help="head_tail: tokens from the start (default: recorded, or a quarter of max-length)")
+    p.add_argument("--stride", type=int, help="windows: tokens between window starts (default: recorded, or half of max-length)")
+    p.add_argument("--pool", choices=["mean", "max"], help="windows: how a text's windows are pooled (default: recorded, or mean)")
+    p.add_argument("--max-windows", type=int, help="windows: at most this many per text (default: recorded, or dapt.config's)")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
@@ -146,12 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     limit_threads(args.threads)
     quiet_progress_bars()
     predictor = Predictor(args.model, args.threads, args.max_length)
-    if args.long_text != "head":
-        from dapt.config import resolve_long_text
-
-        spec = {k: v for k, v in (("strategy", args.long_text), ("head", args.head), ("stride", args.stride),
-                                  ("pool", args.pool), ("max_windows", args.max_windows)) if v is not None}
-        predictor.long_text = resolve_long_text(spec, predictor.max_length)
+    settings, line = choose_reading(args, predictor)
+    print(line, file=sys.stderr)
+    predictor.use(settings)
     text = to_csv(texts, predictor.predict_proba(texts, args.batch_size), predictor.labels)
     if args.output:
         from dapt.files import write_text

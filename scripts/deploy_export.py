@@ -51,7 +51,8 @@ def main() -> None:
     labels = read_json(Path(args.tokenized) / "labels.json")
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
-        meta = export_run(chosen["artifact"], chosen["base"], labels, tmp / "pytorch", chosen.get("run"))
+        meta = export_run(chosen["artifact"], chosen["base"], labels, tmp / "pytorch", chosen.get("run"),
+                          tokenized_dir=args.tokenized)
         info = {"run": chosen.get("run", {}), "validation_score": chosen["validation_score"],
                 "n_candidates": chosen["n_candidates"], "method": meta["method"], "formats": formats}
         if "onnx" in formats or "onnx_int8" in formats:

@@ -7,6 +7,11 @@
   same adapters to the stock BERT-family class. Loading it needs `trust_remote_code=True`.
 * prefix, prompt: refused: the virtual tokens live outside the model's weights (past key/values or
   input embeddings), which a stock classifier cannot take.
+
+Beside the weights, `dapt_input.json` records how the run's task read a text (`max_length` and the
+resolved `long_text` setting, from the tokenized task's stats.json); `dapt.predict` reads it as its
+defaults, and the ONNX folders carry a copy. The tokenizer's `model_max_length` is set to the same
+length, so a plain `pipeline(..., truncation=True)` cuts as the `head` strategy did.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from dapt.errors import UserError
 from dapt.files import atomic_path, read_json, write_json
 
 MERGEABLE = ("lora", "adalora", "ia3")
+#: The file, in an export folder (and beside its .onnx), recording how the run's task read a text.
+INPUT_FILE = "dapt_input.json"
 REFUSED = {
     "prefix": "prefix tuning feeds trained past key/values into every attention layer, which a stock "
               "transformers classifier (and its ONNX graph) has no input for",
@@ -128,10 +135,59 @@ def _unwrap_saved_modules(model) -> None:
             setattr(model.get_submodule(parent) if parent else model, child, module.modules_to_save[active])
 
 
-def export_run(artifact_dir: str, base_dir: str, labels: list[str], out_dir: str | Path, context: dict | None = None) -> dict:
-    """Write the self-contained folder (safetensors, config with id2label, tokenizer) atomically."""
+def input_settings(tokenized_dir: str | Path) -> dict:
+    """How the task in `tokenized_dir` read a text: `{"max_length", "long_text"}` (long_text resolved)."""
+    stats = read_json(Path(tokenized_dir) / "stats.json")
+    return {"max_length": stats["train"]["max_length"], "long_text": stats.get("long_text") or {"strategy": "head"}}
+
+
+def read_input_settings(folder: str | Path) -> dict:
+    """The export's recorded `dapt_input.json` ({} if it has none, as exports made before it); a bad
+    value is a one-line error naming the file and field."""
+    from dapt.longtext import POOLS, STRATEGIES, STRATEGY_KEYS
+
+    path = Path(folder) / INPUT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        spec = read_json(path)
+    except ValueError as err:
+        raise UserError(str(path), f"not valid JSON ({err})", "re-export the run (snakemake deploy)") from None
+    fix = "re-export the run, or give --max-length and --long-text"
+
+    def field(name: str, value, ok: bool, want: str):
+        if not ok:
+            raise UserError(f"{path}: {name}", f"{value!r} is not {want}", fix)
+        return value
+
+    spec = field("(top level)", spec, isinstance(spec, dict), "a mapping")
+    field("max_length", spec.get("max_length"), _positive_int(spec.get("max_length")), "a positive integer")
+    lt = field("long_text", spec.get("long_text"), isinstance(spec.get("long_text"), dict), "a mapping")
+    strategy = field("long_text.strategy", lt.get("strategy"), lt.get("strategy") in STRATEGIES,
+                     f"one of {', '.join(STRATEGIES)}")
+    for key in STRATEGY_KEYS[strategy]:
+        value = lt.get(key)
+        if key == "pool":
+            field(f"long_text.{key}", value, value in POOLS, f"one of {', '.join(POOLS)}")
+        elif key != "max_windows" or value is not None:
+            field(f"long_text.{key}", value, _positive_int(value), "a positive integer")
+    extra = sorted(set(lt) - {"strategy", *STRATEGY_KEYS[strategy]})
+    if extra:
+        raise UserError(f"{path}: long_text.{extra[0]}", f"does not apply to strategy {strategy}", fix)
+    return {"max_length": spec["max_length"], "long_text": lt}
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def export_run(artifact_dir: str, base_dir: str, labels: list[str], out_dir: str | Path, context: dict | None = None,
+               tokenized_dir: str | Path | None = None) -> dict:
+    """Write the self-contained folder (safetensors, config with id2label, tokenizer) atomically; with the
+    run's `tokenized_dir`, also how its task read a text (`INPUT_FILE`, the tokenizer's model_max_length)."""
     from dapt.models import load_tokenizer
 
+    reading = input_settings(tokenized_dir) if tokenized_dir else None
     model, info = plain_model(artifact_dir, base_dir, labels)
     kind = info["method"]["kind"]
     model.config.id2label = dict(enumerate(labels))
@@ -139,11 +195,22 @@ def export_run(artifact_dir: str, base_dir: str, labels: list[str], out_dir: str
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(base_dir).save_pretrained(tmp)
+        if reading:
+            write_json(tmp / INPUT_FILE, reading)
+            _set_model_max_length(tmp, reading["max_length"])
         if kind == "adapter":
             _add_adapter_code(tmp, info["method"])
         meta = {"method": info["method"], "labels": labels, "run": context or {}, "needs_remote_code": kind == "adapter"}
         write_json(tmp / "deploy.json", meta)
     return meta
+
+
+def _set_model_max_length(folder: Path, max_length: int) -> None:
+    """The saved tokenizer truncates (`truncation=True`, no max_length) where the task's head cut did."""
+    path = folder / "tokenizer_config.json"
+    cfg = read_json(path) if path.is_file() else {}
+    cfg["model_max_length"] = max_length
+    write_json(path, cfg)
 
 
 def _add_adapter_code(folder: Path, method: dict) -> None:

@@ -3,7 +3,9 @@ model), size on disk, peak memory, latency at batch 1 and throughput at batch 32
 
 Each format runs in its own fresh process (spawned), so its peak memory is that of a process serving
 only that format: the ONNX formats never import torch. All formats see the same token ids (the
-tokenized test split), so the numbers compare the models, not the tokenizer.
+tokenized test split), so the numbers compare the models, not the tokenizer; those rows are cut by
+the task's long_text strategy and a document's windows pooled as the evaluate step does, which is what
+the export's `dapt_input.json` tells `dapt.predict` to do (checked to agree).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from dapt.errors import UserError
 
 THROUGHPUT_BATCH = 32
 
@@ -117,6 +121,7 @@ def measure_all(paths: dict[str, str | Path], tokenized_dir: str | Path, threads
     from dapt.tokenization import read_examples
 
     tokenized_dir = Path(tokenized_dir)
+    check_reading(paths, tokenized_dir)
     labels = read_json(tokenized_dir / "labels.json")
     test = read_examples(tokenized_dir / "test.parquet")
     first = next(iter(paths.values()))
@@ -138,6 +143,20 @@ def measure_all(paths: dict[str, str | Path], tokenized_dir: str | Path, threads
                        size_ratio_vs_pytorch=row["size_mb"] / ref[3])
         rows.append(row)
     return rows
+
+
+def check_reading(paths: dict[str, str | Path], tokenized_dir: Path) -> None:
+    """Refuse to score an export whose recorded reading of a text (what dapt.predict will do) is not the
+    tokenized task's (what is measured here): its numbers would not describe the deployed model."""
+    from dapt.deploy.export import INPUT_FILE, input_settings, read_input_settings
+
+    want = input_settings(tokenized_dir)
+    for path in paths.values():
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        recorded = read_input_settings(folder)
+        if recorded and recorded != want:
+            raise UserError(str(folder / INPUT_FILE), f"records {recorded}, but the test split in {tokenized_dir} "
+                            f"was tokenized with {want}", "re-export the run from this task (snakemake deploy)")
 
 
 def _pad_id(path: str | Path) -> int:
