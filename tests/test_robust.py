@@ -10,8 +10,6 @@ test_methods.py, with dropout on (R-Drop compares two dropout passes).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd

@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from dapt import files, grid, layout
+from dapt import files, grid
 from dapt.errors import UserError
 from dapt.metrics import METRICS, score, score_confusion
 from dapt.redact import scrub, secret_values
