@@ -50,7 +50,8 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
 FINETUNE_KEYS = set(FINETUNE_DEFAULTS)
 # Training-time robustness (dapt.robust), all off: fine-tuning keys like the above, sweepable, but only the ones a
 # config sets are in a run's hyperparameters (runs without them keep their files and need no rerun).
-ROBUST_DEFAULTS: dict[str, Any] = {"adversarial": "none", "adv_epsilon": 1.0, "adv_alpha": 0.3, "adv_steps": 3,
+# adv_epsilon: one example's perturbation length (at 1.0 MiniLM, word vectors ~1.07 long, collapsed to the majority).
+ROBUST_DEFAULTS: dict[str, Any] = {"adversarial": "none", "adv_epsilon": 0.1, "adv_alpha": 0.03, "adv_steps": 3,
                                    "rdrop": 0.0, "label_smoothing": 0.0}
 # Tokenize jobs per DAPT corpus when the config gives no corpora.<c>.shards (1: one job, no gathering).
 CORPUS_SHARDS = 1
