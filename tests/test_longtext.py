@@ -330,8 +330,8 @@ def test_defaults_and_cache_paths():
 
 
 def test_the_example_study_plans_one_tokenization_per_setting(tmp_path):
-    """Dry run of config/examples/long_reviews.yaml: seven tasks (six settings and a control), tokenized
-    folders named by their settings, 21 runs."""
+    """Dry run of config/examples/long_reviews.yaml: eight tasks (six settings and two controls), tokenized
+    folders named by their settings, 24 runs."""
     proc = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
                            str(REPO / "config/examples/long_reviews.yaml"), "-n", "--cores", "1"], check=False,
                           capture_output=True, text=True, timeout=120)
@@ -339,7 +339,7 @@ def test_the_example_study_plans_one_tokenization_per_setting(tmp_path):
     plan = proc.stdout + proc.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in plan.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["tokenize_task"] == 7 and counts["finetune"] == 21 and counts["evaluate"] == 21, plan[-3000:]
+    assert counts["tokenize_task"] == 8 and counts["finetune"] == 24 and counts["evaluate"] == 24, plan[-3000:]
     for folder in ("reviews_head_128.L128", "reviews_head_tail_256.L256.head_tail-h64",
                    "reviews_windows_128.L128.windows-s64-n4-mean"):
         assert re.search(rf"results/tokenized/minilm/tasks/{re.escape(folder)}(,|\s|$)", plan), folder

@@ -269,3 +269,16 @@ def write_tiny_wordnet(folder):
         lines.append(f"{offset} {lex} {pos} {len(words):02x} " + " ".join(f"{w} 0" for w in words) + " 000 | gloss")
     for name in ("data.adj", "data.noun", "data.verb", "data.adv"):
         (folder / name).write_text("\n".join(lines if name == "data.adj" else lines[:1]) + "\n")
+
+
+def test_robustness_options_sweep_like_any_hyperparameter():
+    from dapt import grid
+
+    config = tiny_config()
+    config["methods"] = {"full": {"rdrop": [0.0, 0.5], "adversarial": ["none", "fgm"]}}
+    runs = [r for r in grid.runs(config) if r["variant"] == "base" and r["seed"] == 1]
+    names = sorted(r["method"] for r in runs)
+    assert names == ["full-adversarialfgm-rdrop0.0", "full-adversarialfgm-rdrop0.5",
+                     "full-adversarialnone-rdrop0.0", "full-adversarialnone-rdrop0.5"]
+    params = grid.run_params(config, "rt_polarity", "full-adversarialfgm-rdrop0.5")
+    assert params["adversarial"] == "fgm" and params["rdrop"] == 0.5
