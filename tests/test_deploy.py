@@ -170,13 +170,13 @@ def test_onnx_and_int8_match_pytorch(name, task, exported, tmp_path):
     """ONNX (dynamic batch and sequence: a padded batch of mixed lengths) equals PyTorch to 1e-4; int8
     agrees on most labels; both folders serve through dapt.predict."""
     from dapt.deploy.measure import load_logits_fn, pad
-    from dapt.deploy.onnx import export_onnx, quantize_int8
+    from dapt.deploy.onnx import cpu_int8_settings, export_onnx, quantize_int8
     from dapt.tokenization import read_examples
 
     folder = exported(name)
     export_onnx(folder, tmp_path / "onnx", opset=17)
     settings = quantize_int8(tmp_path / "onnx", tmp_path / "onnx_int8")
-    assert settings["isa"] and "reduce_range" in settings
+    assert settings == cpu_int8_settings()  # this CPU's branch; every branch: tests/test_int8_settings.py
     test = read_examples(task[2] / "test.parquet")
     ids, mask = pad(test["input_ids"][:24], 0)
     assert len({len(x) for x in test["input_ids"][:24]}) > 3

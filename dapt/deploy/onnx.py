@@ -75,33 +75,74 @@ def _load_plain(folder: str | Path):
                                                               attn_implementation="eager").eval()
 
 
-def cpu_int8_settings() -> dict:
-    """Quantization settings for the CPU this runs on (ONNX Runtime's quantization guide):
-    with VNNI (AVX-512 VNNI / AVX-VNNI) or on ARM64, signed int8 weights at full 8-bit range; on
-    AVX2/AVX-512 without VNNI the u8*s8 multiply-add can saturate, so weights use reduce_range (7 bits)."""
-    import platform
+#: Where the branches below come from. ONNX Runtime's quantization guide
+#: (https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html, "When and why do I
+#: need to try U8U8?" and FAQ "When to use reduce-range and per-channel quantization?"): dynamic
+#: quantization runs uint8 activations against int8 weights (U8S8); on x86-64 with AVX2 or AVX-512 but
+#: no VNNI that product uses VPMADDUBSW, whose 16-bit pair sums can saturate; reduce_range (7-bit
+#: weights) "is designed for the U8S8 format on AVX2 and AVX512 (non-VNNI) machines" and "not needed
+#: on machines supporting VNNI"; "there is no such issue on ... x64 with VNNI and ARM"; per_channel
+#: "on AVX2 and AVX512 machines" generally needs reduce_range too (off here). Which VNNI counts follows
+#: MLAS' kernel dispatch (onnxruntime/core/mlas/lib/platform.cpp): the AVX-512 BW/DQ/VL kernel replaces
+#: the AVX-VNNI one, so on an AVX-512 CPU only AVX512_VNNI avoids VPMADDUBSW; AMX-INT8 with AMX-TILE
+#: has its own U8S8 kernel (TDPBUSD, 32-bit sums); ARM64 runs U8S8 with UDOT/UMMLA or widening
+#: multiplies, none saturating. Other CPUs (no AVX2, POWER, s390x, unread flags) get reduce_range:
+#: 7-bit weights cost little accuracy and cannot saturate whatever kernel runs.
+X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+ARM64 = ("aarch64", "arm64")
+AVX512_CORE = ("avx512f", "avx512bw", "avx512dq", "avx512vl")
 
-    machine = platform.machine().lower()
-    flags = set()
+
+def int8_settings_for(machine: str, flags: set[str] | frozenset[str]) -> dict:
+    """Dynamic int8 settings for a CPU given its architecture (`platform.machine()`) and its flags
+    (/proc/cpuinfo `flags` / `Features`): the decision alone, so every branch can be tested here.
+    `decided_by` records the flags the choice rests on (absent ones as `-flag`)."""
+    machine = (machine or "").lower()
+    flags = {f.lower() for f in flags}
+
+    def has(*names: str) -> bool:
+        return all(n in flags for n in names)
+
+    if machine in ARM64:
+        ext = "i8mm" if has("i8mm") else ("asimddp" if has("asimddp") else None)
+        isa = {"i8mm": "arm64-i8mm", "asimddp": "arm64-dotprod", None: "arm64"}[ext]
+        reduce_range, decided = False, [machine] + ([ext] if ext else [])
+    elif machine in X86 and has("amx_int8", "amx_tile"):
+        isa, reduce_range, decided = "amx", False, ["amx_int8", "amx_tile"]
+    elif machine in X86 and has(*AVX512_CORE):
+        vnni = has("avx512_vnni")
+        isa = "avx512-vnni" if vnni else "avx512 (no VNNI)"
+        reduce_range, decided = not vnni, ["avx512bw", "avx512_vnni" if vnni else "-avx512_vnni"]
+    elif machine in X86 and has("avx2"):
+        vnni = has("avx_vnni")
+        isa = "avx-vnni" if vnni else "avx2"
+        reduce_range, decided = not vnni, ["avx2", "avx_vnni" if vnni else "-avx_vnni"]
+    elif machine in X86:
+        isa, reduce_range = ("x86-64 (no AVX2)" if flags else "x86-64 (CPU flags not read)"), True
+        decided = ["-avx2"] if flags else []
+    else:
+        isa, reduce_range, decided = f"unknown ({machine or 'machine not reported'})", True, []
+    return {"isa": isa, "weight_type": "QInt8", "per_channel": False, "reduce_range": reduce_range,
+            "machine": machine, "decided_by": decided}
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The first `flags` (x86) or `Features` (ARM) line of /proc/cpuinfo; empty where there is none
+    (macOS, Windows, a container that hides it)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path(cpuinfo).read_text().splitlines():
             if line.startswith(("flags", "Features")):
-                flags = set(line.split(":", 1)[1].split())
-                break
+                return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    if machine in ("aarch64", "arm64"):
-        isa, reduce_range = "arm64" + ("-dotprod" if "asimddp" in flags else ""), False
-    elif flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
-        isa = "avx512-vnni" if "avx512_vnni" in flags else ("amx" if "amx_int8" in flags else "avx-vnni")
-        reduce_range = False
-    elif "avx512bw" in flags:
-        isa, reduce_range = "avx512 (no VNNI)", True
-    elif "avx2" in flags:
-        isa, reduce_range = "avx2", True
-    else:
-        isa, reduce_range = machine or "unknown", True
-    return {"isa": isa, "weight_type": "QInt8", "per_channel": False, "reduce_range": reduce_range}
+    return set()
+
+
+def cpu_int8_settings() -> dict:
+    """Quantization settings for the CPU this runs on (`int8_settings_for` decides)."""
+    import platform
+
+    return int8_settings_for(platform.machine(), cpu_flags())
 
 
 def quantize_int8(onnx_dir: str | Path, out_dir: str | Path, settings: dict | None = None) -> dict:

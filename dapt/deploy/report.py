@@ -61,6 +61,8 @@ def write_tables(rows: list[dict], settings: list[dict], out: Path) -> None:
         if q:
             line += (f"; int8: ONNX Runtime dynamic quantization for {q['isa']}, weights {q['weight_type']}, "
                      f"per_channel={q['per_channel']}, reduce_range={q['reduce_range']}")
+            if q.get("decided_by") is not None:  # exports before the record named the deciding CPU flags lack it
+                line += f" (decided by {q.get('machine')}: {', '.join(q['decided_by']) or 'no CPU flags'})"
         lines.append(line + ".")
     write_text(out / "deploy.md", "\n".join(lines) + "\n")
     esc = lambda t: t.replace("%", r"\%").replace("_", r"\_").replace("Δ", r"$\Delta$")  # noqa: E731
