@@ -28,8 +28,15 @@ ends in a thread barrier whose partner may be descheduled); the 1-thread line is
 ONNX Runtime runs with spinning off (`session.intra_op.allow_spinning=0`): spinning threads took the
 cores from PyTorch in the side-by-side run (PyTorch p50 693 ms).
 
+`--int8-branch avx2` (or avx512, avx512-vnni, arm64) adds a fourth format: the ONNX graph quantized
+with the settings `dapt.deploy.onnx.int8_settings_for` picks for such a CPU (AVX2: reduce_range, 7-bit
+weights), measured beside this CPU's int8. The kernels that run it are still this CPU's, so its
+macro-F1 and size are what that CPU's deploy stage would ship (with 7-bit weights VPMADDUBSW cannot
+saturate: 255*64*2 < 32767, so an AVX2 CPU computes the same integer sums), its latency is not.
+
 The last line is machine-readable:
     int8_speedup_b1=X.XX int8_f1_drop=Y.YY int8_size_ratio=0.ZZ onnx_speedup_b1=... int8_speedup_b32=... isa=...
+    [branch=avx2 branch_f1_drop=... branch_size_ratio=...]   (with --int8-branch)
 """
 
 from __future__ import annotations
@@ -41,6 +48,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+#: --int8-branch: (platform.machine(), /proc/cpuinfo flags) of a typical CPU of each quantization branch
+BRANCH_CPUS = {
+    "avx2": ("x86_64", {"avx", "avx2", "fma"}),  # Haswell .. Zen 3
+    "avx512": ("x86_64", {"avx2", "avx512f", "avx512bw", "avx512dq", "avx512vl"}),  # Skylake-SP
+    "avx512-vnni": ("x86_64", {"avx2", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"}),
+    "arm64": ("aarch64", {"fp", "asimd", "asimddp"}),  # Graviton 2, Ampere Altra
+}
 
 
 def prepare(args, work: Path) -> tuple[Path, Path, Path]:
@@ -81,6 +95,8 @@ def main() -> None:
     p.add_argument("--latency-texts", type=int, default=200, help="test texts timed at batch 1 (each format)")
     p.add_argument("--work", default=str(REPO / "results" / "bench" / "deploy"))
     p.add_argument("--cache-dir", default=str(REPO / "results" / ".cache" / "downloads"))
+    p.add_argument("--int8-branch", choices=sorted(BRANCH_CPUS),
+                   help="also measure the int8 weights another CPU's settings give (run here, on this CPU's kernels)")
     args = p.parse_args()
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(args.threads)
@@ -95,7 +111,7 @@ def main() -> None:
     from dapt.deploy.cpu import cpu_name
     from dapt.deploy.export import export_run
     from dapt.deploy.measure import load_logits_fn, pad, size_bytes
-    from dapt.deploy.onnx import export_onnx, quantize_int8, softmax
+    from dapt.deploy.onnx import export_onnx, int8_settings_for, quantize_int8, softmax
     from dapt.files import read_json
     from dapt.metrics import compute_metrics
     from dapt.tokenization import read_examples
@@ -109,7 +125,15 @@ def main() -> None:
     print(f"exported in {time.perf_counter() - t:.1f} s; int8 settings {json.dumps(settings)}")
 
     formats = {"pytorch": out / "pytorch", "onnx": out / "onnx", "onnx_int8": out / "onnx_int8"}
-    fns = {f: load_logits_fn(f, path, args.threads) for f, path in formats.items()}
+    branch = f"int8[{args.int8_branch}]" if args.int8_branch else None
+    if branch:
+        other = quantize_int8(out / "onnx", out / f"onnx_int8_{args.int8_branch}", int8_settings_for(*BRANCH_CPUS[args.int8_branch]))
+        formats[branch] = out / f"onnx_int8_{args.int8_branch}"
+        print(f"{branch}: the weights the deploy stage writes on an {other['isa']} CPU (reduce_range={other['reduce_range']}, "
+              f"decided by {', '.join(other['decided_by'])}), run HERE by this CPU's kernels ({settings['isa']}): "
+              f"its macro-F1 and size carry over to such a CPU, its latency does not")
+    kind = {f: "pytorch" if f == "pytorch" else "onnx" for f in formats}
+    fns = {f: load_logits_fn(kind[f], path, args.threads) for f, path in formats.items()}
     test = read_examples(tokenized / "test.parquet")
     ids_list, gold = test["input_ids"], test["label"]
     pad_id = 0
@@ -139,7 +163,7 @@ def main() -> None:
     for f in fns:
         pr = np.concatenate(probs[f])
         scores = compute_metrics(gold, pr.argmax(1), labels)
-        rows[f] = {"macro_f1": scores["macro_f1"], "accuracy": scores["accuracy"], "size_mb": size_bytes(f, formats[f]) / 1e6,
+        rows[f] = {"macro_f1": scores["macro_f1"], "accuracy": scores["accuracy"], "size_mb": size_bytes(kind[f], formats[f]) / 1e6,
                    "p50_ms": float(np.percentile(lat[f], 50)), "p95_ms": float(np.percentile(lat[f], 95)),
                    "per_s_b32": len(ids_list) / spent[f], "pred": pr.argmax(1)}
     ref = rows["pytorch"]
@@ -147,9 +171,9 @@ def main() -> None:
           f"onnxruntime {__import__('onnxruntime').__version__}; int8 for {settings['isa']} "
           f"(weights {settings['weight_type']}, reduce_range={settings['reduce_range']}); "
           f"{len(ids_list)} test texts, batch-1 latency over {len(lat['pytorch'])}")
-    print(f"{'format':<10} {'macro-F1':>8} {'dF1 pts':>8} {'agree':>6} {'size MB':>8} {'p50 ms':>7} {'p95 ms':>7} {'ex/s b32':>9}")
+    print(f"{'format':<16} {'macro-F1':>8} {'dF1 pts':>8} {'agree':>6} {'size MB':>8} {'p50 ms':>7} {'p95 ms':>7} {'ex/s b32':>9}")
     for f, r in rows.items():
-        print(f"{f:<10} {100 * r['macro_f1']:8.2f} {100 * (r['macro_f1'] - ref['macro_f1']):+8.2f} "
+        print(f"{f:<16} {100 * r['macro_f1']:8.2f} {100 * (r['macro_f1'] - ref['macro_f1']):+8.2f} "
               f"{(r['pred'] == ref['pred']).mean():6.3f} {r['size_mb']:8.1f} {r['p50_ms']:7.2f} {r['p95_ms']:7.2f} {r['per_s_b32']:9.1f}")
     q, o = rows["onnx_int8"], rows["onnx"]
     speed = ref["p50_ms"] / q["p50_ms"]
@@ -160,7 +184,9 @@ def main() -> None:
           f"size <= 30 %: {100 * size:.1f} % {'MET' if size <= 0.30 else 'MISSED'}")
     print(f"int8_speedup_b1={speed:.2f} int8_f1_drop={drop:.2f} int8_size_ratio={size:.3f} "
           f"onnx_speedup_b1={ref['p50_ms'] / o['p50_ms']:.2f} int8_speedup_b32={q['per_s_b32'] / ref['per_s_b32']:.2f} "
-          f"isa={settings['isa']}")
+          f"isa={settings['isa']}" + (f" branch={args.int8_branch} "
+                                      f"branch_f1_drop={100 * (ref['macro_f1'] - rows[branch]['macro_f1']):.2f} "
+                                      f"branch_size_ratio={rows[branch]['size_mb'] / ref['size_mb']:.3f}" if branch else ""))
 
 
 if __name__ == "__main__":
