@@ -44,7 +44,7 @@ SAPPHIRE_RAPIDS = AVX512_VNNI | {"avx_vnni", "amx_tile", "amx_int8", "amx_bf16"}
 def test_each_cpu_branch(machine, flags, isa, reduce_range, decided_by):
     s = int8_settings_for(machine, flags)
     assert (s["isa"], s["reduce_range"], s["decided_by"]) == (isa, reduce_range, decided_by)
-    assert s["weight_type"] == "QInt8" and s["per_channel"] is False and s["machine"] == machine.lower()
+    assert s["weight_type"] == "QInt8" and s["per_channel"] is s["reduce_range"] and s["machine"] == machine.lower()
 
 
 def test_flags_read_from_cpuinfo(tmp_path, monkeypatch):
