@@ -32,6 +32,23 @@ def rt_examples():
     return df
 
 
+def rt_reviews():
+    """Long 'reviews' of 6-14 sentences of one label, built from tests/data/rt_sample.csv (44 documents)."""
+    import pandas as pd
+
+    df = pd.read_csv(REPO / "tests" / "data" / "rt_sample.csv")
+    docs = []
+    for label, part in df.groupby("sentiment"):
+        sentences, i = part["sentence"].tolist(), 0
+        for k in range(22):
+            n = 6 + (k * 5) % 9
+            docs.append({"text": " ".join(sentences[i : i + n]), "label": label})
+            i += n
+    docs = pd.DataFrame(docs).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    docs.insert(0, "id", [f"doc{i}" for i in range(len(docs))])
+    return docs
+
+
 def write_tokenized_task(root: Path, splits: dict, labels: list, base: Path, max_length: int, *args) -> Path:
     """A prepared task folder (root/task: one parquet per split, labels.json) tokenized for the model in
     `base` into root/tokenized, the folder returned; `args` go on to tokenize_task_dir (key, long_text)."""

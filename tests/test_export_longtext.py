@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, minilm_dir, write_tokenized_task
+from conftest import minilm_dir, rt_reviews, write_tokenized_task
 
 from dapt.errors import UserError
 
@@ -27,20 +27,6 @@ TASKS = {"windows": (32, WINDOWS), "head": (48, None)}  # name -> (max_length, l
 TRAIN = {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "grad_accum": 1, "lr": 1e-3, "weight_decay": 0.0,
          "warmup_ratio": 0.0, "patience": 5, "max_grad_norm": 1.0, "save_steps": 1000, "kind": "full",
          "metric": "macro_f1"}
-
-
-def _reviews() -> pd.DataFrame:
-    df = pd.read_csv(REPO / "tests" / "data" / "rt_sample.csv")
-    docs = []
-    for label, part in df.groupby("sentiment"):
-        sentences, i = part["sentence"].tolist(), 0
-        for k in range(22):
-            n = 6 + (k * 5) % 9
-            docs.append({"text": " ".join(sentences[i : i + n]), "label": label})
-            i += n
-    docs = pd.DataFrame(docs).sample(frac=1.0, random_state=0).reset_index(drop=True)
-    docs.insert(0, "id", [f"doc{i}" for i in range(len(docs))])
-    return docs
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +49,7 @@ def study(tmp_path_factory) -> dict:
     base = root / "base"
     BertForMaskedLM(config).save_pretrained(base)
     tok.save_pretrained(base)
-    docs = _reviews()
+    docs = rt_reviews()
     torch.set_num_threads(1)
     runtime = setup_runtime(0, "fp32", threads=1)
     out = {}

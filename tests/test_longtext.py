@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, SNAKEMAKE, minilm_dir, tiny_config, write_tokenized_task
+from conftest import REPO, SNAKEMAKE, minilm_dir, rt_reviews, tiny_config, write_tokenized_task
 
 from dapt import config as study
 from dapt import layout, longtext
@@ -124,16 +124,7 @@ def long_task(tok, tmp_path_factory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("longtext")
     base = _tiny_classifier(tok, root)
-    df = pd.read_csv(REPO / "tests" / "data" / "rt_sample.csv")
-    docs = []
-    for label, part in df.groupby("sentiment"):
-        sentences, i = part["sentence"].tolist(), 0
-        for k in range(22):
-            n = 6 + (k * 5) % 9
-            docs.append({"text": " ".join(sentences[i : i + n]), "label": label})
-            i += n
-    docs = pd.DataFrame(docs).sample(frac=1.0, random_state=0).reset_index(drop=True)
-    docs.insert(0, "id", [f"doc{i}" for i in range(len(docs))])
+    docs = rt_reviews()
     tokenized = write_tokenized_task(root, {"train": docs[:24], "validation": docs[24:32], "test": docs[32:44]},
                                      ["neg", "pos"], base, MAX_LENGTH, "tasks.reviews.max_length", WINDOWS)
     return base, tokenized
