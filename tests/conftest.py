@@ -32,6 +32,21 @@ def rt_examples():
     return df
 
 
+def tiny_base(root: Path, tok, dropout: float = 0.0, initializer_range: float = 0.2) -> Path:
+    """A randomly initialised 2-layer BERT masked LM with MiniLM's tokenizer, saved in root/base (seed 0)."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, initializer_range=initializer_range,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    base = root / "base"
+    BertForMaskedLM(config).save_pretrained(base)
+    tok.save_pretrained(base)
+    return base
+
+
 def rt_reviews():
     """Long 'reviews' of 6-14 sentences of one label, built from tests/data/rt_sample.csv (44 documents)."""
     import pandas as pd

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import minilm_dir, rt_reviews, write_tokenized_task
+from conftest import minilm_dir, rt_reviews, tiny_base, write_tokenized_task
 
 from dapt.errors import UserError
 
@@ -32,7 +32,6 @@ TRAIN = {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "grad_accum": 1, "
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> dict:
     """name -> {tokenized, run, export}: each task tokenized, fine-tuned, evaluated and exported."""
-    from transformers import BertConfig, BertForMaskedLM
 
     import dapt.finetune as ft
     from dapt.deploy.export import export_run
@@ -42,13 +41,7 @@ def study(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("export_longtext")
     tok = load_tokenizer(minilm_dir())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, initializer_range=0.2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    base = root / "base"
-    BertForMaskedLM(config).save_pretrained(base)
-    tok.save_pretrained(base)
+    base = tiny_base(root, tok)
     docs = rt_reviews()
     torch.set_num_threads(1)
     runtime = setup_runtime(0, "fp32", threads=1)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, SNAKEMAKE, minilm_dir, rt_reviews, tiny_config, write_tokenized_task
+from conftest import REPO, SNAKEMAKE, minilm_dir, rt_reviews, tiny_base, tiny_config, write_tokenized_task
 
 from dapt import config as study
 from dapt import layout, longtext
@@ -106,16 +106,7 @@ def test_windowed_split_round_trips_with_its_documents(tok, tmp_path):
 # --- pooling and per-document scores ----------------------------------------------------------------
 
 def _tiny_classifier(tok, root: Path) -> Path:
-    from transformers import BertConfig, BertForMaskedLM
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, initializer_range=0.2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    base = root / "base"
-    BertForMaskedLM(config).save_pretrained(base)
-    tok.save_pretrained(base)
-    return base
+    return tiny_base(root, tok)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, make_workdir, minilm_dir, rt_examples, run_snakemake, tiny_config, write_tokenized_task
+from conftest import (REPO, make_workdir, minilm_dir, rt_examples, run_snakemake, tiny_base, tiny_config,
+                      write_tokenized_task)
 
 TRAIN = {"epochs": 2, "batch_size": 8, "eval_batch_size": 32, "grad_accum": 1, "lr": 3e-3, "weight_decay": 0.0,
          "warmup_ratio": 0.0, "patience": 10, "max_grad_norm": 1.0, "save_steps": 1000, "metric": "macro_f1",
@@ -31,19 +32,11 @@ OPTIONS = {"fgm": {"adversarial": "fgm", "adv_epsilon": 1.0}, "pgd": {"adversari
 @pytest.fixture(scope="module")
 def tiny_task(tmp_path_factory):
     """(base checkpoint, prepared task folder, tokenized task folder)."""
-    from transformers import BertConfig, BertForMaskedLM
-
     from dapt.models import load_tokenizer
 
     root = tmp_path_factory.mktemp("robust")
     tok = load_tokenizer(minilm_dir())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.1,
-                        attention_probs_dropout_prob=0.1)
-    base = root / "base"
-    BertForMaskedLM(config).save_pretrained(base)
-    tok.save_pretrained(base)
+    base = tiny_base(root, tok, dropout=0.1, initializer_range=0.02)
     df = rt_examples()
     tokenized = write_tokenized_task(root, {"train": df[:32], "validation": df[32:64], "test": df[64:124]},
                                      ["neg", "pos"], base, 48)
