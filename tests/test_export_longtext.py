@@ -32,7 +32,6 @@ TRAIN = {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "grad_accum": 1, "
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> dict:
     """name -> {tokenized, run, export}: each task tokenized, fine-tuned, evaluated and exported."""
-
     import dapt.finetune as ft
     from dapt.deploy.export import export_run
     from dapt.evaluate import evaluate_run
