@@ -11,7 +11,7 @@ import contextlib
 import csv
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +104,12 @@ def _label_names(ds: Any, table: pd.DataFrame) -> pd.DataFrame:
 def read_table(path: Path, source: dict, where: str, origin: str) -> pd.DataFrame:
     """Read a csv/tsv/jsonl/parquet/txt file with every value as found (strings for text formats).
 
-    Without a header the columns are numbered 0, 1, ...; a txt file is one column "text",
-    one text per non-blank line; tsv fields are never quoted (as in GLUE-style files).
+    Without a header the columns are numbered 0, 1, ...; a txt file is one column "text", one text
+    per non-blank line (or, with `sep`, two: `_txt_rows`); tsv fields are never quoted (as in GLUE).
     """
     fmt, encoding = _check_file(path, source, where, origin)
     with _read_errors(origin, where, fmt, encoding):
-        table = _read_format(path, fmt, encoding, source.get("header", True), origin)
+        table = _read_format(path, fmt, encoding, source, origin)
     if table.empty:
         raise UserError(origin, "the file has no rows")
     return table
@@ -122,7 +122,7 @@ def read_chunks(path: Path, source: dict, where: str, origin: str, rows: int | N
     fmt, encoding = _check_file(path, source, where, origin)
     seen = 0
     with _read_errors(origin, where, fmt, encoding):
-        for chunk in _format_chunks(path, fmt, encoding, source.get("header", True), origin, rows):
+        for chunk in _format_chunks(path, fmt, encoding, source, origin, rows):
             if len(chunk):
                 seen += len(chunk)
                 yield chunk
@@ -135,6 +135,8 @@ def _check_file(path: Path, source: dict, where: str, origin: str) -> tuple[str,
     if path.is_dir():
         raise UserError(origin, "is a folder, not a data file", "point path/member at a file")
     fmt = _table_format(path, source, where)
+    if source.get("sep") is not None and fmt != "txt":
+        raise UserError(f"{where}.sep", f"splits txt lines, but {path.name} is read as {fmt}", "remove sep:")
     if path.stat().st_size == 0:
         raise UserError(origin, "the file is empty")
     return fmt, source.get("encoding", "utf-8-sig")
@@ -159,33 +161,26 @@ def _read_errors(origin: str, where: str, fmt: str, encoding: str) -> Iterator[N
         raise UserError(origin, f"cannot read as {fmt}: {err}", f"check the file or set format: in {where}") from None
 
 
-def _read_format(path: Path, fmt: str, encoding: str, header: bool, origin: str) -> pd.DataFrame:
+def _read_format(path: Path, fmt: str, encoding: str, source: dict, origin: str) -> pd.DataFrame:
     """The file read as `fmt`; decoding and parsing errors are left to `read_table` to explain."""
     if fmt in ("csv", "tsv"):
         return pd.read_csv(
             path,
             sep="," if fmt == "csv" else "\t",
             quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,  # tsv has no quoting
-            header=0 if header else None,
+            header=0 if source.get("header", True) else None,
             encoding=encoding,
             dtype=str,
             keep_default_na=False,
         )
-    if fmt == "jsonl":
-        return _read_jsonl(path, encoding, origin)
     if fmt == "parquet":
         return pd.read_parquet(path)
     with open(path, encoding=encoding) as f:
-        return pd.DataFrame({"text": [line for line in f.read().splitlines() if line.strip()]})
-
-
-def _read_jsonl(path: Path, encoding: str, origin: str) -> pd.DataFrame:
-    """One JSON object per non-blank line; a bad line is named by its number."""
-    with open(path, encoding=encoding) as f:
-        return pd.DataFrame(list(_jsonl_rows(f, origin)))
+        return pd.DataFrame(list(_jsonl_rows(f, origin) if fmt == "jsonl" else _txt_rows(f, source.get("sep"), origin)))
 
 
 def _jsonl_rows(lines: Any, origin: str) -> Iterator[dict]:
+    """One JSON object per non-blank line; a bad line is named by its number."""
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -198,11 +193,25 @@ def _jsonl_rows(lines: Any, origin: str) -> Iterator[dict]:
         yield row
 
 
-def _format_chunks(path: Path, fmt: str, encoding: str, header: bool, origin: str, rows: int) -> Iterator[pd.DataFrame]:
+def _txt_rows(lines: Iterable[str], sep: str | None, origin: str) -> Iterator[dict]:
+    """Each non-blank line (as str.splitlines splits them) as column "text"; with `sep`, each non-blank
+    line of the file split at its last `sep` into columns 0 and 1, so a text may hold `sep` (as in
+    Financial PhraseBank's "sentence@label" lines); a line without `sep` is an error naming it."""
+    for lineno, line in enumerate(lines, 1):
+        if sep is None:
+            yield from ({"text": part} for part in line.splitlines() if part.strip())
+        elif line.strip():
+            if sep not in line:
+                raise UserError(f"{origin}:{lineno}", f"no {sep!r} in the line", f"lines are <text>{sep}<label>")
+            yield dict(enumerate(line.rstrip("\n").rsplit(sep, 1)))
+
+
+def _format_chunks(path: Path, fmt: str, encoding: str, source: dict, origin: str, rows: int) -> Iterator[pd.DataFrame]:
     """`_read_format`, `rows` rows at a time (txt: lines split as str.splitlines splits them)."""
     if fmt in ("csv", "tsv"):
+        header = 0 if source.get("header", True) else None
         with pd.read_csv(path, sep="," if fmt == "csv" else "\t",
-                         quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE, header=0 if header else None,
+                         quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE, header=header,
                          encoding=encoding, dtype=str, keep_default_na=False, chunksize=rows) as reader:
             yield from reader
     elif fmt == "parquet":
@@ -212,10 +221,7 @@ def _format_chunks(path: Path, fmt: str, encoding: str, header: bool, origin: st
             yield batch.to_pandas()
     else:
         with open(path, encoding=encoding) as f:
-            if fmt == "jsonl":
-                items: Iterator = _jsonl_rows(f, origin)
-            else:
-                items = ({"text": part} for line in f for part in line.splitlines() if part.strip())
+            items = _jsonl_rows(f, origin) if fmt == "jsonl" else _txt_rows(f, source.get("sep"), origin)
             while chunk := [row for _, row in zip(range(rows), items)]:
                 yield pd.DataFrame(chunk)
 
