@@ -384,7 +384,7 @@ def flop_params(model_dir: Path) -> dict:
     """Weights of Linear layers: encoder vs MLM head (the head's vocabulary projection apart)."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
-    from dapt.pretrain import mlm_head
+    from dapt.mlm import mlm_head
 
     config = AutoConfig.from_pretrained(str(model_dir))
     with torch.device("meta"):
@@ -442,7 +442,7 @@ def peak_job(tt: TurnTaker, others: list[str], precision: str, n: int, reps: int
 
 def mlm_eval_loss(model, blocks: np.ndarray, special_ids: list[int], mask_id: int, seed: int, batch: int = 16) -> float:
     """Standard full-logit MLM loss in fp32, eval mode, on fixed blocks with fixed masks."""
-    from dapt.pretrain import mask_tokens
+    from dapt.mlm import mask_tokens
 
     ids = torch.from_numpy(blocks).long()
     special = torch.isin(ids, torch.tensor(special_ids))

@@ -2,7 +2,7 @@
 
 Two choices make it fast and sound on small budgets:
 - the vocabulary projection (about half the FLOPs of a small encoder) runs only at the masked
-  positions, not at every position as the models' standard MLM forward does;
+  positions, not at every position as the models' standard MLM forward does (`dapt.mlm`);
 - a checkpoint without an MLM head (e.g. a sentence-embedding model) first trains only the new head
   (``head_warmup_steps`` at ``head_lr``), so the random head sends no noisy gradients into the encoder.
 Weights the MLM model does not use (BERT's pooler) are carried over from the parent checkpoint, so a
@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -30,67 +29,11 @@ from dapt.files import atomic_path, read_json, write_json
 from dapt.blocks import read_blocks
 from dapt.checkpoints import checkpoint_step, clear_checkpoints
 from dapt.config import MLM_DEFAULTS
+from dapt.mlm import MaskedOnlyMLM, apply_masking, masking_draws
 from dapt.models import TOKENIZER_FILES
 from dapt.steps import Progress, Stepper, split_micro
 from dapt.tracking import log_pretrain
 from dapt.train import Runtime, Timer, count_params, linear_schedule, make_optimizer, peak_memory_mb, unwrap
-
-def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, probability: float, mask_id: int,
-                vocab_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's dynamic masking: pick `probability` of the non-special tokens; 80% [MASK], 10% random, 10% kept."""
-    return apply_masking(input_ids, special, masking_draws(input_ids.shape, vocab_size, generator), probability,
-                         mask_id)
-
-
-def masking_draws(shape: tuple[int, ...] | torch.Size, vocab_size: int,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The random numbers masking a global batch takes, in the stream's order: which positions,
-    what becomes of them, the random replacement ids. Every rank draws the whole batch's (one
-    stream for any number of processes) and applies its own rows of them."""
-    chosen = torch.rand(shape, generator=generator)
-    action = torch.rand(shape, generator=generator)
-    return chosen, action, torch.randint(vocab_size, shape, generator=generator)
-
-
-def apply_masking(input_ids: torch.Tensor, special: torch.Tensor, draws: tuple[torch.Tensor, ...],
-                  probability: float, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and labels (-100 where not masked) of some rows, from those rows' draws."""
-    pick, action, random_ids = draws
-    labels = input_ids.clone()
-    chosen = (pick < probability) & ~special
-    labels[~chosen] = -100
-    inputs = input_ids.clone()
-    inputs[chosen & (action < 0.8)] = mask_id
-    randomize = chosen & (action >= 0.8) & (action < 0.9)
-    inputs[randomize] = random_ids[randomize]
-    return inputs, labels
-
-
-def mlm_head(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The module mapping hidden states to vocabulary logits (BERT: `cls`, RoBERTa & co: `lm_head`)."""
-    for name in ("cls", "lm_head", "vocab_projector"):
-        if isinstance(getattr(model, name, None), torch.nn.Module):
-            return getattr(model, name)
-    return None
-
-
-class MaskedOnlyMLM(torch.nn.Module):
-    """Loss from logits at the masked positions only; a module so DDP can wrap it."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-        self.head = mlm_head(model)
-
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Cross-entropy over the masked positions: their mean, or with reduction="sum" their sum."""
-        if self.head is None:  # unknown architecture: the standard forward, logits everywhere
-            loss = self.model(input_ids=input_ids, labels=labels).loss
-            return loss * (labels != -100).sum() if reduction == "sum" else loss
-        hidden = self.model.base_model(input_ids=input_ids).last_hidden_state
-        selected = labels != -100
-        logits = self.head(hidden[selected])
-        return F.cross_entropy(logits.float(), labels[selected], reduction=reduction)
 
 
 def head_parameter_names(model: torch.nn.Module, missing: set[str]) -> set[str]:

@@ -21,7 +21,8 @@ import torch
 from conftest import REPO, make_workdir, minilm_dir, run_snakemake, tiny_config
 from dapt import blocks, data, tables
 from dapt.errors import UserError
-from dapt.pretrain import apply_masking, mask_tokens, masking_draws, read_data
+from dapt.mlm import apply_masking, mask_tokens, masking_draws
+from dapt.pretrain import read_data
 
 IMDB_SAMPLE = REPO / "tests" / "data" / "imdb_sample.jsonl"
 

@@ -14,7 +14,8 @@ from dapt import config as study
 from dapt.errors import UserError
 from dapt.batching import bucketed_batches, length_sorted_batches
 from dapt.metrics import compute_metrics
-from dapt.pretrain import MaskedOnlyMLM, mask_tokens, save_mlm_checkpoint
+from dapt.mlm import MaskedOnlyMLM, mask_tokens
+from dapt.pretrain import save_mlm_checkpoint
 from dapt.models import load_tokenizer
 from dapt.blocks import pack_blocks
 from dapt.tokenization import tokenize_examples
