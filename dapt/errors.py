@@ -18,6 +18,15 @@ class UserError(Exception):
         super().__init__(msg)
 
 
+class Diverged(UserError):
+    """A training loss that is no longer finite: the setting (lr, precision) is the cause, not the code.
+    Fine-tuning may record it as a failed run (`on_divergence: record`) instead of stopping the study."""
+
+    def __init__(self, where: str, problem: str, fix: str = "", step: int = 0):
+        super().__init__(where, problem, fix)
+        self.step = step
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run a script's main(); a UserError becomes one line on stderr and exit status 2.
 

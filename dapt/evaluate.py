@@ -54,6 +54,9 @@ def evaluate_run(artifact_dir: str, base_dir: str, tokenized_dir: str, train_jso
     from dapt.tokenization import read_examples
 
     labels = read_json(Path(tokenized_dir) / "labels.json")
+    train_info = read_json(train_json)
+    if train_info.get("status") == "diverged":
+        return record_diverged(train_info, labels, context, out_metrics, out_predictions, out_robustness)
     model, pad_id = load_finetuned(artifact_dir, base_dir, labels)
     model.to(runtime.device)
     test = read_examples(Path(tokenized_dir) / "test.parquet")
@@ -61,7 +64,6 @@ def evaluate_run(artifact_dir: str, base_dir: str, tokenized_dir: str, train_jso
     ids, gold, probs = per_document(test, probs)
     metrics = compute_metrics(gold, probs.argmax(1), labels)
     artifact_bytes = sum(f.stat().st_size for f in Path(artifact_dir).rglob("*") if f.is_file())
-    train_info = read_json(train_json)
     result = {**context, **metrics, "n_test": len(gold), "artifact_bytes": artifact_bytes,
               **{k: train_info[k] for k in TRAIN_KEYS},
               "precision_reason": train_info.get("precision_reason", ""),
@@ -110,3 +112,17 @@ def read_changed(path: str) -> int:
     import pyarrow.parquet as pq
 
     return int(sum(pq.read_table(path, columns=["changed"]).column("changed").to_pylist()))
+
+
+def record_diverged(train_info: dict, labels: list[str], context: dict, out_metrics: str, out_predictions: str,
+                    out_robustness: str | None) -> dict:
+    """A run whose training diverged (`on_divergence: record`) has nothing to predict with: its
+    outputs say so (metrics.json `status: diverged` and the error, no scores; predictions.csv with
+    its header only), so the report can list it as failed instead of the study stopping here."""
+    result = {**context, "status": "diverged", "error": train_info["error"], "labels": labels,
+              **{k: train_info[k] for k in TRAIN_KEYS}, "diverged_step": train_info["diverged_step"]}
+    if out_robustness:
+        write_json(out_robustness, {**context, "status": "diverged"})
+    write_predictions(out_predictions, [], np.zeros(0, dtype=int), np.zeros((0, len(labels))), labels)
+    write_json(out_metrics, result)
+    return result

@@ -11,6 +11,7 @@ validation at each epoch's end, early stopping and the best epoch.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from dapt.batching import bucketed_batches, collate, rank_share
 from dapt.checkpoints import clear_checkpoints
 from dapt.config import FINETUNE_DEFAULTS
 from dapt.distributed import all_reduce_sums
-from dapt.errors import UserError
+from dapt.errors import Diverged, UserError
 from dapt.evaluate import predict_proba
 from dapt.files import atomic_path, read_json, write_json
 from dapt.longtext import n_documents, per_document
@@ -33,7 +34,7 @@ from dapt.robust import EmbeddingNoise, changes_encoder_input, robust_loss, robu
 from dapt.steps import Progress, Stepper, split_micro
 from dapt.tokenization import read_examples
 from dapt.tracking import log_finetune
-from dapt.train import Runtime, Timer, count_params, linear_schedule, make_optimizer, peak_memory_mb, trainable_state, unwrap
+from dapt.train import Runtime, Timer, check_finite, count_params, linear_schedule, make_optimizer, peak_memory_mb, trainable_state, unwrap
 
 LOG_COLUMNS = ["epoch", "step", "train_loss", "val_accuracy", "val_macro_f1", "lr"]
 
@@ -83,7 +84,8 @@ class FineTuning:
         if runtime.world_size > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
         self.stepper = Stepper(runtime, self.train_model, self.model.parameters, params["max_grad_norm"],
-                               f"finetune {params['kind']}", lambda step: after_optimizer_step(self.model, params, step))
+                               f"finetune {params['kind']}", lambda step: after_optimizer_step(self.model, params, step),
+                               check_loss=False)
         optimizer = make_optimizer(list(self.model.named_parameters()), params["lr"], params["weight_decay"])
         self.stepper.use(optimizer, linear_schedule(optimizer, int(params["warmup_ratio"] * self.total), self.total))
         self.state = new_state()
@@ -109,7 +111,8 @@ class FineTuning:
         objective, loss = robust_loss(self._forward(self.train_model), ids.to(device), mask.to(device), labels,
                                       self.params, self.noise, self._forward(self.model))
         objective = (objective + method_penalty(self.model, self.params)) * len(part) * weight
-        return objective, loss.item() * len(part) * weight / self.runtime.world_size
+        value = loss.item() * len(part) * weight / self.runtime.world_size
+        return objective, value if math.isfinite(objective.item()) else math.nan  # train_step checks it
 
     def _forward(self, model: torch.nn.Module):
         def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -122,7 +125,9 @@ class FineTuning:
         shard, weight = rank_share(idx, self.runtime.rank, self.runtime.world_size)
         parts = split_micro(shard, self.params["grad_accum"])
         loss = self.stepper.step(parts, lambda part: self.micro_step(part, weight), self.state["step"])
-        return all_reduce_sums({"loss": loss}, self.runtime.device)["loss"]
+        loss = all_reduce_sums({"loss": loss}, self.runtime.device)["loss"]
+        check_finite(loss, self.stepper.where, self.state["step"])  # the same on every rank: they stop together
+        return loss
 
     def end_epoch(self, timer: Timer) -> None:
         """Validate, log the epoch, keep its weights if they are the best so far."""
@@ -159,7 +164,7 @@ class FineTuning:
     def run(self) -> float:
         """Train until the last step or early stopping; returns the seconds spent (resumes included)."""
         state, params = self.state, self.params
-        timer = Timer()
+        timer = self.timer = Timer()
         timer.start -= state.get("seconds", 0.0)  # time spent before a kill counts too
         progress = Progress(self.total, state["step"], every=max(1, self.steps_per_epoch // 10),
                             enabled=self.runtime.is_main)
@@ -192,10 +197,13 @@ class FineTuning:
 
 
 def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, params: dict, seed: int,
-             runtime: Runtime, pretrain_info: dict | None = None, augmented: str | None = None) -> dict:
+             runtime: Runtime, pretrain_info: dict | None = None, augmented: str | None = None,
+             on_divergence: str = "fail") -> dict:
     """Fine-tune one run, resuming from its checkpoint if there is one; write model/, log.csv and
     train.json to `out_dir` (rank 0) and return the summary. `augmented`: the run's augmented
-    training rows (`dapt.augment`), added to the training split."""
+    training rows (`dapt.augment`), added to the training split. `on_divergence: record` writes a
+    diverged run as a failed one (train.json `status: diverged`, no weights) instead of raising, so a
+    sweep's too-large learning rate does not stop the study: evaluation and the report say so."""
     missing = sorted({*FINETUNE_DEFAULTS, "kind", "metric"} - set(params))
     if missing:  # the rule passes dapt.config.finetune_params, defaults included
         raise UserError("--params", f"missing {missing}", "pass every fine-tuning setting, as the rule does")
@@ -217,12 +225,23 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
         restore_encoder = store_frozen_encoder(run.model, [data.train["input_ids"], data.val["input_ids"]],
                                                data.pad_id, runtime, params["eval_batch_size"])
         print(f"head: encoder outputs {'stored once' if restore_encoder else 'recomputed every step'}", flush=True)
-    seconds = run.run()
-    if restore_encoder:
-        restore_encoder()
-    run.keep_best()
-    summary = make_summary(run, seconds, pretrain_info, read_json(Path(tokenized_dir) / "stats.json"))
+    diverged = None
+    try:
+        seconds = run.run()
+    except Diverged as err:
+        if on_divergence != "record":
+            raise
+        diverged, seconds = {"status": "diverged", "error": str(err), "diverged_step": err.step}, run.timer.seconds()
+    finally:
+        if restore_encoder:
+            restore_encoder()
+    if not diverged:
+        run.keep_best()
+    summary = {**make_summary(run, seconds, pretrain_info, read_json(Path(tokenized_dir) / "stats.json")),
+               **(diverged or {})}
     if runtime.is_main:
+        if diverged:
+            print(f"warning: {diverged['error']}; recorded as a failed run (on_divergence: record)", flush=True)
         write_outputs(run, summary, Path(out_dir))
         clear_checkpoints(ckpt_dir)
         log_finetune(summary, run.state["log"], LOG_COLUMNS)  # experiment tracking, if the study has it
@@ -257,7 +276,13 @@ def make_summary(run: FineTuning, seconds: float, pretrain_info: dict | None, st
 
 
 def write_outputs(run: FineTuning, summary: dict, out: Path) -> None:
-    save_artifact(run.model, run.params, run.data.labels, out / "model")
+    """model/ (a diverged run's holds only diverged.json: nothing to evaluate or deploy), log.csv, train.json."""
+    if summary.get("status") == "diverged":
+        with atomic_path(out / "model") as tmp:
+            tmp.mkdir()
+            write_json(tmp / "diverged.json", {k: summary[k] for k in ("status", "error", "diverged_step")})
+    else:
+        save_artifact(run.model, run.params, run.data.labels, out / "model")
     with atomic_path(out / "log.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(LOG_COLUMNS)

@@ -35,8 +35,8 @@ class Stepper:
     (pretraining's head warm-up phase ends with a new optimizer)."""
 
     def __init__(self, runtime: Runtime, module: torch.nn.Module, params: Callable[[], Any], max_grad_norm: float,
-                 where: str, after_step: Callable[[int], None] | None = None):
-        self.runtime, self.module, self.params = runtime, module, params
+                 where: str, after_step: Callable[[int], None] | None = None, check_loss: bool = True):
+        self.runtime, self.module, self.params, self.check_loss = runtime, module, params, check_loss
         self.max_grad_norm, self.where, self.after_step = max_grad_norm, where, after_step
         self.scaler = torch.amp.GradScaler(runtime.device.type) if runtime.precision.get("use_scaler") else None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -58,7 +58,8 @@ class Stepper:
         for i, part in enumerate(micro_batches):
             with self._sync(i == len(micro_batches) - 1):
                 objective, value = work(part)
-                check_finite(objective, self.where, step)
+                if self.check_loss:  # else the caller checks (fine-tuning: the loss all ranks agree on)
+                    check_finite(objective, self.where, step)
                 (self.scaler.scale(objective) if self.scaler else objective).backward()
             logged += value
         if self.scaler:

@@ -109,10 +109,11 @@ class Timer:
         return time.perf_counter() - self.start
 
 
-def check_finite(loss: torch.Tensor, where: str, step: int) -> None:
-    if not math.isfinite(loss.item()):
-        from dapt.errors import UserError
+def check_finite(loss: torch.Tensor | float, where: str, step: int) -> None:
+    value = float(loss)
+    if not math.isfinite(value):
+        from dapt.errors import Diverged
 
-        raise UserError(where, f"loss is {loss.item()} at step {step}: training diverged",
-                        "lower lr, the learning rate, in the config, or use precision: fp32")
+        raise Diverged(where, f"loss is {value} at step {step}: training diverged",
+                       "lower lr, the learning rate, in the config, or use precision: fp32", step=step)
 

@@ -32,6 +32,8 @@ rule finetune:
         augmented=lambda w, input: (
             f" --augmented {input.augmented}" if input.augmented else ""
         ),
+        # derived from output, so Snakemake's params trigger ignores it: no rerun when it changes
+        on_divergence=lambda w, output: config.get("on_divergence", study.ON_DIVERGENCE),
         tracking=lambda w, output: tracking_env(
             "finetune",
             task=w.task,
@@ -43,6 +45,7 @@ rule finetune:
     shell:
         "{params.tracking}python {params.script} --base {input.base} --tokenized {input.tokenized}"
         " --pretrain-summary '{input.pretrain}'{params.augmented} --params {params.hp:q} --seed {wildcards.seed}"
+        " --on-divergence {params.on_divergence}"
         " --gpus {resources.gpu} --threads {threads} {params.runtime}"
         " --checkpoints {params.checkpoints} --out {params.out} >> {log} 2>&1"
 

@@ -15,12 +15,18 @@ def choose(candidates: list[dict]) -> dict:
 
     best, best_score = None, None
     for c in candidates:
-        if not Path(c["train_json"]).is_file() or not (Path(c["artifact"]) / "method.json").is_file():
+        if not Path(c["train_json"]).is_file() or not Path(c["artifact"]).is_dir():
             raise UserError(str(c["artifact"]), "not a fine-tuned run (no train.json / method.json)",
                             "fine-tune the run first (snakemake results/finetune/<run>/model)")
-        score = read_json(c["train_json"]).get("best_validation", float("-inf"))
+        info = read_json(c["train_json"])
+        if info.get("status") == "diverged":  # recorded as failed: no weights to export
+            continue
+        score = info.get("best_validation", float("-inf"))
         if best is None or score > best_score:
             best, best_score = c, score
+    if best is None:
+        raise UserError(str(candidates[0]["train_json"]), f"all {len(candidates)} candidate runs diverged in training",
+                        "lower the learning rate, or leave this method out of deploy.methods")
     return {**best, "validation_score": best_score, "n_candidates": len(candidates)}
 
 

@@ -25,7 +25,10 @@ def main() -> None:
     result = evaluate_run(args.artifact, args.base, args.tokenized, args.train_json, args.metrics, args.predictions,
                           runtime, {**args.context, "seed": args.seed}, args.params["eval_batch_size"],
                           dict(item.split("=", 1) for item in args.perturbed), args.robustness or None)
-    print(f"test accuracy {result['accuracy']:.4f} macro_f1 {result['macro_f1']:.4f}")
+    if result.get("status") == "diverged":
+        print(f"not evaluated: the run diverged in training ({result['error']})")
+    else:
+        print(f"test accuracy {result['accuracy']:.4f} macro_f1 {result['macro_f1']:.4f}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ def main() -> None:
     p.add_argument("--checkpoints", required=True, help="folder for resumable checkpoints (kept across reruns)")
     p.add_argument("--out", required=True, help="output folder: model/, log.csv, train.json")
     p.add_argument("--augmented", default="", help="augmented training rows to add (the run's augment: setting)")
+    p.add_argument("--on-divergence", choices=["record", "fail"], default="fail",
+                   help="a loss that is no longer finite: record the run as failed, or fail the job")
     args = p.parse_args()
     if "LOCAL_RANK" not in os.environ:  # once per job, before any rank reads the checkpoints
         guard_checkpoints(args.checkpoints, job_identity(vars(args), [args.base, args.tokenized, args.pretrain_summary, args.augmented]))
@@ -27,9 +29,12 @@ def main() -> None:
     pretrain_info = {"chain": pretrain_info.get("chain", ""), "steps": pretrain_info.get("total_steps", 0),
                      "tokens": pretrain_info.get("total_tokens", 0)}
     summary = finetune(args.base, args.tokenized, args.out, args.checkpoints, args.params,
-                       args.seed, runtime, pretrain_info, args.augmented or None)
-    print(f"done: {summary['train_steps']} steps, best epoch {summary['best_epoch']}, "
-          f"validation {summary['best_validation']:.4f}")
+                       args.seed, runtime, pretrain_info, args.augmented or None, args.on_divergence)
+    if summary.get("status") == "diverged":
+        print(f"done: diverged at step {summary['diverged_step']}, recorded as a failed run")
+    else:
+        print(f"done: {summary['train_steps']} steps, best epoch {summary['best_epoch']}, "
+              f"validation {summary['best_validation']:.4f}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ each number is tied to what it rests on. Modules, in the order the data flows:
 * design      the study's order of names, each task's metric, the baseline variant
 * results     one row per run (results.csv), with the cost of its jobs
 * selection   a swept study: the combination chosen on validation per cell, sweep.md/csv
+* failures    runs recorded as failed (fine-tuning diverged): named in the notes and the sweep
 * baseline    the classical baseline (TF-IDF + logistic regression) per task, baseline.csv
 * curves      a study with training-set sizes: learning_curve.md/csv/png
 * ensembles   seed ensembles and the majority-class baseline
@@ -41,6 +42,7 @@ from dapt.report.curves import curve_table, plot_curves, render_curves
 from dapt.report.design import baseline_variant, ordered, task_metric
 from dapt.report.ensembles import build_ensembles, ensemble_predictions, group_labels, load_run_predictions, \
     majority_baselines
+from dapt.report.failures import failed_notes, mark_failed, split_failed, without_failed
 from dapt.report.inputs import read_benchmarks, read_finetune_logs, read_metrics, read_pretrain_logs
 from dapt.report.latex import render_latex, render_paper_latex
 from dapt.report.knn import knn_notes
@@ -51,7 +53,7 @@ from dapt.report.render import render_markdown, table_csv
 from dapt.report.results import build_results, labels_by_run
 from dapt.report.robustness import plot_robustness, read_robustness, render_robustness, robustness_table
 from dapt.report.runtime import render_runtime, runtime_table
-from dapt.report.selection import render_sweep, select_runs, sweep_csv, view_logs
+from dapt.report.selection import annotate, render_sweep, select_runs, sweep_csv, view_logs
 from dapt.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_bootstrap, significance
 from dapt.report.table import build_table
 
@@ -98,14 +100,19 @@ def build_report(
     if not metrics_paths:
         raise UserError("--metrics", "no metrics files given", "the report needs at least one evaluated run")
     pred_map = _predictions_of(metrics_paths, prediction_paths)
-    metrics = [(str(p), read_metrics(p)) for p in metrics_paths]
+    metrics, failed = split_failed([(str(p), read_metrics(p)) for p in metrics_paths])
+    if not metrics:
+        raise UserError("--metrics", f"all {len(failed)} runs failed (diverged in fine-tuning), nothing to report",
+                        "see each run's train.json error; lower the learning rate")
     benchmarks = read_benchmarks(benchmark_paths)
     all_results = build_results(metrics, benchmarks, config)
-    ft_logs = read_finetune_logs(log_paths)
+    ft_logs = without_failed(read_finetune_logs(log_paths), failed)
     swept, sized = grid.has_sweeps(config), grid.has_sizes(config)
     results, view = all_results, config
     if swept or sized:
         results, selection, all_results = select_runs(all_results, ft_logs, config)
+        if len(failed):
+            selection = mark_failed(selection, annotate(failed, config))
         ft_logs = view_logs(ft_logs, results)
         view = {**config, "methods": dict.fromkeys(_display_order(config, results))}
     baseline = read_baselines(baseline_paths, all_results, config)
@@ -115,12 +122,12 @@ def build_report(
     majority = majority_baselines(results, ens_preds)
     sig = significance(results, ens_preds, view, n_resamples, bootstrap_seed)
     table, variants = build_table(results, ensembles, majority, sig, view, baseline)
-    notes = build_notes(results, view)
+    notes = build_notes(results, view) + failed_notes(failed)
     runtime = runtime_table(benchmarks)
     runtime_md = render_runtime(runtime)
     pt_logs = read_pretrain_logs(pretrain_log_paths)
     prov = provenance(config, all_results, {
-        "metrics": len(metrics_paths), "finetune_logs": len(log_paths),
+        "metrics": len(metrics_paths), "failed_runs": len(failed), "finetune_logs": len(log_paths),
         "pretrain_logs": len(pretrain_log_paths), "benchmarks": len(benchmarks),
         "bootstrap_resamples": n_resamples, "bootstrap_seed": bootstrap_seed})
     contents = {

@@ -40,6 +40,11 @@ def read_metrics(path: str | os.PathLike) -> dict:
     """Read one run's metrics.json and check the keys the report depends on."""
     path = Path(path)
     data = read_json_object(path, "metrics", "evaluate")
+    if data.get("status") == "diverged":  # a run recorded as failed (dapt.evaluate.record_diverged): no scores
+        missing = [k for k in (*layout.RUN_KEYS, "error") if k not in data]
+        if missing:
+            raise UserError(str(path), f"failed-run metrics lack keys {missing}", "re-run the evaluate rule")
+        return data
     missing = [k for k in REQUIRED_METRIC_KEYS if k not in data]
     if missing:
         raise UserError(str(path), f"metrics lack keys {missing}", "re-run the evaluate rule")

@@ -1,0 +1,66 @@
+"""Runs recorded as failed: fine-tuning diverged and `on_divergence: record` wrote the run down
+instead of stopping the study (`dapt.finetune`, `dapt.evaluate.record_diverged`).
+
+They have no scores, so every table reads the other runs; what is said about them is said here: a
+section of the notes (which run, at which step, the error) and, in a sweep, the status of the
+combination they belong to (listed as incomplete, never chosen).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from dapt import layout
+from dapt.report.formatting import md_table
+
+COLUMNS = [*layout.RUN_KEYS, "diverged_step", "error"]
+
+
+def split_failed(metrics: Sequence[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], pd.DataFrame]:
+    """(the runs with scores; one row per failed run, COLUMNS)."""
+    ok = [(p, m) for p, m in metrics if m.get("status") != "diverged"]
+    failed = [{**{k: m.get(k) for k in COLUMNS}, "seed": int(m["seed"])} for _, m in metrics
+              if m.get("status") == "diverged"]
+    return ok, pd.DataFrame(failed, columns=COLUMNS)
+
+
+def without_failed(logs: pd.DataFrame, failed: pd.DataFrame) -> pd.DataFrame:
+    """Fine-tuning logs without the failed runs' (their epochs before diverging are no result)."""
+    if not len(logs) or not len(failed):
+        return logs
+    key = ["task", "model", "variant", "method", "seed"]
+    drop = set(map(tuple, failed[key].astype(str).to_numpy()))
+    keep = [tuple(r) not in drop for r in logs[key].astype(str).to_numpy()]
+    return logs[keep].reset_index(drop=True)
+
+
+def failed_notes(failed: pd.DataFrame) -> str:
+    """A notes section listing every failed run, or '' when none failed."""
+    if not len(failed):
+        return ""
+    rows = [[r["task"], r["model"], r["variant"], r["method"], str(r["seed"]), str(r["diverged_step"]), r["error"]]
+            for r in failed.sort_values(list(layout.RUN_KEYS), kind="stable").to_dict("records")]
+    return "\n".join([
+        f"\n## Runs that failed ({len(rows)})\n",
+        "Fine-tuning diverged (the loss stopped being finite) and the run was recorded as failed "
+        "(`on_divergence: record`): it has no scores and is left out of every mean, ensemble and test; "
+        "a swept combination with such a run is incomplete and never chosen.\n",
+        md_table(["task", "model", "variant", "method", "seed", "step", "error"], rows, "llllrrl"),
+    ])
+
+
+def mark_failed(selection: pd.DataFrame, failed: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's status names the seeds that diverged ('…; diverged: seeds 2, 3')."""
+    if not len(failed) or "run_method" not in failed:
+        return selection
+    out = selection.copy()
+    for i, rec in out.iterrows():
+        hit = failed[(failed["task"] == rec["task"]) & (failed["model"] == rec["model"])
+                     & (failed["variant"] == rec["variant"]) & (failed["setting"] == rec["setting"])
+                     & (failed["base_method"] == rec["base_method"]) & (failed["size_key"] == rec["size_key"])]
+        if len(hit):
+            seeds = ", ".join(str(s) for s in sorted(hit["seed"]))
+            out.at[i, "status"] = f"{rec['status']}; diverged: seed{'s' if len(hit) > 1 else ''} {seeds}"
+    return out
