@@ -3,7 +3,8 @@ the paper's design (RoBERTa, base/DAPT/TAPT/DAPT+TAPT, full + LoRA, five seeds) 
 its dry run plans every step, with as many jobs as its config asks for.
 
 A dry run reads no data: the hub is not contacted, so these tests run offline. What the hub would
-serve (ids, revisions, columns) is checked by hand and recorded in each file's comments.
+serve (ids, revisions, columns) is checked by hand and recorded in each file's comments; that every
+source is pinned (a hub commit, or a file's sha256) is checked here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ RULES = ["prepare_model", "prepare_corpus", "prepare_task", "tokenize_corpus", "
          "finetune", "evaluate", "report"]
 
 
-def _hf_sources(config: dict) -> list[tuple[str, dict]]:
+def _sources(config: dict) -> list[tuple[str, dict]]:
     """Every source of the study, with the config key it sits under."""
     out = [(f"models.{m}.source", spec["source"]) for m, spec in config["models"].items()]
     out += [(f"corpora.{c}.source", spec["source"]) for c, spec in (config.get("corpora") or {}).items()]
@@ -32,6 +33,23 @@ def _hf_sources(config: dict) -> list[tuple[str, dict]]:
             out.append((f"tasks.{task}.source", spec["source"]))
         out += [(f"tasks.{task}.sources.{split}", src) for split, src in (spec.get("sources") or {}).items()]
     return out
+
+
+def _unpinned(config: dict) -> list[str]:
+    """The config keys of sources whose content is not fixed: a hub source without a full 40-hex
+    `revision`, a url source without a sha256 or not a hub file at a commit."""
+    commit, digest = re.compile(r"[0-9a-f]{40}"), re.compile(r"[0-9a-f]{64}")
+    hub_file = re.compile(r"https://huggingface\.co/datasets/[^/]+/[^/]+/resolve/[0-9a-f]{40}/\S+")
+    bad = []
+    for where, source in _sources(config):
+        if source["kind"] == "hf":
+            pinned = "/" in source["id"] and commit.fullmatch(str(source.get("revision", "")))
+        else:
+            pinned = (source["kind"] == "url" and digest.fullmatch(str(source.get("sha256", "")))
+                      and hub_file.fullmatch(source["url"]))
+        if not pinned:
+            bad.append(where)
+    return bad
 
 
 def _chains(config: dict) -> list[list[str]]:
@@ -63,8 +81,7 @@ def _expected_jobs(config: dict) -> dict[str, int]:
 @pytest.mark.parametrize("path", EXAMPLES)
 def test_domain_example_is_the_papers_design_on_hub_data(path):
     """Valid by the checks every run makes, and the design the issue asks for: a hub RoBERTa, a hub
-    corpus per task domain, the four variants, full + LoRA, seeds 1-5; a pinned revision is a
-    full 40-hex commit, and an unpinned hub source says so in the file."""
+    corpus per task domain, the four variants, full + LoRA, seeds 1-5, every source pinned."""
     config = study.read_yaml(REPO / path)
     study.validate_config(config, path)
     assert config["variants"] == {"base": [], "dapt": ["dapt"], "tapt": ["tapt"], "dapt_tapt": ["dapt", "tapt"]}
@@ -72,14 +89,33 @@ def test_domain_example_is_the_papers_design_on_hub_data(path):
     assert config["seeds"] == [1, 2, 3, 4, 5]
     for task, spec in config["tasks"].items():
         assert spec["domain"] in config["corpora"], task
+    assert config["models"]["roberta_base"]["source"]["id"] == "FacebookAI/roberta-base"
+    assert _unpinned(config) == []
     text = (REPO / path).read_text()
-    for where, source in _hf_sources(config):
-        assert source["kind"] == "hf" and "/" in source["id"], where
-        if "revision" in source:
-            assert re.fullmatch(r"[0-9a-f]{40}", source["revision"]), where
-        else:
-            assert "revision: not checked offline" in text, where
+    assert "not checked offline (hub unreachable)" not in text
     assert "icense" in text.split("\n\n")[0], "the header states the data's licenses"
+
+
+@pytest.mark.parametrize("path", EXAMPLES)
+def test_removing_a_pin_is_caught(path):
+    """The pin check can fail: each source of each example, its revision or sha256 taken away (or
+    its URL pointed at a branch), is reported by the key it sits under."""
+    config = study.read_yaml(REPO / path)
+    for where, source in _sources(config):
+        saved = dict(source)
+        if source["kind"] == "hf":
+            del source["revision"]
+            assert _unpinned(config) == [where]
+            source["revision"] = "main"
+        else:
+            del source["sha256"]
+            assert _unpinned(config) == [where]
+            source["sha256"] = saved["sha256"]
+            source["url"] = re.sub(r"/resolve/[0-9a-f]{40}/", "/resolve/main/", source["url"])
+        assert _unpinned(config) == [where]
+        source.clear()
+        source.update(saved)
+    assert _unpinned(config) == []
 
 
 @pytest.mark.parametrize("path", EXAMPLES)
