@@ -53,7 +53,7 @@ from dapt.report.render import render_markdown, table_csv
 from dapt.report.results import build_results, labels_by_run
 from dapt.report.robustness import plot_robustness, read_robustness, render_robustness, robustness_table
 from dapt.report.runtime import render_runtime, runtime_table
-from dapt.report.selection import annotate, render_sweep, select_runs, sweep_csv, view_logs
+from dapt.report.selection import render_sweep, select_runs, sweep_csv, view_logs
 from dapt.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_bootstrap, significance
 from dapt.report.table import build_table
 
@@ -101,9 +101,6 @@ def build_report(
         raise UserError("--metrics", "no metrics files given", "the report needs at least one evaluated run")
     pred_map = _predictions_of(metrics_paths, prediction_paths)
     metrics, failed = split_failed([(str(p), read_metrics(p)) for p in metrics_paths])
-    if not metrics:
-        raise UserError("--metrics", f"all {len(failed)} runs failed (diverged in fine-tuning), nothing to report",
-                        "see each run's train.json error; lower the learning rate")
     benchmarks = read_benchmarks(benchmark_paths)
     all_results = build_results(metrics, benchmarks, config)
     ft_logs = without_failed(read_finetune_logs(log_paths), failed)
@@ -111,8 +108,7 @@ def build_report(
     results, view = all_results, config
     if swept or sized:
         results, selection, all_results = select_runs(all_results, ft_logs, config)
-        if len(failed):
-            selection = mark_failed(selection, annotate(failed, config))
+        selection = mark_failed(selection, failed, config)
         ft_logs = view_logs(ft_logs, results)
         view = {**config, "methods": dict.fromkeys(_display_order(config, results))}
     baseline = read_baselines(baseline_paths, all_results, config)

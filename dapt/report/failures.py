@@ -8,12 +8,14 @@ combination they belong to (listed as incomplete, never chosen).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
 from dapt import layout
+from dapt.errors import UserError
 from dapt.report.formatting import md_table
+from dapt.report.selection import annotate
 
 COLUMNS = [*layout.RUN_KEYS, "diverged_step", "error"]
 
@@ -23,6 +25,9 @@ def split_failed(metrics: Sequence[tuple[str, dict]]) -> tuple[list[tuple[str, d
     ok = [(p, m) for p, m in metrics if m.get("status") != "diverged"]
     failed = [{**{k: m.get(k) for k in COLUMNS}, "seed": int(m["seed"])} for _, m in metrics
               if m.get("status") == "diverged"]
+    if not ok:
+        raise UserError("--metrics", f"all {len(failed)} runs failed (diverged in fine-tuning), nothing to report",
+                        "see each run's train.json error; lower the learning rate")
     return ok, pd.DataFrame(failed, columns=COLUMNS)
 
 
@@ -51,11 +56,11 @@ def failed_notes(failed: pd.DataFrame) -> str:
     ])
 
 
-def mark_failed(selection: pd.DataFrame, failed: pd.DataFrame) -> pd.DataFrame:
+def mark_failed(selection: pd.DataFrame, failed: pd.DataFrame, config: Mapping) -> pd.DataFrame:
     """The sweep's status names the seeds that diverged ('…; diverged: seeds 2, 3')."""
-    if not len(failed) or "run_method" not in failed:
+    if not len(failed):
         return selection
-    out = selection.copy()
+    failed, out = annotate(failed, config), selection.copy()
     for i, rec in out.iterrows():
         hit = failed[(failed["task"] == rec["task"]) & (failed["model"] == rec["model"])
                      & (failed["variant"] == rec["variant"]) & (failed["setting"] == rec["setting"])
