@@ -147,6 +147,29 @@ def run_files(pattern):
     return [pattern.format(**r) for r in runs()]
 
 
+def pretrain_losses():
+    return [f"results/pretrain/{m}/{c}/loss.csv" for m, c in pretrain_chains()]
+
+
+def baseline_metrics():
+    return [f"results/baseline/{t}/metrics.json" for t in config["tasks"]]
+
+
+def existing(paths):
+    """The paths that exist now (a partial report's inputs: evaluated when the DAG is built)."""
+    return [p for p in paths if os.path.exists(p)]
+
+
+def finished(pattern):
+    """`pattern` of every run whose evaluation finished (its metrics.json exists)."""
+    done = [
+        r
+        for r in runs()
+        if os.path.exists(f"results/evaluate/{RUN}/metrics.json".format(**r))
+    ]
+    return [pattern.format(**r) for r in done]
+
+
 def all_outputs():
     # the deploy stage (rules/deploy.smk) joins the default target when the config has a deploy: block
     deploy = layout.report_files_of(layout.DEPLOY_REPORT) if "deploy" in config else []

@@ -1,7 +1,8 @@
 """A fine-tuning run whose loss stops being finite (a sweep's too-large learning rate): with
 `on_divergence: record` (the default) it is written down as a failed run that evaluation, deploy
 and the report name, so the rest of the study still runs to its report; with `fail` the job fails
-with one line. Real divergence: a tiny BERT at lr 1e6 (NaN at its first step)."""
+with one line. Real divergence: a tiny BERT at lr 1e6 (NaN at its first step). A run missing for
+another reason (a crashed job) is listed by the partial report, rule `report_available`."""
 
 from __future__ import annotations
 
@@ -151,3 +152,13 @@ def test_a_swept_study_with_a_diverging_learning_rate_runs_to_its_report(tmp_pat
     assert list(sweep.loc[sweep["chosen"], "setting"]) == ["lr=0.001"]
     assert sweep.loc[~sweep["chosen"], "status"].iloc[0].endswith("diverged: seed 1")
     assert "## Runs that failed (1)" in (work / "results/report/notes.md").read_text()
+    # a job that failed for another reason leaves no metrics: report_available reports what finished
+    (run / "metrics.json").unlink()
+    result = run_snakemake(work, "--cores", "2", "report_available")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    partial = work / "results/report_available"
+    notes = (partial / "notes.md").read_text()
+    assert "## Runs missing (1)" in notes and "| rt_polarity | tiny | base | full-lr1000000.0 | 1 |" in notes
+    assert "Runs that failed" not in notes
+    assert list(pd.read_csv(partial / "results.csv")["run_method"]) == ["full-lr0.001"]
+    assert not (run / "metrics.json").exists()  # reporting what finished reruns nothing

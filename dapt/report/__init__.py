@@ -42,7 +42,8 @@ from dapt.report.curves import curve_table, plot_curves, render_curves
 from dapt.report.design import baseline_variant, ordered, task_metric
 from dapt.report.ensembles import build_ensembles, ensemble_predictions, group_labels, load_run_predictions, \
     majority_baselines
-from dapt.report.failures import failed_notes, mark_failed, split_failed, without_failed
+from dapt.report.failures import (failed_notes, mark_failed, missing_notes, missing_runs, split_failed,
+                                  without_failed)
 from dapt.report.inputs import read_benchmarks, read_finetune_logs, read_metrics, read_pretrain_logs
 from dapt.report.latex import render_latex, render_paper_latex
 from dapt.report.knn import knn_notes
@@ -101,6 +102,7 @@ def build_report(
         raise UserError("--metrics", "no metrics files given", "the report needs at least one evaluated run")
     pred_map = _predictions_of(metrics_paths, prediction_paths)
     metrics, failed = split_failed([(str(p), read_metrics(p)) for p in metrics_paths])
+    missing = missing_runs(config, [(str(p), m) for p, m in metrics] + [("", r) for r in failed.to_dict("records")])
     benchmarks = read_benchmarks(benchmark_paths)
     all_results = build_results(metrics, benchmarks, config)
     ft_logs = without_failed(read_finetune_logs(log_paths), failed)
@@ -118,12 +120,12 @@ def build_report(
     majority = majority_baselines(results, ens_preds)
     sig = significance(results, ens_preds, view, n_resamples, bootstrap_seed)
     table, variants = build_table(results, ensembles, majority, sig, view, baseline)
-    notes = build_notes(results, view) + failed_notes(failed)
+    notes = build_notes(results, view) + failed_notes(failed) + missing_notes(missing)
     runtime = runtime_table(benchmarks)
     runtime_md = render_runtime(runtime)
     pt_logs = read_pretrain_logs(pretrain_log_paths)
     prov = provenance(config, all_results, {
-        "metrics": len(metrics_paths), "failed_runs": len(failed), "finetune_logs": len(log_paths),
+        "metrics": len(metrics_paths), "failed_runs": len(failed), "missing_runs": len(missing), "finetune_logs": len(log_paths),
         "pretrain_logs": len(pretrain_log_paths), "benchmarks": len(benchmarks),
         "bootstrap_resamples": n_resamples, "bootstrap_seed": bootstrap_seed})
     contents = {

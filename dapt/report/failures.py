@@ -1,8 +1,10 @@
-"""Runs recorded as failed: fine-tuning diverged and `on_divergence: record` wrote the run down
-instead of stopping the study (`dapt.finetune`, `dapt.evaluate.record_diverged`).
+"""Runs without scores: recorded as failed (fine-tuning diverged and `on_divergence: record` wrote
+the run down instead of stopping the study: `dapt.finetune`, `dapt.evaluate.record_diverged`), or
+missing (the grid expects them but the report was not given them: a partial report, rule
+`report_available`, after a job failed for another reason).
 
-They have no scores, so every table reads the other runs; what is said about them is said here: a
-section of the notes (which run, at which step, the error) and, in a sweep, the status of the
+Every table reads the other runs; what is said about these is said here: sections of the notes
+(which run; for a failed one, at which step and the error) and, in a sweep, the status of the
 combination they belong to (listed as incomplete, never chosen).
 """
 
@@ -12,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from dapt import layout
+from dapt import grid, layout
 from dapt.errors import UserError
 from dapt.report.formatting import md_table
 from dapt.report.selection import annotate
@@ -29,6 +31,27 @@ def split_failed(metrics: Sequence[tuple[str, dict]]) -> tuple[list[tuple[str, d
         raise UserError("--metrics", f"all {len(failed)} runs failed (diverged in fine-tuning), nothing to report",
                         "see each run's train.json error; lower the learning rate")
     return ok, pd.DataFrame(failed, columns=COLUMNS)
+
+
+def missing_runs(config: Mapping, metrics: Sequence[tuple[str, dict]]) -> list[dict]:
+    """The grid's runs that have no metrics among those given, in grid order ([] without a grid)."""
+    if not grid._complete(config):
+        return []
+    given = {layout.run_key(m) for _, m in metrics}
+    return [r for r in grid.runs(config) if layout.run_key(r) not in given]
+
+
+def missing_notes(missing: list[dict]) -> str:
+    """A notes section listing the runs the grid expects and the report was not given, or ''."""
+    if not missing:
+        return ""
+    rows = [[r["task"], r["model"], r["variant"], r["method"], str(r["seed"])] for r in missing]
+    return "\n".join([
+        f"\n## Runs missing ({len(rows)})\n",
+        "The study's grid has these runs, but they have no metrics (their job failed, or has not run): this "
+        "report rests on the others (`snakemake report_available` reports what finished).\n",
+        md_table(["task", "model", "variant", "method", "seed"], rows, "lllll"),
+    ])
 
 
 def without_failed(logs: pd.DataFrame, failed: pd.DataFrame) -> pd.DataFrame:
