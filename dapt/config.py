@@ -53,10 +53,8 @@ FINETUNE_KEYS = set(FINETUNE_DEFAULTS)
 # adv_epsilon: one example's perturbation length (at 1.0 MiniLM, word vectors ~1.07 long, collapsed to the majority).
 ROBUST_DEFAULTS: dict[str, Any] = {"adversarial": "none", "adv_epsilon": 0.1, "adv_alpha": 0.03, "adv_steps": 3,
                                    "rdrop": 0.0, "label_smoothing": 0.0}
-# on_divergence: a fine-tuning loss no longer finite is `record`ed as a failed run the report names, or `fail`s the job.
-ON_DIVERGENCE = "record"
-# Tokenize jobs per DAPT corpus when the config gives no corpora.<c>.shards (1: one job, no gathering).
-CORPUS_SHARDS = 1
+ON_DIVERGENCE = "record"  # a non-finite fine-tuning loss: `record` a failed run the report names, or `fail` the job
+CORPUS_SHARDS = 1  # tokenize jobs per DAPT corpus without corpora.<c>.shards (1: one job, no gathering)
 # Tokens per task example when the config gives no tasks.<t>.max_length (names the tokenized folder, .L<n>).
 TASK_MAX_LENGTH = 128
 # How a task's documents longer than max_length become rows (tasks.<t>.long_text; dapt.longtext). head_tail's

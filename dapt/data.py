@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dapt.errors import UserError
+from dapt.errors import UserError, some
 from dapt.files import atomic_path
 from dapt.redact import public_spec
 from dapt.sources import DEFAULT_CACHE_DIR, describe_source, required
@@ -34,7 +34,7 @@ from dapt.splits import (
     class_counts,
     shared_texts,
 )
-from dapt.tables import iter_source, load_source, some
+from dapt.tables import iter_source, load_source
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class CorpusChecks:
             raise UserError(self.origin, "the source has no rows")
         if self.empty_count:
             more = self.empty_count - len(self.empty)
-            ids = ", ".join(self.empty) + (f", ... ({more} more)" if more else "")  # as tables.some writes them
+            ids = ", ".join(self.empty) + (f", ... ({more} more)" if more else "")  # as errors.some writes them
             raise UserError(self.origin, f"{self.empty_count} of {self.rows} rows have an empty text (ids: {ids})",
                             f"remove those rows or check {self.where}.columns.text")
         hashes = np.sort(np.concatenate(self.hashes))

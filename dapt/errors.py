@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import atexit
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 
 class UserError(Exception):
@@ -25,6 +25,12 @@ class Diverged(UserError):
     def __init__(self, where: str, problem: str, fix: str = "", step: int = 0):
         super().__init__(where, problem, fix)
         self.step = step
+
+
+def some(values: Iterable, n: int = 5) -> str:
+    """The first `n` values for a message, and how many more there are, so messages stay one line."""
+    values = list(values)
+    return ", ".join(map(str, values[:n])) + (f", ... ({len(values) - n} more)" if len(values) > n else "")
 
 
 def run_main(main: Callable[[], None]) -> None:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dapt.errors import UserError
-from dapt.tables import some
+from dapt.errors import UserError, some
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_VALIDATION_SIZE = 0.1  # of the rows carved from, when a task neither has nor carves validation

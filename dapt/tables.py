@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from dapt.errors import UserError
+from dapt.errors import UserError, some
 from dapt.sources import describe_source, fetch, one_line_reason, required
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".txt": "txt"}
@@ -297,9 +297,3 @@ def _as_strings(values: pd.Series) -> pd.Series:
     return pd.Series(
         ["" if gap else str(v) for v, gap in zip(values.astype(object), missing)], index=values.index, dtype=str
     )
-
-
-def some(values: Any, n: int = 5) -> str:
-    """The first `n` values for a message, and how many more there are, so messages stay one line."""
-    values = list(values)
-    return ", ".join(map(str, values[:n])) + (f", ... ({len(values) - n} more)" if len(values) > n else "")

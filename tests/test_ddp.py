@@ -91,7 +91,7 @@ def run_script(script: str, out: Path, gpus: int, args: list[str]) -> str:
     env = {k: v for k, v in os.environ.items()
            if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "LOCAL_RANK", "RANK", "WORLD_SIZE")}
     # no GPU ids at all, even on a GPU machine; 2 "GPUs" become 2 gloo processes on CPU
-    env.update(DAPT_GPU_IDS="", DAPT_FORCE_CPU_DDP="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env.update(DAPT_GPU_IDS="", DAPT_FORCE_CPU_DDP="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, str(REPO / "scripts" / script), *args, "--seed", "1", "--gpus", str(gpus),
            "--threads", "1", "--precision", "fp32", "--checkpoints", str(out.parent / f"{out.name}.ckpt"),
            "--out", str(out)]

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the package is not installed into the venv
 
-from dapt import devices, distributed  # noqa: E402
-from dapt.errors import UserError  # noqa: E402
+from dapt import devices, distributed
+from dapt.errors import UserError
 
 JOB = ROOT / "tests" / "helpers" / "device_job.py"
 _ENV_VARS = (
@@ -46,7 +45,7 @@ def clean_env(monkeypatch):
 
 def job_env(slot_dir: Path, ids: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _ENV_VARS}
-    env.update(DAPT_GPU_IDS=ids, DAPT_GPU_SLOT_DIR=str(slot_dir), PYTHONPATH=str(ROOT), **extra)
+    env.update(DAPT_GPU_IDS=ids, DAPT_GPU_SLOT_DIR=str(slot_dir), **extra)
     return env
 
 

@@ -164,7 +164,7 @@ def test_single_node_and_child_processes_do_not_launch(monkeypatch):
 
 def test_several_nodes_outside_slurm_is_one_line_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "LOCAL_RANK"}
-    env.update(PYTHONPATH=str(REPO), DAPT_GPU_IDS="")
+    env.update(DAPT_GPU_IDS="")
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain.py"), "--parent", str(tmp_path),
                            "--blocks", str(tmp_path), "--gpus", "2", "--nodes", "2", "--checkpoints",
                            str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")],
@@ -221,7 +221,7 @@ def test_two_nodes_train_like_one_process(inputs, fake_slurm):
     out, port, job = root / "nodes2", free_port(), "7"
     env = {k: v for k, v in os.environ.items()
            if k not in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK", "RANK", "WORLD_SIZE") and not k.startswith("SLURM_")}
-    env.update(DAPT_GPU_IDS="", DAPT_FORCE_CPU_DDP="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
+    env.update(DAPT_GPU_IDS="", DAPT_FORCE_CPU_DDP="1", OMP_NUM_THREADS="1",
                SLURM_JOB_ID=job, SLURM_JOB_NODELIST="node[1-2]", FAKE_HOSTS="127.0.0.1 127.0.0.1",
                DAPT_RDZV_PORT=str(port))
     script = str(REPO / "scripts" / "pretrain.py")
@@ -288,7 +288,7 @@ def test_srun_step_from_a_real_slurm_batch_job(slurm_cluster, inputs, tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK", "RANK", "WORLD_SIZE") and not k.startswith("SLURM_")}
     env.update(SLURM_CONF=str(slurm_cluster.slurm_conf), DAPT_GPU_IDS="", DAPT_FORCE_CPU_DDP="1",
-               PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1")
     t0 = time.monotonic()
     job_id = subprocess.run(["sbatch", "--parsable", "-N1", "-n1", "-c2", "--mem=4000", "-D", str(tmp_path), "-o",
                              str(tmp_path / "job.out"), str(job)], capture_output=True, text=True, env=env,

@@ -20,7 +20,6 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the package is not installed into the venv
 
 from dapt import layout, report
 from dapt.redact import REDACTED  # noqa: E402
@@ -161,8 +160,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     truth = make_study(root)
     out = root / "results" / "report"
-    env = {**os.environ, "HF_TOKEN": FAKE_TOKEN, "DAPT_TEST_MARKER": MARKER,
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "HF_TOKEN": FAKE_TOKEN, "DAPT_TEST_MARKER": MARKER}
     proc = subprocess.run([sys.executable, str(SCRIPT), *_cli_args(root, out, as_rule=True)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
