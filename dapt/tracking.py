@@ -56,7 +56,11 @@ def log_finetune(summary: Mapping, log: Sequence[Sequence[float]], columns: Sequ
     curves = {c: [(int(r[step]), r[i]) for r in log] for i, c in enumerate(columns) if c != "step"}
     keys = ("best_validation", "best_epoch", "epochs_run", "train_steps", "n_train", "n_validation",
             "trainable_params", "trainable_pct", "seconds", "peak_memory_mb")
-    params = dict(summary.get("params") or {}, precision=summary.get("precision"), pretrain=summary.get("pretrain"))
+    status = {"status": summary["status"]} if "status" in summary else {}
+    if status:  # a run recorded as failed (diverged): no best epoch, the step it diverged at instead
+        keys = ("diverged_step", *keys[2:])
+    params = dict(summary.get("params") or {}, precision=summary.get("precision"), pretrain=summary.get("pretrain"),
+                  **status)
     log_run(params, curves, {k: summary[k] for k in keys if k in summary})
 
 

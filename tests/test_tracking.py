@@ -64,6 +64,21 @@ def test_bad_settings_are_a_warning_not_a_failure(monkeypatch, capsys):
     assert capsys.readouterr().out.startswith("warning: tracking (settings) skipped: DAPT_TRACKING is not JSON")
 
 
+def test_a_diverged_run_is_logged_as_such(monkeypatch, tmp_path):
+    """A run recorded as failed logs its status and the step it diverged at, not a best validation score."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    use(monkeypatch, {"mlflow": {"tracking_uri": (tmp_path / "mlruns").as_uri()}})
+    summary = {"params": {"lr": 1e6}, "status": "diverged", "diverged_step": 3, "best_validation": -1.0,
+               "best_epoch": 0, "epochs_run": 0, "train_steps": 2}
+    tracking.log_finetune(summary, [], ["epoch", "step", "train_loss", "val_accuracy", "val_macro_f1", "lr"])
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.params["status"] == "diverged" and run.data.metrics["diverged_step"] == 3
+    assert "best_validation" not in run.data.metrics and "best_epoch" not in run.data.metrics
+
+
 def test_flatten_and_names():
     assert tracking.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
     settings = tracking.job_settings({"wandb": {"project": "p"}}, "s", "finetune", TAGS)
