@@ -126,7 +126,7 @@ class FineTuning:
         parts = split_micro(shard, self.params["grad_accum"])
         loss = self.stepper.step(parts, lambda part: self.micro_step(part, weight), self.state["step"])
         loss = all_reduce_sums({"loss": loss}, self.runtime.device)["loss"]
-        check_finite(loss, self.stepper.where, self.state["step"])  # the same on every rank: they stop together
+        check_finite(loss, self.stepper.where, self.state["step"] + 1)  # the same on every rank: they stop together
         return loss
 
     def end_epoch(self, timer: Timer) -> None:

@@ -59,7 +59,7 @@ class Stepper:
             with self._sync(i == len(micro_batches) - 1):
                 objective, value = work(part)
                 if self.check_loss:  # else the caller checks (fine-tuning: the loss all ranks agree on)
-                    check_finite(objective, self.where, step)
+                    check_finite(objective, self.where, step + 1)  # counted from 1, as the logs count
                 (self.scaler.scale(objective) if self.scaler else objective).backward()
             logged += value
         if self.scaler:

@@ -123,6 +123,19 @@ def check_only_rank0_wrote(out: Path, log: str, expected: set[str]) -> None:
     assert log.count("done:") == 2  # each rank finished (each prints its summary)
 
 
+def test_a_diverging_two_process_run_stops_on_every_rank_and_is_recorded(inputs):
+    """Each rank checks the step's all-reduced loss, so all stop at the same step (a rank that stopped
+    alone would leave the others waiting in the gradient all-reduce); rank 0 records the failed run."""
+    root = inputs["root"]
+    args = ["--base", str(root / "model"), "--tokenized", str(root / "tokenized"),
+            "--params", json.dumps({**inputs["finetune"], "lr": 1e6}), "--on-divergence", "record"]
+    log = run_script("finetune.py", root / "ft_nan", 2, args)
+    train = json.loads((root / "ft_nan" / "train.json").read_text())
+    assert train["status"] == "diverged" and train["diverged_step"] >= 1
+    assert log.count(f"done: diverged at step {train['diverged_step']}, recorded as a failed run") == 2  # both ranks
+    assert sorted(p.name for p in (root / "ft_nan" / "model").iterdir()) == ["diverged.json"]
+
+
 def test_finetune_two_processes_match_one(inputs):
     root = inputs["root"]
     args = ["--base", str(root / "model"), "--tokenized", str(root / "tokenized"),

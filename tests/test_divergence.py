@@ -1,7 +1,7 @@
 """A fine-tuning run whose loss stops being finite (a sweep's too-large learning rate): with
 `on_divergence: record` (the default) it is written down as a failed run that evaluation, deploy
 and the report name, so the rest of the study still runs to its report; with `fail` the job fails
-with one line. Real divergence: a tiny BERT at lr 1e6 (NaN at its first step). A run missing for
+with one line. Real divergence: a tiny BERT at lr 1e6 (NaN at its second step: the first one's update). A run missing for
 another reason (a crashed job) is listed by the partial report, rule `report_available`."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_a_diverged_run_is_recorded_evaluated_as_failed_and_never_deployed(tiny_
     base, tokenized, runtime = tiny_task
     out, ckpt = tmp_path / "run", tmp_path / "ckpt"
     summary = finetune(str(base), str(tokenized), str(out), str(ckpt), TRAIN, 1, runtime, on_divergence="record")
-    assert summary["status"] == "diverged" and summary["diverged_step"] == 1
+    assert summary["status"] == "diverged" and summary["diverged_step"] == 2  # counted from 1, as the logs
     assert "training diverged" in summary["error"]
     assert sorted(p.name for p in (out / "model").iterdir()) == ["diverged.json"]  # no weights to use
     assert json.loads((out / "train.json").read_text())["status"] == "diverged"
@@ -79,7 +79,7 @@ def test_fail_mode_stops_the_job_with_one_line_and_writes_nothing(tiny_task, tmp
     base, tokenized, runtime = tiny_task
     with pytest.raises(Diverged) as err:
         finetune(str(base), str(tokenized), str(tmp_path / "run"), str(tmp_path / "ckpt"), TRAIN, 1, runtime)
-    assert "loss is nan at step 1: training diverged" in str(err.value) and "\n" not in str(err.value)
+    assert "loss is nan at step 2: training diverged" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run").exists()
 
 
