@@ -14,6 +14,10 @@ include: "rules/report.smk"
 include: "rules/deploy.smk"
 
 
+onsuccess:
+    warn_failed_runs()
+
+
 rule all:
     default_target: True
     input:

@@ -110,7 +110,7 @@ class Timer:
 
 
 def check_finite(loss: torch.Tensor | float, where: str, step: int) -> None:
-    value = float(loss)
+    value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
     if not math.isfinite(value):
         from dapt.errors import Diverged
 

@@ -155,6 +155,23 @@ def baseline_metrics():
     return [f"results/baseline/{t}/metrics.json" for t in config["tasks"]]
 
 
+def warn_failed_runs():
+    """One line at the end of a run that has fine-tuning runs recorded as diverged (on_divergence:
+    record): the study succeeded, but not every run trained, and the report says which.
+    """
+    diverged = [
+        p
+        for p in existing(run_files(f"results/finetune/{RUN}/train.json"))
+        if json.loads(Path(p).read_text()).get("status") == "diverged"
+    ]
+    if diverged:
+        print(
+            f"warning: {len(diverged)} fine-tuning run(s) diverged and were recorded as failed"
+            f" (on_divergence: record), e.g. {os.path.dirname(diverged[0])}; the report's notes"
+            " list them (Runs that failed)"
+        )
+
+
 def existing(paths):
     """The paths that exist now (a partial report's inputs: evaluated when the DAG is built)."""
     return [p for p in paths if os.path.exists(p)]

@@ -152,6 +152,7 @@ def test_a_swept_study_with_a_diverging_learning_rate_runs_to_its_report(tmp_pat
     assert list(sweep.loc[sweep["chosen"], "setting"]) == ["lr=0.001"]
     assert sweep.loc[~sweep["chosen"], "status"].iloc[0].endswith("diverged: seed 1")
     assert "## Runs that failed (1)" in (work / "results/report/notes.md").read_text()
+    assert "warning: 1 fine-tuning run(s) diverged and were recorded as failed" in result.stdout + result.stderr
     # a job that failed for another reason leaves no metrics: report_available reports what finished
     (run / "metrics.json").unlink()
     result = run_snakemake(work, "--cores", "2", "report_available")
