@@ -9,14 +9,14 @@ each number is tied to what it rests on. Modules, in the order the data flows:
 * design      the study's order of names, each task's metric, the baseline variant
 * results     one row per run (results.csv), with the cost of its jobs
 * selection   a swept study: the combination chosen on validation per cell, sweep.md/csv
-* failures    runs recorded as failed (fine-tuning diverged): named in the notes and the sweep
+* failures    runs without scores (diverged in fine-tuning, or missing): named in the notes and the sweep
 * baseline    the classical baseline (TF-IDF + logistic regression) per task, baseline.csv
 * curves      a study with training-set sizes: learning_curve.md/csv/png
 * ensembles   seed ensembles and the majority-class baseline
 * stats       paired bootstrap significance against the baseline
 * table       the main table as numbers
 * formatting  how numbers are shown; render (Markdown, CSV) and latex (two LaTeX tables) use it
-* notes, runtime, plots, provenance   the other files
+* notes, knn, robustness, runtime, plots, provenance   the other files
 
 Conventions: scores are fractions in [0, 1] in the inputs and shown ×100 with one decimal, as in
 Gururangan et al. (2020); "± std" is the sample standard deviation over seeds (ddof=1), blank for a

@@ -1,0 +1,31 @@
+"""The README's "Code map" claims to name every module of the package and that each is under ~300
+lines: checked here, so a new module or a growing one cannot drift away from the map unseen."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import REPO
+
+MAX_LINES = 310  # "under ~300 lines"
+
+
+def code_map() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("## Code map")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_every_module_is_in_the_code_map():
+    named = set(re.findall(r"`([\w/]+)`", code_map()))
+    modules = {p.stem for p in (REPO / "dapt").glob("*.py") if p.stem != "__init__"}
+    modules |= {f"{p.name}/" for p in (REPO / "dapt").iterdir() if (p / "__init__.py").exists()}
+    assert sorted(modules - named) == []
+    report_row = next(line for line in code_map().splitlines() if line.startswith("| `report/`"))
+    report_modules = {p.stem for p in (REPO / "dapt" / "report").glob("*.py") if p.stem != "__init__"}
+    assert sorted(m for m in report_modules if f"`{m}`" not in report_row) == []
+
+
+def test_every_module_is_under_about_300_lines():
+    sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in (REPO / "dapt").rglob("*.py")}
+    assert {p: n for p, n in sizes.items() if n > MAX_LINES} == {}
