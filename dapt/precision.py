@@ -33,17 +33,22 @@ PROBE_ROUNDS = 4
 PROBE_VERSION = 2
 
 
-def cpu_model() -> str:
-    """The CPU's model name ("AMD EPYC 7B13"); the architecture ("x86_64") where Linux does not say."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name with its x86 family and model ("AMD EPYC (family 25, model 17)": a virtual
+    machine's name alone may not tell Zen 3 from Zen 4); the architecture where Linux does not say."""
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
-                    return value.strip()
+                fields.setdefault(key.strip(), value.strip())  # the first processor's, or the board's (ARM)
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    name = next((fields[k] for k in ("model name", "Model", "cpu model") if fields.get(k)), "")
+    if not name:
+        return platform.processor() or platform.machine() or "unknown"
+    family, model = fields.get("cpu family"), fields.get("model")
+    return f"{name} (family {family}, model {model})" if family and model and model.isdigit() else name
 
 
 def cpu_native_bf16() -> tuple[bool, str]:

@@ -4,6 +4,7 @@ CPU (both forced each way here, so no AVX2-only machine is needed), the GPU's su
 from __future__ import annotations
 
 import json
+import platform
 import os
 
 import pytest
@@ -53,6 +54,18 @@ def test_auto_on_cpu_follows_native_support_and_the_probe(monkeypatch, cache, na
     if native:
         assert chosen["probe"]["bf16_gflops"] == rates["bf16_gflops"]
         assert f"bf16 {rates['bf16_gflops']} vs fp32 {rates['fp32_gflops']}" in chosen["reason"]
+
+
+def test_cpu_model_names_the_x86_family_and_model(tmp_path):
+    """A virtual machine may say only "AMD EPYC": family and model tell Zen 3 (25/1) from Zen 4 (25/17)."""
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                   "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 6\nmodel\t\t: 85\nmodel name\t: other\n")
+    assert precision.cpu_model(str(x86)) == "AMD EPYC (family 25, model 17)"  # the first processor's block
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n\nModel\t: Raspberry Pi 5\n")
+    assert precision.cpu_model(str(arm)) == "Raspberry Pi 5"  # ARM boards name themselves after the blocks
+    assert precision.cpu_model(str(tmp_path / "missing")) == (platform.processor() or platform.machine())
 
 
 def test_probe_is_cached_per_cpu_torch_threads_and_shape(monkeypatch, cache, tmp_path):
