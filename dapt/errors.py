@@ -26,6 +26,19 @@ class Diverged(UserError):
         super().__init__(where, problem, fix)
         self.step = step
 
+    def record(self) -> dict:
+        """What a run recorded as failed says of itself (train.json, then metrics.json)."""
+        return {"status": DIVERGED, "error": str(self), "diverged_step": self.step}
+
+
+#: The `status` of a run recorded as failed: its files say so, and everything that reads them asks `diverged`.
+DIVERGED = "diverged"
+
+
+def diverged(record: dict) -> bool:
+    """Whether a run's train.json / metrics.json record is of a run recorded as failed."""
+    return record.get("status") == DIVERGED
+
 
 def some(values: Iterable, n: int = 5) -> str:
     """The first `n` values for a message, and how many more there are, so messages stay one line."""

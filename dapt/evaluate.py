@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from dapt.batching import collate, length_sorted_batches
+from dapt.errors import DIVERGED, diverged
 from dapt.files import atomic_path, read_json, write_json
 from dapt.metrics import compute_metrics
 
@@ -55,7 +56,7 @@ def evaluate_run(artifact_dir: str, base_dir: str, tokenized_dir: str, train_jso
 
     labels = read_json(Path(tokenized_dir) / "labels.json")
     train_info = read_json(train_json)
-    if train_info.get("status") == "diverged":
+    if diverged(train_info):
         return record_diverged(train_info, labels, context, out_metrics, out_predictions, out_robustness)
     model, pad_id = load_finetuned(artifact_dir, base_dir, labels)
     model.to(runtime.device)
@@ -119,10 +120,10 @@ def record_diverged(train_info: dict, labels: list[str], context: dict, out_metr
     """A run whose training diverged (`on_divergence: record`) has nothing to predict with: its
     outputs say so (metrics.json `status: diverged` and the error, no scores; predictions.csv with
     its header only), so the report can list it as failed instead of the study stopping here."""
-    result = {**context, "status": "diverged", "error": train_info["error"], "labels": labels,
+    result = {**context, "status": DIVERGED, "error": train_info["error"], "labels": labels,
               **{k: train_info[k] for k in TRAIN_KEYS}, "diverged_step": train_info["diverged_step"]}
     if out_robustness:
-        write_json(out_robustness, {**context, "status": "diverged"})
+        write_json(out_robustness, {**context, "status": DIVERGED})
     write_predictions(out_predictions, [], np.zeros(0, dtype=int), np.zeros((0, len(labels))), labels)
     write_json(out_metrics, result)
     return result

@@ -23,7 +23,7 @@ from dapt.batching import bucketed_batches, collate, rank_share
 from dapt.checkpoints import clear_checkpoints
 from dapt.config import FINETUNE_DEFAULTS
 from dapt.distributed import all_reduce_sums
-from dapt.errors import Diverged, UserError
+from dapt.errors import Diverged, UserError, diverged
 from dapt.evaluate import predict_proba
 from dapt.files import atomic_path, read_json, write_json
 from dapt.longtext import n_documents, per_document
@@ -225,23 +225,22 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
         restore_encoder = store_frozen_encoder(run.model, [data.train["input_ids"], data.val["input_ids"]],
                                                data.pad_id, runtime, params["eval_batch_size"])
         print(f"head: encoder outputs {'stored once' if restore_encoder else 'recomputed every step'}", flush=True)
-    diverged = None
+    failure: dict = {}
     try:
         seconds = run.run()
     except Diverged as err:
         if on_divergence != "record":
             raise
-        diverged, seconds = {"status": "diverged", "error": str(err), "diverged_step": err.step}, run.timer.seconds()
+        failure, seconds = err.record(), run.timer.seconds()
     finally:
         if restore_encoder:
             restore_encoder()
-    if not diverged:
+    if not failure:
         run.keep_best()
-    summary = {**make_summary(run, seconds, pretrain_info, read_json(Path(tokenized_dir) / "stats.json")),
-               **(diverged or {})}
+    summary = {**make_summary(run, seconds, pretrain_info, read_json(Path(tokenized_dir) / "stats.json")), **failure}
     if runtime.is_main:
-        if diverged:
-            print(f"warning: {diverged['error']}; recorded as a failed run (on_divergence: record)", flush=True)
+        if failure:
+            print(f"warning: {failure['error']}; recorded as a failed run (on_divergence: record)", flush=True)
         write_outputs(run, summary, Path(out_dir))
         clear_checkpoints(ckpt_dir)
         log_finetune(summary, run.state["log"], LOG_COLUMNS)  # experiment tracking, if the study has it
@@ -277,7 +276,7 @@ def make_summary(run: FineTuning, seconds: float, pretrain_info: dict | None, st
 
 def write_outputs(run: FineTuning, summary: dict, out: Path) -> None:
     """model/ (a diverged run's holds only diverged.json: nothing to evaluate or deploy), log.csv, train.json."""
-    if summary.get("status") == "diverged":
+    if diverged(summary):
         with atomic_path(out / "model") as tmp:
             tmp.mkdir()
             write_json(tmp / "diverged.json", {k: summary[k] for k in ("status", "error", "diverged_step")})

@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from dapt.errors import DIVERGED, diverged
+
 ENV = "DAPT_TRACKING"
 BACKENDS = ("mlflow", "wandb")
 #: A tracking server that is down must cost a job seconds, not MLflow's default minutes of retries.
@@ -56,8 +58,8 @@ def log_finetune(summary: Mapping, log: Sequence[Sequence[float]], columns: Sequ
     curves = {c: [(int(r[step]), r[i]) for r in log] for i, c in enumerate(columns) if c != "step"}
     keys = ("best_validation", "best_epoch", "epochs_run", "train_steps", "n_train", "n_validation",
             "trainable_params", "trainable_pct", "seconds", "peak_memory_mb")
-    status = {"status": summary["status"]} if "status" in summary else {}
-    if status:  # a run recorded as failed (diverged): no best epoch, the step it diverged at instead
+    status = {"status": DIVERGED} if diverged(summary) else {}
+    if status:  # a run recorded as failed: no best epoch, the step it diverged at instead
         keys = ("diverged_step", *keys[2:])
     params = dict(summary.get("params") or {}, precision=summary.get("precision"), pretrain=summary.get("pretrain"),
                   **status)

@@ -23,7 +23,7 @@ from dapt import config as study  # noqa: E402
 from dapt import grid, layout  # noqa: E402
 from dapt import tracking  # noqa: E402
 from dapt import augment  # noqa: E402
-from dapt.errors import UserError  # noqa: E402
+from dapt.errors import UserError, diverged  # noqa: E402
 
 SCRIPTS = BASE / "scripts"
 
@@ -159,17 +159,17 @@ def warn_failed_runs():
     """One line at the end of a run that has fine-tuning runs recorded as diverged (on_divergence:
     record): the study succeeded, but not every run trained, and the report says which.
     """
-    diverged = []
+    failed = []
     for p in existing(run_files(f"results/finetune/{RUN}/train.json")):
         try:
-            if json.loads(Path(p).read_text()).get("status") == "diverged":
-                diverged.append(p)
+            if diverged(json.loads(Path(p).read_text())):
+                failed.append(p)
         except (OSError, ValueError, AttributeError):
             pass  # a broken file is for the evaluate job to name, not for this summary line
-    if diverged:
+    if failed:
         print(
-            f"warning: {len(diverged)} fine-tuning run(s) diverged and were recorded as failed"
-            f" (on_divergence: record), e.g. {os.path.dirname(diverged[0])}; the report's notes"
+            f"warning: {len(failed)} fine-tuning run(s) diverged and were recorded as failed"
+            f" (on_divergence: record), e.g. {os.path.dirname(failed[0])}; the report's notes"
             " list them (Runs that failed)"
         )
 

@@ -4,7 +4,7 @@ Hugging Face folder, and to ONNX and int8 ONNX as asked; all in one atomic outpu
 import json
 
 from dapt import cli
-from dapt.errors import UserError, run_main
+from dapt.errors import UserError, diverged, run_main
 
 
 def choose(candidates: list[dict]) -> dict:
@@ -15,12 +15,12 @@ def choose(candidates: list[dict]) -> dict:
 
     best, best_score = None, None
     for c in candidates:
-        if not Path(c["train_json"]).is_file() or not Path(c["artifact"]).is_dir():
+        info = read_json(c["train_json"]) if Path(c["train_json"]).is_file() else None
+        if info is not None and diverged(info):  # recorded as failed: no weights to export
+            continue
+        if info is None or not (Path(c["artifact"]) / "method.json").is_file():
             raise UserError(str(c["artifact"]), "not a fine-tuned run (no train.json / method.json)",
                             "fine-tune the run first (snakemake results/finetune/<run>/model)")
-        info = read_json(c["train_json"])
-        if info.get("status") == "diverged":  # recorded as failed: no weights to export
-            continue
         score = info.get("best_validation", float("-inf"))
         if best is None or score > best_score:
             best, best_score = c, score

@@ -1,7 +1,7 @@
 """Predict the test split with a fine-tuned run; write predictions and metrics."""
 
 from dapt import cli
-from dapt.errors import run_main
+from dapt.errors import diverged, run_main
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     result = evaluate_run(args.artifact, args.base, args.tokenized, args.train_json, args.metrics, args.predictions,
                           runtime, {**args.context, "seed": args.seed}, args.params["eval_batch_size"],
                           dict(item.split("=", 1) for item in args.perturbed), args.robustness or None)
-    if result.get("status") == "diverged":
+    if diverged(result):
         print(f"not evaluated: the run diverged in training ({result['error']})")
     else:
         print(f"test accuracy {result['accuracy']:.4f} macro_f1 {result['macro_f1']:.4f}")

@@ -3,7 +3,7 @@
 import os
 
 from dapt import cli
-from dapt.errors import run_main
+from dapt.errors import diverged, run_main
 from dapt.checkpoints import guard_checkpoints, job_identity
 
 
@@ -30,7 +30,7 @@ def main() -> None:
                      "tokens": pretrain_info.get("total_tokens", 0)}
     summary = finetune(args.base, args.tokenized, args.out, args.checkpoints, args.params,
                        args.seed, runtime, pretrain_info, args.augmented or None, args.on_divergence)
-    if summary.get("status") == "diverged":
+    if diverged(summary):
         print(f"done: diverged at step {summary['diverged_step']}, recorded as a failed run")
     else:
         print(f"done: {summary['train_steps']} steps, best epoch {summary['best_epoch']}, "

@@ -62,6 +62,7 @@ def test_a_diverged_run_is_recorded_evaluated_as_failed_and_never_deployed(tiny_
     spec.loader.exec_module(deploy)
     good = tmp_path / "good"
     (good / "model").mkdir(parents=True)
+    (good / "model" / "method.json").write_text("{}")  # what a fine-tuned run's artifact holds
     (good / "train.json").write_text(json.dumps({"best_validation": 0.1}))
     diverged = {"artifact": str(out / "model"), "train_json": str(out / "train.json")}
     chosen = deploy.choose([diverged, {"artifact": str(good / "model"), "train_json": str(good / "train.json")}])

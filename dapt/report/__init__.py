@@ -102,7 +102,7 @@ def build_report(
         raise UserError("--metrics", "no metrics files given", "the report needs at least one evaluated run")
     pred_map = _predictions_of(metrics_paths, prediction_paths)
     metrics, failed = split_failed([(str(p), read_metrics(p)) for p in metrics_paths])
-    missing = missing_runs(config, [(str(p), m) for p, m in metrics] + [("", r) for r in failed.to_dict("records")])
+    missing = missing_runs(config, [m for _, m in metrics] + failed.to_dict("records"))
     benchmarks = read_benchmarks(benchmark_paths)
     all_results = build_results(metrics, benchmarks, config)
     ft_logs = without_failed(read_finetune_logs(log_paths), failed)

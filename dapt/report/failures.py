@@ -10,34 +10,33 @@ combination they belong to (listed as incomplete, never chosen).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from dapt import grid, layout
-from dapt.errors import UserError
+from dapt.errors import UserError, diverged
 from dapt.report.formatting import md_table
-from dapt.report.selection import annotate
+from dapt.report.selection import GROUP, annotate
 
 COLUMNS = [*layout.RUN_KEYS, "diverged_step", "error"]
 
 
 def split_failed(metrics: Sequence[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], pd.DataFrame]:
     """(the runs with scores; one row per failed run, COLUMNS)."""
-    ok = [(p, m) for p, m in metrics if m.get("status") != "diverged"]
-    failed = [{**{k: m.get(k) for k in COLUMNS}, "seed": int(m["seed"])} for _, m in metrics
-              if m.get("status") == "diverged"]
+    ok = [(p, m) for p, m in metrics if not diverged(m)]
+    failed = [{**{k: m.get(k) for k in COLUMNS}, "seed": int(m["seed"])} for _, m in metrics if diverged(m)]
     if not ok:
         raise UserError("--metrics", f"all {len(failed)} runs failed (diverged in fine-tuning), nothing to report",
                         "see each run's train.json error; lower the learning rate")
     return ok, pd.DataFrame(failed, columns=COLUMNS)
 
 
-def missing_runs(config: Mapping, metrics: Sequence[tuple[str, dict]]) -> list[dict]:
-    """The grid's runs that have no metrics among those given, in grid order ([] without a grid)."""
+def missing_runs(config: Mapping, given: Iterable[Mapping]) -> list[dict]:
+    """The grid's runs that are not among the `given` run records, in grid order ([] without a grid)."""
     if not grid._complete(config):
         return []
-    given = {layout.run_key(m) for _, m in metrics}
+    given = {layout.run_key(m) for m in given}
     return [r for r in grid.runs(config) if layout.run_key(r) not in given]
 
 
@@ -58,7 +57,7 @@ def without_failed(logs: pd.DataFrame, failed: pd.DataFrame) -> pd.DataFrame:
     """Fine-tuning logs without the failed runs' (their epochs before diverging are no result)."""
     if not len(logs) or not len(failed):
         return logs
-    key = ["task", "model", "variant", "method", "seed"]
+    key = list(layout.RUN_KEYS)
     drop = set(map(tuple, failed[key].astype(str).to_numpy()))
     keep = [tuple(r) not in drop for r in logs[key].astype(str).to_numpy()]
     return logs[keep].reset_index(drop=True)
@@ -83,12 +82,10 @@ def mark_failed(selection: pd.DataFrame, failed: pd.DataFrame, config: Mapping) 
     """The sweep's status names the seeds that diverged ('…; diverged: seeds 2, 3')."""
     if not len(failed):
         return selection
-    failed, out = annotate(failed, config), selection.copy()
-    for i, rec in out.iterrows():
-        hit = failed[(failed["task"] == rec["task"]) & (failed["model"] == rec["model"])
-                     & (failed["variant"] == rec["variant"]) & (failed["setting"] == rec["setting"])
-                     & (failed["base_method"] == rec["base_method"]) & (failed["size_key"] == rec["size_key"])]
-        if len(hit):
-            seeds = ", ".join(str(s) for s in sorted(hit["seed"]))
-            out.at[i, "status"] = f"{rec['status']}; diverged: seed{'s' if len(hit) > 1 else ''} {seeds}"
-    return out
+    key = [*GROUP, "setting"]
+    seeds = annotate(failed, config).groupby(key)["seed"].apply(sorted).to_dict()
+    status = []
+    for rec, combination in zip(selection["status"], selection[key].itertuples(index=False, name=None)):
+        hit = seeds.get(combination, [])
+        status.append(f"{rec}; diverged: seed{'s' if len(hit) > 1 else ''} {', '.join(map(str, hit))}" if hit else rec)
+    return selection.assign(status=status)
