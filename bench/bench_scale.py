@@ -15,14 +15,14 @@ its children's (``RUSAGE_CHILDREN``: the peer's worker processes), and the summe
 tree sampled every 0.1 s (shared pages counted once, for the peer's forked workers); the largest is
 reported. Measured:
 
-- ours: ``dapt.blocks.tokenize_corpus`` (streaming, packed, uint16 token file) with ``--threads``
+- ours: ``dapt.tokenize.blocks.tokenize_corpus`` (streaming, packed, uint16 token file) with ``--threads``
   threads (the tokenizer's own batch parallelism), at every size; at ``--per-core-size`` also with
   1 thread, for tokens/s per core;
 - the peer: ``run_mlm.py`` without ``--line_by_line``, its functions copied as the script has them:
   ``load_dataset("parquet")``, ``map(tokenize_function, batched=True, num_proc=N)``,
   ``map(group_texts, batched=True, num_proc=N)``, Arrow cache on disk, N = ``--threads`` (and 1 at
   ``--per-core-size``), each worker's tokenizer on one thread; at ``--peer-sizes``;
-- pretraining start-up: ``dapt.pretrain.pretrain`` of MiniLM for ``--pretrain-steps`` steps (batch 16,
+- pretraining start-up: ``dapt.pretrain.pretraining.pretrain`` of MiniLM for ``--pretrain-steps`` steps (batch 16,
   fp32) on each size's blocks: time and peak memory must not grow with the corpus.
 
 Prints one row per measurement, the projection to 1B tokens, and last
@@ -51,7 +51,7 @@ DEFAULT_CORPUS = REPO / "results" / "data" / "corpora" / "imdb.parquet"
 
 
 def job_ours(job: dict) -> dict:
-    from dapt.blocks import tokenize_corpus
+    from dapt.tokenize.blocks import tokenize_corpus
 
     index = tokenize_corpus(job["corpus"], job["model"], job["block"], job["out"])
     return {"tokens": index["tokens"] + index["tokens_left_over"], "blocks": index["blocks"]}
@@ -111,9 +111,9 @@ def job_peer(job: dict) -> dict:
 
 
 def job_pretrain(job: dict) -> dict:
-    from dapt.config import MLM_DEFAULTS
-    from dapt.pretrain import pretrain
-    from dapt.train import setup_runtime
+    from dapt.study.config import MLM_DEFAULTS
+    from dapt.pretrain.pretraining import pretrain
+    from dapt.runtime.context import setup_runtime
 
     runtime = setup_runtime(0, "fp32", job["threads"], False, job["model"])
     params = {**MLM_DEFAULTS, "max_steps": job["steps"], "batch_size": 16, "save_steps": 10**6}
@@ -125,7 +125,7 @@ JOBS = {"ours": job_ours, "peer": job_peer, "pretrain": job_pretrain}
 
 
 def child(job: dict) -> None:
-    from dapt import cli
+    from dapt.runtime import cli
 
     cli.limit_threads(job["threads"])  # before any thread pool starts
     cli.quiet_progress_bars()
@@ -186,8 +186,8 @@ def build_corpus(source: Path, copies: int, out: Path) -> Path:
 def default_corpus(path: Path) -> Path:
     if path.exists():
         return path
-    from dapt import config as study
-    from dapt.data import prepare_corpus
+    from dapt.study import config as study
+    from dapt.data.prepare import prepare_corpus
 
     spec = study.read_yaml(REPO / "config" / "config.yaml")["corpora"]["imdb"]
     prepare_corpus(spec, "imdb", path, REPO / "results" / ".cache" / "downloads")

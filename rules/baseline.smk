@@ -1,5 +1,5 @@
 # The classical baseline of each task: TF-IDF (word 1-2-grams) + logistic regression, C chosen on
-# validation, scored on test (dapt/baseline.py); a row of every report table beside the majority class.
+# validation, scored on test (dapt/finetune/tfidf_baseline.py); a row of every report table beside the majority class.
 
 
 rule baseline:

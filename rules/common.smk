@@ -19,11 +19,11 @@ os.environ["PATH"] = os.pathsep.join(
     [str(Path(sys.executable).parent), os.environ["PATH"]]
 )
 
-from dapt import config as study  # noqa: E402
-from dapt import grid, layout  # noqa: E402
-from dapt import tracking  # noqa: E402
-from dapt import augment  # noqa: E402
-from dapt.errors import UserError, diverged  # noqa: E402
+from dapt.study import config as study  # noqa: E402
+from dapt.study import grid, layout  # noqa: E402
+from dapt.runtime import tracking  # noqa: E402
+from dapt.study import settings  # noqa: E402
+from dapt.core.errors import UserError, diverged  # noqa: E402
 
 SCRIPTS = BASE / "scripts"
 
@@ -52,7 +52,7 @@ def _load_study_config():
     return str(DEFAULT_CONFIG.relative_to(BASE))
 
 
-# dapt.config checks the schema (config/schema.yaml) and the cross-references, and names the first
+# dapt.study.config checks the schema (config/schema.yaml) and the cross-references, and names the first
 # problem in one line; snakemake.utils.validate would print the whole schema and config instead.
 try:
     CONFIG_SOURCE = _load_study_config()
@@ -96,7 +96,7 @@ def runtime_args():
 
 def tracking_env(job, **tags):
     """DAPT_TRACKING='<json>' before a job's command when the study tracks runs
-    (dapt/tracking.py), else ''. The rules compute it in a param that takes `output`, which
+    (dapt/runtime/tracking.py), else ''. The rules compute it in a param that takes `output`, which
     Snakemake treats as derived and leaves out of its params trigger: turning tracking on
     or off reruns no training job."""
     study_name = Path(CONFIG_SOURCE.split(", ")[0]).stem
@@ -129,7 +129,7 @@ def variant_pretrain_summary(wildcards):
 
 def runs():
     """Every (task, model, variant, method folder, seed) of the grid; a swept or sized run's
-    method folder names its settings (dapt.grid)."""
+    method folder names its settings (dapt.study.grid)."""
     return grid.runs(config)
 
 
@@ -253,7 +253,7 @@ def pretrain_inputs(wildcards):
 
 def knn_selection(model, stage):
     """The selection folder of a kNN-TAPT stage name (tapt_knn-<task>-<corpus>-k<k>)."""
-    return layout.KNN_SELECTION.format(model=model, **study.knn_selection_of(stage))
+    return layout.KNN_SELECTION.format(model=model, **settings.selection_of(stage))
 
 
 def knn_selections():
@@ -300,15 +300,15 @@ def pretrain_chains():
 
 # --- robustness: augmented training rows, perturbed test sets (rules/robustness.smk) ---
 
-ROBUSTNESS = augment.robustness_settings(config)
+ROBUSTNESS = settings.robustness_settings(config)
 
 
 def augmented_rows(wildcards):
     """The augmented training rows a run adds (its augment: setting), or none."""
-    settings = augment.augment_settings(run_params(wildcards))
-    if settings is None:
+    augment = settings.augment_settings(run_params(wildcards))
+    if augment is None:
         return []
-    name = augment.augment_name(settings)
+    name = settings.augment_name(augment)
     return [layout.AUGMENTED.format(task=wildcards.task, augment=name)]
 
 
@@ -316,9 +316,9 @@ def augment_setting(wildcards):
     """The augment: setting an augmented file is named by (some run of the task has it)."""
     for r in runs():
         if r["task"] == wildcards.task:
-            settings = augment.augment_settings(run_params(_RunWildcards(r)))
-            if settings and augment.augment_name(settings) == wildcards.augment:
-                return settings
+            augment = settings.augment_settings(run_params(_RunWildcards(r)))
+            if augment and settings.augment_name(augment) == wildcards.augment:
+                return augment
     raise ValueError(
         f"no run of task {wildcards.task} has augment setting {wildcards.augment}"
     )
@@ -350,7 +350,7 @@ REPORT_FILES = [f"{REPORT_DIR}/{f.name}" for f in REPORT_LIST]
 
 
 def report_outputs():
-    """The report's files (dapt.layout.REPORT, the list the report writes), named by file name
+    """The report's files (dapt.study.layout.REPORT, the list the report writes), named by file name
     ('table.md' -> table_md); those with a caption (report/<caption>.rst) go into Snakemake's HTML
     report. (Snakemake's report() is imported under another name: in a function `report` would
     parse as the directive.)"""
@@ -424,7 +424,7 @@ def deploy_tokenized(wildcards):
 
 
 def deploy_report_outputs():
-    """The deploy table and plot (dapt.layout.DEPLOY_REPORT), captioned for the HTML report."""
+    """The deploy table and plot (dapt.study.layout.DEPLOY_REPORT), captioned for the HTML report."""
     from snakemake.io import report as html_report
 
     return {

@@ -1,5 +1,5 @@
 # Step 3a: kNN-TAPT's selection. A variant stage "tapt_knn:<corpus>:<k>" pretrains on the task's
-# training text plus each training example's k nearest corpus documents (dapt/knn.py). The
+# training text plus each training example's k nearest corpus documents (dapt/pretrain/knn_selection.py). The
 # selection is made once per (encoder model, task, corpus, k), shared by every seed and method;
 # its train.parquet is then tokenized and pretrained on like any TAPT stage. Helpers:
 # knn_selection, knn_selections (rules/common.smk).

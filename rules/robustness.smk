@@ -1,4 +1,4 @@
-# Robustness data (dapt/augment.py, dapt/textops.py): augmented copies of a task's training rows, one
+# Robustness data (dapt/data/augment.py, dapt/data/textops.py): augmented copies of a task's training rows, one
 # file per augment: setting, and perturbed copies of its test split (robustness:), one file per
 # perturbation that every run is scored on; WordNet's synonyms for the synonym operation.
 

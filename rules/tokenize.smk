@@ -1,5 +1,5 @@
 # Step 2: tokenize once per (data, tokenizer, max length); every later job reads these files.
-# MLM blocks stream in bounded memory (dapt/blocks.py). A DAPT corpus with `shards: N` is tokenized
+# MLM blocks stream in bounded memory (dapt/tokenize/blocks.py). A DAPT corpus with `shards: N` is tokenized
 # by N tokenize_corpus_shard jobs (side by side on a cluster) that tokenize_corpus gathers.
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Robustness data steps (dapt/augment.py): WordNet's synonyms, augmented training rows, perturbed test sets.
+"""Robustness data steps (dapt/data/augment.py): WordNet's synonyms, augmented training rows, perturbed test sets.
 
 Run by rules/robustness.smk, e.g.
     python scripts/augment_data.py wordnet --config-json '{"source": {...}}' --out results/data/wordnet/synonyms.json
@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from dapt.errors import run_main
-from dapt.sources import add_download_args, download_spec, fetch
+from dapt.core.errors import run_main
+from dapt.data.sources import add_download_args, download_spec, fetch
 
 
 def parse_args() -> argparse.Namespace:
@@ -29,7 +29,7 @@ def parse_args() -> argparse.Namespace:
         step.add_argument("--synonyms", default="", help="synonyms.json of the wordnet step (the synonym operation)")
     steps.choices["augment"].add_argument("--settings", type=json.loads, required=True, help="resolved augment: setting")
     perturb = steps.choices["perturb"]
-    perturb.add_argument("--op", required=True, help="the perturbation (dapt.textops.PERTURBATIONS)")
+    perturb.add_argument("--op", required=True, help="the perturbation (dapt.data.textops.PERTURBATIONS)")
     perturb.add_argument("--rate", type=float, required=True)
     perturb.add_argument("--seed", type=int, default=0)
     perturb.add_argument("--max-examples", type=int, default=None, help="perturb a seeded sample of the test split")
@@ -40,7 +40,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    from dapt import augment
+    from dapt.data import augment
 
     if args.step == "wordnet":
         with fetch(download_spec(args)["source"], "wordnet.source", args.cache_dir) as dict_dir:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from dapt.cli import limit_threads
-from dapt.errors import run_main
+from dapt.runtime.cli import limit_threads
+from dapt.core.errors import run_main
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     p.add_argument("--out", required=True, help="metrics.json to write")
     args = p.parse_args()
     limit_threads(args.threads)
-    from dapt.baseline import write_baseline
+    from dapt.finetune.tfidf_baseline import write_baseline
 
     result = write_baseline(args.task_dir, args.name, args.metric, args.out)
     grid = ", ".join(f"C={c}: {v:.4f}" for c, v in result["validation"].items())

@@ -3,15 +3,15 @@ Hugging Face folder, and to ONNX and int8 ONNX as asked; all in one atomic outpu
 
 import json
 
-from dapt import cli
-from dapt.errors import UserError, diverged, run_main
+from dapt.runtime import cli
+from dapt.core.errors import UserError, diverged, run_main
 
 
 def choose(candidates: list[dict]) -> dict:
     """The candidate with the best validation score (train.json's best_validation); ties: the first."""
     from pathlib import Path
 
-    from dapt.files import read_json
+    from dapt.core.files import read_json
 
     best, best_score = None, None
     for c in candidates:
@@ -45,7 +45,7 @@ def main() -> None:
 
     from dapt.deploy import FORMATS
     from dapt.deploy.export import export_run
-    from dapt.files import atomic_path, read_json, write_json
+    from dapt.core.files import atomic_path, read_json, write_json
 
     formats = [f for f in args.formats.split(",") if f]
     unknown = sorted(set(formats) - set(FORMATS))

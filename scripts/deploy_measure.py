@@ -3,8 +3,8 @@ memory, batch-1 latency, batch-32 throughput), each format in its own fresh proc
 
 import json
 
-from dapt import cli
-from dapt.errors import UserError, run_main
+from dapt.runtime import cli
+from dapt.core.errors import UserError, run_main
 
 
 def runtime_versions() -> dict:
@@ -31,7 +31,7 @@ def main() -> None:
     from pathlib import Path
 
     from dapt.deploy.measure import measure_all
-    from dapt.files import read_json, write_json
+    from dapt.core.files import read_json, write_json
 
     export = Path(args.export)
     info = read_json(export / "deploy.json")

@@ -2,7 +2,7 @@
 
 import argparse
 
-from dapt.errors import run_main
+from dapt.core.errors import run_main
 
 
 def main() -> None:
@@ -10,7 +10,7 @@ def main() -> None:
     p.add_argument("--measurements", nargs="+", required=True, help="measure.json files")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    from dapt.deploy.report import write_deploy_report
+    from dapt.deploy.table import write_deploy_report
 
     rows = write_deploy_report(args.measurements, args.out)
     print(f"deploy report: {len(rows)} rows in {args.out}")

@@ -1,7 +1,7 @@
 """Predict the test split with a fine-tuned run; write predictions and metrics."""
 
-from dapt import cli
-from dapt.errors import diverged, run_main
+from dapt.runtime import cli
+from dapt.core.errors import diverged, run_main
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
         p.error("--params must give eval_batch_size (the rule passes finetune.eval_batch_size)")
     runtime = cli.start(args, model_dir=args.base)
 
-    from dapt.evaluate import evaluate_run
+    from dapt.finetune.evaluation import evaluate_run
 
     result = evaluate_run(args.artifact, args.base, args.tokenized, args.train_json, args.metrics, args.predictions,
                           runtime, {**args.context, "seed": args.seed}, args.params["eval_batch_size"],

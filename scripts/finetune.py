@@ -2,9 +2,9 @@
 
 import os
 
-from dapt import cli
-from dapt.errors import diverged, run_main
-from dapt.checkpoints import guard_checkpoints, job_identity
+from dapt.runtime import cli
+from dapt.core.errors import diverged, run_main
+from dapt.runtime.checkpoints import guard_checkpoints, job_identity
 
 
 def main() -> None:
@@ -22,8 +22,8 @@ def main() -> None:
         guard_checkpoints(args.checkpoints, job_identity(vars(args), [args.base, args.tokenized, args.pretrain_summary, args.augmented]))
     runtime = cli.start(args, model_dir=args.base)
 
-    from dapt.finetune import finetune
-    from dapt.files import read_json
+    from dapt.finetune.fine_tuning import finetune
+    from dapt.core.files import read_json
 
     pretrain_info = read_json(args.pretrain_summary) if args.pretrain_summary else {}
     pretrain_info = {"chain": pretrain_info.get("chain", ""), "steps": pretrain_info.get("total_steps", 0),

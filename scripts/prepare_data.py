@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from dapt.data import prepare_corpus, prepare_task
-from dapt.errors import run_main
-from dapt.sources import add_download_args, download_spec
+from dapt.data.prepare import prepare_corpus, prepare_task
+from dapt.core.errors import run_main
+from dapt.data.sources import add_download_args, download_spec
 
 
 def parse_args() -> argparse.Namespace:

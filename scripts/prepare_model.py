@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from dapt.errors import run_main
-from dapt.models import prepare_model
-from dapt.sources import add_download_args, download_spec
+from dapt.core.errors import run_main
+from dapt.data.model_store import prepare_model
+from dapt.data.sources import add_download_args, download_spec
 
 
 def parse_args() -> argparse.Namespace:

@@ -2,9 +2,9 @@
 
 import os
 
-from dapt import cli
-from dapt.errors import run_main
-from dapt.checkpoints import guard_checkpoints, job_identity
+from dapt.runtime import cli
+from dapt.core.errors import run_main
+from dapt.runtime.checkpoints import guard_checkpoints, job_identity
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
                                                          ignore=("gpus", "threads", "nodes")))
     runtime = cli.start(args, model_dir=args.parent)
 
-    from dapt.pretrain import pretrain
+    from dapt.pretrain.pretraining import pretrain
 
     summary = pretrain(args.parent, args.blocks, args.out, args.checkpoints, args.params,
                        args.seed, runtime, args.stage, args.parent_summary)

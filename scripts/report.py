@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from dapt import report  # noqa: E402
-from dapt.errors import UserError, run_main  # noqa: E402
+from dapt.core.errors import UserError, run_main  # noqa: E402
 
 
 def load_config(value: str | None) -> dict:

@@ -1,8 +1,8 @@
 """kNN-TAPT selection: each training example's k nearest corpus documents (sentence embeddings,
-cosine), written with the task's text as the stage's MLM text (dapt/knn.py)."""
+cosine), written with the task's text as the stage's MLM text (dapt/pretrain/knn_selection.py)."""
 
-from dapt import cli
-from dapt.errors import run_main
+from dapt.runtime import cli
+from dapt.core.errors import run_main
 
 
 def main() -> None:
@@ -15,7 +15,7 @@ def main() -> None:
     args = p.parse_args()
     runtime = cli.start(args, model_dir=args.model)
 
-    from dapt.knn import select
+    from dapt.pretrain.knn_selection import select
 
     where = f"variants: tapt_knn:{args.corpus.rsplit('/', 1)[-1].removesuffix('.parquet')}:{args.k}"
     s = select(args.task, args.corpus, args.model, args.k, args.out, args.params, runtime, where)

@@ -1,6 +1,6 @@
 """Tokenize once per (data, tokenizer, max length): packed MLM blocks, or a task's three splits.
 
-MLM blocks stream in bounded memory (dapt.blocks). A large corpus can be split over jobs:
+MLM blocks stream in bounded memory (dapt.tokenize.blocks). A large corpus can be split over jobs:
 `--shard K/N` writes the token stream of the K-th of N runs of documents, and `--gather` joins the
 N shard folders into the block folder (the same blocks as one job).
 """
@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from dapt import cli
-from dapt.errors import UserError, run_main
+from dapt.runtime import cli
+from dapt.core.errors import UserError, run_main
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--texts", help="parquet with a text column -> a folder of packed MLM blocks")
     mode.add_argument("--task", help="task folder with train/validation/test parquet -> tokenized folder")
-    p.add_argument("--long-text", type=json.loads, help="with --task: JSON of dapt.config.long_text_params (default: head)")
+    p.add_argument("--long-text", type=json.loads, help="with --task: JSON of dapt.study.config.long_text_params (default: head)")
     p.add_argument("--shard", help="with --texts: K/N, tokenize only the K-th of N runs of documents (1-based)")
     p.add_argument("--gather", nargs="+", metavar="SHARD", help="with --texts: join these shard folders, in order")
     p.add_argument("--out", required=True)
@@ -29,7 +29,7 @@ def main() -> None:
     cli.limit_threads(args.threads)  # before the tokenizer library starts its thread pool
     cli.quiet_progress_bars()
 
-    from dapt import blocks, tokenization
+    from dapt.tokenize import blocks, tasks as tokenization
 
     if args.texts and args.gather:
         stats = blocks.gather(args.gather, args.out, args.texts)

@@ -67,8 +67,8 @@ def rt_reviews():
 def write_tokenized_task(root: Path, splits: dict, labels: list, base: Path, max_length: int, *args) -> Path:
     """A prepared task folder (root/task: one parquet per split, labels.json) tokenized for the model in
     `base` into root/tokenized, the folder returned; `args` go on to tokenize_task_dir (key, long_text)."""
-    from dapt.files import write_json
-    from dapt.tokenization import tokenize_task_dir
+    from dapt.core.files import write_json
+    from dapt.tokenize.tasks import tokenize_task_dir
 
     task = root / "task"
     task.mkdir()

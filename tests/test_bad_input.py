@@ -138,7 +138,7 @@ def grow_tokenizer(folder: Path) -> None:
 
 
 def diverging_finetune(ctx: Ctx):
-    from dapt.config import FINETUNE_DEFAULTS
+    from dapt.study.config import FINETUNE_DEFAULTS
 
     params = {**FINETUNE_DEFAULTS, "kind": "full", "metric": "macro_f1", "max_length": 48, "epochs": 1,
               "batch_size": 16, "lr": 1e30}

@@ -17,8 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
 from conftest import REPO
-from dapt import baseline
-from dapt.data import prepare_task
+from dapt.finetune import tfidf_baseline as baseline
+from dapt.data.prepare import prepare_task
 
 SCRIPT = REPO / "scripts" / "baseline.py"
 

@@ -87,5 +87,5 @@ def test_bench_import_cpu(bench_run):
     assert any(IMPORTS_LINE.match(line) for line in lines), lines[-6:]
     for job in ("finetune_full", "evaluate"):
         r = result["imports"][job]
-        assert r["cpu_s"] > 0 and "dapt.finetune" in r["modules"]
+        assert r["cpu_s"] > 0 and "dapt.finetune.fine_tuning" in r["modules"]
         assert set(r["heavy"]) == {"peft", "sklearn", "pyarrow.dataset"}

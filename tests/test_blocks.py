@@ -1,6 +1,6 @@
 """Corpora of any size: prepared and tokenized in bounded memory, packed into the same blocks as all at
 once, read lazily by pretraining; a shard without text, a corpus under one block and a full disk are
-one-line errors that leave nothing partial behind (dapt/blocks.py, dapt.data.prepare_corpus)."""
+one-line errors that leave nothing partial behind (dapt/tokenize/blocks.py, dapt.data.prepare.prepare_corpus)."""
 
 from __future__ import annotations
 
@@ -19,17 +19,18 @@ import pytest
 import torch
 
 from conftest import REPO, make_workdir, minilm_dir, run_snakemake, tiny_config
-from dapt import blocks, data, tables
-from dapt.errors import UserError
-from dapt.mlm import apply_masking, mask_tokens, masking_draws
-from dapt.pretrain import read_data
+from dapt.tokenize import blocks
+from dapt.data import prepare as data, readers as tables
+from dapt.core.errors import UserError
+from dapt.pretrain.mlm import apply_masking, mask_tokens, masking_draws
+from dapt.pretrain.pretraining import read_data
 
 IMDB_SAMPLE = REPO / "tests" / "data" / "imdb_sample.jsonl"
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from dapt.models import load_tokenizer
+    from dapt.data.model_store import load_tokenizer
 
     return load_tokenizer(minilm_dir())
 
@@ -47,7 +48,7 @@ def write_texts(path: Path, texts: list, row_group: int = 7) -> Path:
 
 
 def old_blocks(tokenizer, texts: list[str], block: int) -> tuple[np.ndarray, int]:
-    """The packing before streaming (dapt/tokenization.py until 2026-12-01): every text through the
+    """The packing before streaming (dapt/tokenize/tasks.py until 2026-12-01): every text through the
     tokenizer's __call__, flattened by a Python generator, cut once."""
     ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     flat = np.fromiter((t for seq in ids for t in seq), dtype=np.int32)

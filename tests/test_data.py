@@ -1,4 +1,4 @@
-"""Tests of dapt.data and its parts (sources, archives, tables, splits): every source kind and format, carving, and every error the user can cause."""
+"""Tests of dapt.data.prepare and its parts (sources, archives, tables, splits): every source kind and format, carving, and every error the user can cause."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from dapt import data, redact, sources, splits, tables
-from dapt.errors import UserError
+from dapt.data import prepare as data, sources, splits, readers as tables
+
+from dapt.core import redact
+from dapt.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 RT_SAMPLE = REPO / "tests" / "data" / "rt_sample.csv"

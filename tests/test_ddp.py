@@ -1,7 +1,7 @@
 """Data parallel training: 2 processes give the numbers 1 process gives, with the same global batch.
 
 scripts/finetune.py and scripts/pretrain.py run with ``--gpus 2`` and ``DAPT_FORCE_CPU_DDP=1``:
-dapt.devices relaunches them under torch.distributed.run as 2 gloo processes on CPU, each taking the
+dapt.runtime.devices relaunches them under torch.distributed.run as 2 gloo processes on CPU, each taking the
 rank-strided half of every global batch. The inputs are the tiny study's, prepared here in-process,
 with dropout switched off in the model so that both runs compute the same forward passes.
 
@@ -54,11 +54,11 @@ def inputs(tmp_path_factory) -> dict:
     pretraining has no MLM head, so pretraining starts by training the new head alone (the encoder
     frozen: DDP must cope with parameters that get no gradient).
     """
-    from dapt import config as study
-    from dapt.data import prepare_corpus, prepare_task
-    from dapt.models import prepare_model
-    from dapt.blocks import tokenize_corpus
-    from dapt.tokenization import tokenize_task_dir
+    from dapt.study import config as study
+    from dapt.data.prepare import prepare_corpus, prepare_task
+    from dapt.data.model_store import prepare_model
+    from dapt.tokenize.blocks import tokenize_corpus
+    from dapt.tokenize.tasks import tokenize_task_dir
 
     root = tmp_path_factory.mktemp("ddp")
     config = tiny_config()

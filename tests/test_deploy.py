@@ -1,4 +1,4 @@
-"""Deployment stage (dapt.deploy, dapt.predict): every exportable method's export loads with plain
+"""Deployment stage (dapt.deploy, dapt.deploy.predict): every exportable method's export loads with plain
 transformers and gives the evaluate step's predictions; ONNX and int8 ONNX run in ONNX Runtime; the
 predict CLI; bad input gives one line and no partial output.
 
@@ -42,7 +42,7 @@ def task(tmp_path_factory):
     """(base checkpoint, task folder, tokenized task folder)."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from dapt.models import load_tokenizer
+    from dapt.data.model_store import load_tokenizer
 
     root = tmp_path_factory.mktemp("deploy")
     tok = load_tokenizer(minilm_dir())
@@ -64,9 +64,9 @@ def task(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(task, tmp_path_factory):
     """name -> run folder (model/, train.json, and the evaluate step's predictions.csv), trained on use."""
-    import dapt.finetune as ft
-    from dapt.evaluate import evaluate_run
-    from dapt.train import setup_runtime
+    import dapt.finetune.fine_tuning as ft
+    from dapt.finetune.evaluation import evaluate_run
+    from dapt.runtime.context import setup_runtime
 
     base, _, tokenized = task
     torch.set_num_threads(1)
@@ -157,7 +157,7 @@ def json_of(path):
 @pytest.mark.parametrize("name", ["prefix", "prompt"])
 def test_prompt_methods_refused_in_one_line(name, task, runs, tmp_path):
     from dapt.deploy.export import export_run
-    from dapt.errors import UserError
+    from dapt.core.errors import UserError
 
     with pytest.raises(UserError, match=f"method {name}: cannot be exported") as err:
         export_run(str(runs(name) / "model"), str(task[0]), LABELS, tmp_path / "hf")
@@ -168,10 +168,10 @@ def test_prompt_methods_refused_in_one_line(name, task, runs, tmp_path):
 @pytest.mark.parametrize("name", ["lora", "adapter_pfeiffer"])
 def test_onnx_and_int8_match_pytorch(name, task, exported, tmp_path):
     """ONNX (dynamic batch and sequence: a padded batch of mixed lengths) equals PyTorch to 1e-4; int8
-    agrees on most labels; both folders serve through dapt.predict."""
+    agrees on most labels; both folders serve through dapt.deploy.predict."""
     from dapt.deploy.measure import load_logits_fn, pad
     from dapt.deploy.onnx import cpu_int8_settings, export_onnx, quantize_int8
-    from dapt.tokenization import read_examples
+    from dapt.tokenize.tasks import read_examples
 
     folder = exported(name)
     export_onnx(folder, tmp_path / "onnx", opset=17)
@@ -191,7 +191,7 @@ def test_onnx_and_int8_match_pytorch(name, task, exported, tmp_path):
 
 
 def _predict(args, stdin=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dapt.predict", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dapt.deploy.predict", *args], input=stdin, capture_output=True, text=True,
                           timeout=120, cwd=cwd)
 
 

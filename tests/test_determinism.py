@@ -42,7 +42,7 @@ def test_deterministic_option_reaches_every_training_command(clean_run, tmp_path
 
 
 def test_deterministic_flag_switches_torch_to_deterministic_algorithms():
-    from dapt import cli
+    from dapt.runtime import cli
 
     try:
         args = cli.parser("test").parse_args(["--deterministic", "--precision", "fp32"])

@@ -1,4 +1,4 @@
-"""dapt.devices on a CPU-only machine: GPUs are faked with DAPT_GPU_IDS, jobs are subprocesses."""
+"""dapt.runtime.devices on a CPU-only machine: GPUs are faked with DAPT_GPU_IDS, jobs are subprocesses."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from dapt import devices, distributed
-from dapt.errors import UserError
+from dapt.runtime import devices, distributed
+from dapt.core.errors import UserError
 
 JOB = ROOT / "tests" / "helpers" / "device_job.py"
 _ENV_VARS = (

@@ -22,8 +22,8 @@ TRAIN = {"epochs": 2, "batch_size": 8, "eval_batch_size": 32, "grad_accum": 1, "
 
 @pytest.fixture(scope="module")
 def tiny_task(tmp_path_factory):
-    from dapt.models import load_tokenizer
-    from dapt.train import setup_runtime
+    from dapt.data.model_store import load_tokenizer
+    from dapt.runtime.context import setup_runtime
 
     root = tmp_path_factory.mktemp("diverge")
     base = tiny_base(root, load_tokenizer(minilm_dir()))
@@ -37,8 +37,8 @@ def tiny_task(tmp_path_factory):
 def test_a_diverged_run_is_recorded_evaluated_as_failed_and_never_deployed(tiny_task, tmp_path):
     import importlib.util
 
-    from dapt.evaluate import evaluate_run
-    from dapt.finetune import finetune
+    from dapt.finetune.evaluation import evaluate_run
+    from dapt.finetune.fine_tuning import finetune
 
     base, tokenized, runtime = tiny_task
     out, ckpt = tmp_path / "run", tmp_path / "ckpt"
@@ -67,15 +67,15 @@ def test_a_diverged_run_is_recorded_evaluated_as_failed_and_never_deployed(tiny_
     diverged = {"artifact": str(out / "model"), "train_json": str(out / "train.json")}
     chosen = deploy.choose([diverged, {"artifact": str(good / "model"), "train_json": str(good / "train.json")}])
     assert chosen["artifact"] == str(good / "model") and chosen["n_candidates"] == 2
-    from dapt.errors import UserError
+    from dapt.core.errors import UserError
 
     with pytest.raises(UserError, match="all 1 candidate runs diverged"):
         deploy.choose([diverged])
 
 
 def test_fail_mode_stops_the_job_with_one_line_and_writes_nothing(tiny_task, tmp_path):
-    from dapt.errors import Diverged
-    from dapt.finetune import finetune
+    from dapt.core.errors import Diverged
+    from dapt.finetune.fine_tuning import finetune
 
     base, tokenized, runtime = tiny_task
     with pytest.raises(Diverged) as err:
@@ -88,7 +88,7 @@ def test_a_healthy_run_is_unchanged_by_the_setting(tiny_task, tmp_path):
     """record vs fail: the same log and weights when nothing diverges."""
     from safetensors.torch import load_file
 
-    from dapt.finetune import finetune
+    from dapt.finetune.fine_tuning import finetune
 
     base, tokenized, runtime = tiny_task
     runs = []
@@ -103,8 +103,8 @@ def test_a_healthy_run_is_unchanged_by_the_setting(tiny_task, tmp_path):
 
 
 def _diverge(root, run: dict) -> None:
-    """Turn a fake study's run into one recorded as diverged (as dapt.evaluate.record_diverged writes it)."""
-    from dapt import layout
+    """Turn a fake study's run into one recorded as diverged (as dapt.finetune.evaluation.record_diverged writes it)."""
+    from dapt.study import layout
 
     path = root / "results" / "evaluate" / layout.run_key(run) / "metrics.json"
     path.write_text(json.dumps({**run, "status": "diverged", "error": "finetune: loss is nan at step 7: training diverged",

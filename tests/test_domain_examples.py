@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SNAKEMAKE
 
-from dapt import config as study
+from dapt.study import config as study
 
 EXAMPLES = ["config/examples/medical.yaml", "config/examples/finance.yaml", "config/examples/education.yaml"]
 # every step of a study, from the downloads (prepare_*) to the report

@@ -1,7 +1,7 @@
 """An export reads long documents as its run was trained and evaluated (issues 14 and 15).
 
 `dapt.deploy.export` records the task's max_length and resolved long_text setting in the export's
-`dapt_input.json` (copied beside the .onnx files); `dapt.predict` takes them as defaults, explicit
+`dapt_input.json` (copied beside the .onnx files); `dapt.deploy.predict` takes them as defaults, explicit
 flags win; the deploy measurement scores what evaluate scored. Tiny runs as in tests/test_longtext.py:
 a random 2-layer BERT with MiniLM's real WordPiece tokenizer, fine-tuned for two epochs on "reviews"
 of 6-14 sentences (100-200 tokens each, so every test review is longer than max_length).
@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import minilm_dir, rt_reviews, tiny_base, write_tokenized_task
 
-from dapt.errors import UserError
+from dapt.core.errors import UserError
 
 LABELS = ["neg", "pos"]
 WINDOWS = {"strategy": "windows", "stride": 16, "pool": "mean", "max_windows": 4}
@@ -32,11 +32,11 @@ TRAIN = {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "grad_accum": 1, "
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> dict:
     """name -> {tokenized, run, export}: each task tokenized, fine-tuned, evaluated and exported."""
-    import dapt.finetune as ft
+    import dapt.finetune.fine_tuning as ft
     from dapt.deploy.export import export_run
-    from dapt.evaluate import evaluate_run
-    from dapt.models import load_tokenizer
-    from dapt.train import setup_runtime
+    from dapt.finetune.evaluation import evaluate_run
+    from dapt.data.model_store import load_tokenizer
+    from dapt.runtime.context import setup_runtime
 
     root = tmp_path_factory.mktemp("export_longtext")
     tok = load_tokenizer(minilm_dir())
@@ -75,8 +75,8 @@ def _read(path: Path) -> dict:
 
 
 def _predict(capsys, tmp_path, model: Path, texts: list[str], *flags: str) -> tuple[pd.DataFrame, str]:
-    """dapt.predict's CLI (in this process): the CSV it writes and its stderr line."""
-    from dapt.predict import main
+    """dapt.deploy.predict's CLI (in this process): the CSV it writes and its stderr line."""
+    from dapt.deploy.predict import main
 
     pd.DataFrame({"text": texts}).to_csv(tmp_path / "in.csv", index=False)
     capsys.readouterr()
@@ -117,7 +117,7 @@ def test_predict_without_flags_gives_the_evaluate_steps_probabilities(study, onn
 
 
 def test_explicit_flags_win_over_the_record(study, capsys, tmp_path):
-    from dapt.predict import Predictor
+    from dapt.deploy.predict import Predictor
 
     folder = study["windows"]["export"]
     texts = study["windows"]["texts"]["text"].tolist()[:4]
@@ -157,7 +157,7 @@ def test_plain_pipeline_and_predict_truncate_a_head_export_as_its_task_did(study
     ("max_length", 0, "0 is not a positive integer"),
 ])
 def test_a_bad_record_is_one_line_naming_file_and_field(study, tmp_path, field, value, words):
-    from dapt.predict import Predictor
+    from dapt.deploy.predict import Predictor
 
     folder = tmp_path / "export"
     shutil.copytree(study["windows"]["export"], folder)
@@ -178,8 +178,8 @@ def test_the_deploy_measurement_scores_documents_as_evaluate_did(study, onnx_dir
     """measure.py's F1 equals metrics.json's for the windows task (12 documents, not their windows); an
     export recording another reading than the tokenized task's is refused."""
     from dapt.deploy.measure import _pad_id, measure_all, measure_format
-    from dapt.longtext import per_document
-    from dapt.tokenization import read_examples
+    from dapt.tokenize.longtext import per_document
+    from dapt.tokenize.tasks import read_examples
 
     task = study["windows"]
     paths = {"pytorch": task["export"], "onnx": onnx_dirs[0]}

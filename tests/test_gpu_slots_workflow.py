@@ -1,11 +1,11 @@
 """GPU slots on a workstation, through Snakemake: concurrent GPU jobs never share a device.
 
 ``--resources gpu=2`` only caps how many GPU jobs run at once; which GPU each one gets is decided
-by dapt.devices (flock on one lock file per id). Here the two "GPUs" are fake ids
+by dapt.runtime.devices (flock on one lock file per id). Here the two "GPUs" are fake ids
 (``DAPT_GPU_IDS=0,1``), so torch still runs on CPU: with ids that name no real device,
 ``torch.cuda.is_available()`` is False (and this machine has no CUDA at all).
 
-Every training/evaluation script logs, through ``dapt.cli.start``::
+Every training/evaluation script logs, through ``dapt.runtime.cli.start``::
 
     [dapt.job] start <iso> epoch=<t> pid=.. host=.. slurm_job=none gpus_requested=1 gpus_claimed=1 CUDA_VISIBLE_DEVICES=1
     [dapt.job] end   <iso> epoch=<t> pid=.. gpus_claimed=1

@@ -129,7 +129,7 @@ def test_paper_config_dry_runs():
         jobs = _jobs(proc.stdout + proc.stderr)
         print(f"paper dry run: {jobs.get('total')} jobs in {elapsed:.1f}s ({jobs})")
         # 8 tasks x 1 model x 4 variants x methods x 5 seeds
-        from dapt.config import read_yaml
+        from dapt.study.config import read_yaml
 
         paper = read_yaml(REPO / "config" / "paper.yaml")
         runs = len(paper["tasks"]) * len(paper["models"]) * len(paper["variants"]) * len(paper["methods"]) * len(paper["seeds"])
@@ -138,8 +138,8 @@ def test_paper_config_dry_runs():
 
 
 def test_bare_dapt_pretrains_each_task_on_its_own_domain():
-    from dapt import config as study
-    from dapt.errors import UserError
+    from dapt.study import config as study
+    from dapt.core.errors import UserError
 
     config = grid_config(n_tasks=3, n_models=1, n_seeds=1)
     config["variants"] = {"base": [], "dapt": ["dapt"], "dapt_tapt": ["dapt", "tapt"], "news": ["dapt:news"]}
@@ -160,8 +160,8 @@ def test_bare_dapt_pretrains_each_task_on_its_own_domain():
 def test_method_variants_restrict_the_grid(tmp_path):
     """`methods.<m>.variants` (and its per-task override) choose the variants a method runs on; a
     variant that no run uses is not pretrained; the variants' names are checked."""
-    from dapt import config as study
-    from dapt.errors import UserError
+    from dapt.study import config as study
+    from dapt.core.errors import UserError
 
     config = grid_config(n_tasks=3, n_models=1, n_seeds=2)
     config["methods"] = {"full": {}, "adapter": {"variants": ["dapt_tapt", "base"]}, "head": {"variants": ["base"]}}
@@ -203,7 +203,7 @@ def test_method_variants_restrict_the_grid(tmp_path):
                                   "config/examples/knn_tapt.yaml", "tests/config/tiny.yaml"])
 def test_shipped_configs_read_strictly_and_validate(path):
     """The shipped studies have no key given twice and pass the checks every run makes."""
-    from dapt import config as study
+    from dapt.study import config as study
 
     config = study.read_yaml(REPO / path)
     study.validate_config(config, path)
@@ -213,8 +213,8 @@ def test_shipped_configs_read_strictly_and_validate(path):
 def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
     """PyYAML keeps the last of two equal keys; read_yaml names the second one's line instead. A
     merge key (<<) may still be overridden, as YAML intends."""
-    from dapt import config as study
-    from dapt.errors import UserError
+    from dapt.study import config as study
+    from dapt.core.errors import UserError
 
     path = tmp_path / "s.yaml"
     path.write_text("methods:\n  full: {}\n  lora:\n    r: 8\n    lr: 1.0e-3\n    r: 16\nseeds: [1]\n")
@@ -226,8 +226,8 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
 
 
 def test_unknown_method_kinds_are_refused_naming_the_known_ones():
-    from dapt import config as study
-    from dapt.errors import UserError
+    from dapt.study import config as study
+    from dapt.core.errors import UserError
 
     config = grid_config(n_tasks=3, n_models=1, n_seeds=1)
     study.validate_config(config)  # every kind of the grid is known (lora_r4 has kind: lora)

@@ -112,8 +112,8 @@ def test_recorded_settings_reach_the_measure_record_and_the_table(tmp_path, monk
     """deploy.json's int8 settings (what deploy_export records from quantize_int8) are copied into
     measure.json by deploy_measure and named, with the deciding CPU flags, under the deploy table."""
     from dapt.deploy import measure
-    from dapt.deploy.report import write_deploy_report
-    from dapt.files import write_json
+    from dapt.deploy.table import write_deploy_report
+    from dapt.core.files import write_json
 
     settings = int8_settings_for("x86_64", AVX2)
     export = tmp_path / "export"

@@ -44,7 +44,7 @@ def test_evaluation_batch_size_comes_from_the_config(tmp_path):
 def test_evaluation_runs_with_that_batch_size(clean_run):
     """The reliability study's evaluation: its metrics say which batch size predicted the test split."""
     from conftest import EVALUATE
-    from dapt.config import FINETUNE_DEFAULTS
+    from dapt.study.config import FINETUNE_DEFAULTS
 
     metrics = json.loads((clean_run / EVALUATE / "metrics.json").read_text())
     assert metrics["evaluation"]["batch_size"] == FINETUNE_DEFAULTS["eval_batch_size"] != 128
@@ -75,8 +75,8 @@ def test_full_finetuning_and_evaluation_import_only_what_they_need(tmp_path):
                                              num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
     code = f"""
 import sys
-import dapt.cli, dapt.evaluate, dapt.finetune, dapt.train
-from dapt.methods import apply_method, load_classifier
+import dapt.runtime.cli, dapt.finetune.evaluation, dapt.finetune.fine_tuning, dapt.runtime.context
+from dapt.finetune.methods import apply_method, load_classifier
 model = apply_method(load_classifier({str(tmp_path)!r}, ["a", "b"]), {{"kind": "full"}})
 heavy = [m for m in ("peft", "sklearn", "pandas", "pyarrow.dataset", "datasets", "matplotlib") if m in sys.modules]
 apply_method(load_classifier({str(tmp_path)!r}, ["a", "b"]), {{"kind": "lora", "r": 2}})

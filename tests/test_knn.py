@@ -13,9 +13,11 @@ import pytest
 
 from conftest import REPO, SNAKEMAKE, make_workdir, minilm_dir, run_snakemake, tiny_config
 
-from dapt import config as study
-from dapt import knn, layout
-from dapt.errors import UserError
+from dapt.study import config as study
+from dapt.pretrain import knn_selection as knn
+from dapt.study import settings
+from dapt.study import layout
+from dapt.core.errors import UserError
 
 
 def test_neighbours_equal_brute_force_cosine():
@@ -62,7 +64,7 @@ def tiny(tmp_path_factory):
     import torch
     from transformers import BertConfig, BertModel
 
-    from dapt.models import load_tokenizer
+    from dapt.data.model_store import load_tokenizer
 
     root = tmp_path_factory.mktemp("knn")
     tok = load_tokenizer(minilm_dir())
@@ -83,7 +85,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runtime():
-    from dapt.train import setup_runtime
+    from dapt.runtime.context import setup_runtime
 
     return setup_runtime(0, "fp32", threads=1)
 
@@ -167,7 +169,7 @@ def test_knn_stage_names_settings_and_folders():
     assert study.mlm_params(config, chain) == study.mlm_params(config, "tapt-rt_polarity")  # TAPT's settings
     config["pretrain"]["tapt_knn"] = {"max_steps": 7}
     assert study.mlm_params(config, chain)["max_steps"] == 7
-    assert layout.KNN_SELECTION.format(model="m", **study.knn_selection_of(chain)) == "results/knn/m/rt_polarity/imdb-k50"
+    assert layout.KNN_SELECTION.format(model="m", **settings.selection_of(chain)) == "results/knn/m/rt_polarity/imdb-k50"
     del config["pretrain"]["tapt_knn"], config["pretrain"]["tapt"]
     with pytest.raises(UserError, match="pretrain.tapt_knn: missing"):
         study.validate_config(config, "study.yaml")

@@ -1,12 +1,12 @@
-"""dapt.layout: the path of a run's files and the run read back from them agree, so the report
+"""dapt.study.layout: the path of a run's files and the run read back from them agree, so the report
 matches every log and benchmark to the run that wrote it."""
 
 from __future__ import annotations
 
 import pytest
 
-from dapt import layout
-from dapt.errors import UserError
+from dapt.study import layout
+from dapt.core.errors import UserError
 
 RUN = {"task": "rt_polarity", "model": "minilm", "variant": "dapt_tapt", "method": "lora", "seed": 3}
 

@@ -1,4 +1,4 @@
-"""Long documents (`tasks.<t>.long_text`, dapt/longtext.py): head+tail cuts, sliding windows, pooling.
+"""Long documents (`tasks.<t>.long_text`, dapt/tokenize/longtext.py): head+tail cuts, sliding windows, pooling.
 
 The cuts are checked on real WordPiece ids (MiniLM's tokenizer); pooling and per-document scoring on a
 tiny randomly initialised BERT, on "reviews" made by joining sentences of tests/data/rt_sample.csv of
@@ -18,10 +18,11 @@ import pytest
 import torch
 from conftest import REPO, SNAKEMAKE, minilm_dir, rt_reviews, tiny_base, tiny_config, write_tokenized_task
 
-from dapt import config as study
-from dapt import layout, longtext
-from dapt.errors import UserError
-from dapt.models import load_tokenizer
+from dapt.study import config as study
+from dapt.study import layout
+from dapt.tokenize import longtext
+from dapt.core.errors import UserError
+from dapt.data.model_store import load_tokenizer
 
 MAX_LENGTH, STRIDE, CAP = 32, 16, 4
 WINDOWS = {"strategy": "windows", "stride": STRIDE, "pool": "mean", "max_windows": CAP}
@@ -42,7 +43,7 @@ def _review(n_words: int) -> str:
 # --- the cuts ---------------------------------------------------------------------------------------
 
 def test_head_tail_keeps_the_head_the_tail_and_the_special_tokens(tok):
-    from dapt.tokenization import tokenize_examples
+    from dapt.tokenize.tasks import tokenize_examples
 
     assert longtext.special_counts(tok) == (1, 1)
     text = _review(80)
@@ -89,7 +90,7 @@ def test_the_window_cap_keeps_evenly_spaced_windows_first_and_last_included():
 def test_windowed_split_round_trips_with_its_documents(tok, tmp_path):
     import pyarrow.parquet as pq
 
-    from dapt.tokenization import read_examples, tokenize_examples
+    from dapt.tokenize.tasks import read_examples, tokenize_examples
 
     texts = [_review(60), "short one", _review(25)]
     table, stats = tokenize_examples(["x", "y", "z"], texts, [1, 0, 1], tok, MAX_LENGTH, WINDOWS)
@@ -123,7 +124,7 @@ def long_task(tok, tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def runtime():
-    from dapt.train import setup_runtime
+    from dapt.runtime.context import setup_runtime
 
     torch.set_num_threads(1)
     return setup_runtime(0, "fp32", threads=1)
@@ -131,9 +132,9 @@ def runtime():
 
 @pytest.mark.parametrize("pool", ["mean", "max"])
 def test_pooling_equals_the_documents_probabilities_computed_by_hand(long_task, runtime, pool):
-    from dapt.evaluate import predict_proba
-    from dapt.methods import load_classifier
-    from dapt.tokenization import read_examples
+    from dapt.finetune.evaluation import predict_proba
+    from dapt.finetune.methods import load_classifier
+    from dapt.tokenize.tasks import read_examples
 
     base, tokenized = long_task
     test = {**read_examples(tokenized / "test.parquet"), "pool": pool}
@@ -152,11 +153,11 @@ def test_pooling_equals_the_documents_probabilities_computed_by_hand(long_task, 
 
 
 def test_validation_metrics_and_predictions_are_per_document(long_task, runtime, tmp_path):
-    from dapt.evaluate import evaluate_run, predict_proba
-    from dapt.finetune import finetune
-    from dapt.methods import load_finetuned
-    from dapt.metrics import compute_metrics
-    from dapt.tokenization import read_examples
+    from dapt.finetune.evaluation import evaluate_run, predict_proba
+    from dapt.finetune.fine_tuning import finetune
+    from dapt.finetune.methods import load_finetuned
+    from dapt.finetune.metrics import compute_metrics
+    from dapt.tokenize.tasks import read_examples
 
     base, tokenized = long_task
     summary = finetune(str(base), str(tokenized), str(tmp_path / "run"), str(tmp_path / "ckpt"), TRAIN, 1, runtime)
@@ -188,7 +189,7 @@ def test_validation_metrics_and_predictions_are_per_document(long_task, runtime,
 
 
 def test_a_windowed_run_killed_mid_epoch_resumes_to_the_same_weights(long_task, runtime, tmp_path, monkeypatch, capsys):
-    import dapt.finetune as ft
+    import dapt.finetune.fine_tuning as ft
 
     base, tokenized = long_task
     ft.finetune(str(base), str(tokenized), str(tmp_path / "clean"), str(tmp_path / "ckpt1"), TRAIN, 1, runtime)
@@ -213,10 +214,10 @@ def test_a_windowed_run_killed_mid_epoch_resumes_to_the_same_weights(long_task, 
 
 
 def test_predict_reads_a_long_text_as_its_task_did(long_task, tok, tmp_path):
-    """dapt.predict on an exported folder: windows pooled into one row per text, as in evaluation."""
+    """dapt.deploy.predict on an exported folder: windows pooled into one row per text, as in evaluation."""
     from transformers import AutoModelForSequenceClassification
 
-    from dapt.predict import Predictor
+    from dapt.deploy.predict import Predictor
 
     base, _ = long_task
     torch.manual_seed(2)

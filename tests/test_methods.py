@@ -1,7 +1,7 @@
 """Every fine-tuning method trains, saves a small artifact that reloads to the same predictions, and
 reports the trainable-parameter count its library reports.
 
-The runs call `dapt.finetune.finetune` directly on a tiny task built from tests/data/rt_sample.csv,
+The runs call `dapt.finetune.fine_tuning.finetune` directly on a tiny task built from tests/data/rt_sample.csv,
 tokenized with MiniLM's real WordPiece tokenizer, with a randomly initialised 2-layer BERT saved as a
 masked LM (so, like a pretrained checkpoint from the MLM stage, it has no pooler: the classifier's
 pooler is freshly initialised, and must be trained and saved). One test runs every method that the
@@ -46,7 +46,7 @@ def tiny_task(tmp_path_factory):
     """(base checkpoint folder, tokenized task folder)."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from dapt.models import load_tokenizer
+    from dapt.data.model_store import load_tokenizer
 
     root = tmp_path_factory.mktemp("methods")
     tok = load_tokenizer(minilm_dir())
@@ -71,7 +71,7 @@ def tiny_task(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runtime():
-    from dapt.train import setup_runtime
+    from dapt.runtime.context import setup_runtime
 
     torch.set_num_threads(1)
     return setup_runtime(0, "fp32", threads=1)
@@ -90,7 +90,7 @@ class Run:
 @pytest.fixture(scope="module")
 def trained(tiny_task, runtime, tmp_path_factory):
     """Train each method once (on first use); keep the in-memory model that was saved."""
-    import dapt.finetune as ft
+    import dapt.finetune.fine_tuning as ft
 
     base, tokenized = tiny_task
     cache: dict[str, Run] = {}
@@ -127,8 +127,8 @@ def trained(tiny_task, runtime, tmp_path_factory):
 
 def _logits(model, tokenized: Path, runtime=None, split: str = "test") -> torch.Tensor:
     """Logits of a split, in one eval-mode batch."""
-    from dapt.batching import collate
-    from dapt.tokenization import read_examples
+    from dapt.runtime.batching import collate
+    from dapt.tokenize.tasks import read_examples
 
     data = read_examples(tokenized / f"{split}.parquet")
     was = model.training
@@ -142,7 +142,7 @@ def _logits(model, tokenized: Path, runtime=None, split: str = "test") -> torch.
 
 
 def _train_loss(model, tokenized: Path) -> float:
-    from dapt.tokenization import read_examples
+    from dapt.tokenize.tasks import read_examples
 
     labels = read_examples(tokenized / "train.parquet")["label"]
     return torch.nn.functional.cross_entropy(_logits(model, tokenized, split="train"), torch.from_numpy(labels)).item()
@@ -150,7 +150,7 @@ def _train_loss(model, tokenized: Path) -> float:
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_trains_and_its_artifact_reloads_identically(name, trained, tiny_task, runtime):
-    from dapt.methods import load_finetuned
+    from dapt.finetune.methods import load_finetuned
 
     base, tokenized = tiny_task
     run = trained(name)
@@ -174,7 +174,7 @@ def _head_params(hidden: int = HIDDEN, labels: int = 2) -> int:
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_trainable_count_is_the_libraries_count(name, trained):
-    from dapt.adapters import adapter_param_count
+    from dapt.finetune.adapters import adapter_param_count
 
     run = trained(name)
     model, summary = run.model, run.summary
@@ -266,7 +266,7 @@ def _tiny_classifier(kind: str):
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
 @pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])
 def test_adapters_start_as_the_identity_and_train_only_themselves_and_the_head(arch, placement):
-    from dapt.adapters import Bottleneck, add_adapters, adapter_param_count
+    from dapt.finetune.adapters import Bottleneck, add_adapters, adapter_param_count
 
     model = _tiny_classifier(arch).eval()
     ids = torch.randint(3, 99, (3, 11))
@@ -288,16 +288,16 @@ def test_adapters_start_as_the_identity_and_train_only_themselves_and_the_head(a
 
 
 def test_adapters_refuse_other_architectures_clearly():
-    from dapt.adapters import add_adapters
-    from dapt.errors import UserError
+    from dapt.finetune.adapters import add_adapters
+    from dapt.core.errors import UserError
 
     with pytest.raises(UserError, match="BERT-family.*distilbert"):
         add_adapters(_tiny_classifier("distilbert"))
 
 
 def test_prefix_tokens_must_fit_the_position_embeddings():
-    from dapt.errors import UserError
-    from dapt.methods import apply_method
+    from dapt.core.errors import UserError
+    from dapt.finetune.methods import apply_method
 
     model = _tiny_classifier("roberta")  # 510 usable positions: 512, less the padding offset of 2
     apply_method(model, {"kind": "prefix", "num_virtual_tokens": 10, "max_length": 500})
@@ -356,7 +356,7 @@ def test_every_other_method_through_snakemake(tmp_path, tiny_task):
 def test_adalora_resumed_in_its_final_phase_keeps_its_ranks():
     """Checkpoints hold the weights, not peft's rank pattern; a run resumed after the final rank
     allocation must go on masking by the same pattern (peft fails on a missing one)."""
-    from dapt.methods import after_optimizer_step, apply_method, resume_method
+    from dapt.finetune.methods import after_optimizer_step, apply_method, resume_method
 
     model = _tiny_classifier("bert")
     params = {"kind": "adalora", "r": 4, "target_r": 1, "total_steps": 10, "tinit_ratio": 0.0, "tfinal_ratio": 0.4}
@@ -384,14 +384,14 @@ def test_adalora_resumed_in_its_final_phase_keeps_its_ranks():
 
 
 def _runtime_fp32():
-    from dapt.train import setup_runtime
+    from dapt.runtime.context import setup_runtime
 
     return setup_runtime(0, "fp32", threads=1)
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
 def test_head_stores_the_frozen_encoder_output_and_gives_the_same_logits(arch):
-    from dapt.adapters import store_frozen_encoder, train_only_head
+    from dapt.finetune.adapters import store_frozen_encoder, train_only_head
 
     model = train_only_head(_tiny_classifier(arch))
     encoder = getattr(model, model.base_model_prefix).encoder
@@ -418,7 +418,7 @@ def test_head_stores_the_frozen_encoder_output_and_gives_the_same_logits(arch):
 
 
 def test_head_store_steps_aside_where_the_head_reads_more_than_the_first_position():
-    from dapt.adapters import store_frozen_encoder, train_only_head
+    from dapt.finetune.adapters import store_frozen_encoder, train_only_head
 
     texts = [np.array([5, 6, 7, 8]), np.array([9, 10, 11])]
     model = train_only_head(_tiny_classifier("bert"))
@@ -434,14 +434,14 @@ def test_head_store_steps_aside_where_the_head_reads_more_than_the_first_positio
 
 def test_head_trains_the_same_with_and_without_the_store(tiny_task, runtime, tmp_path, monkeypatch, capsys):
     """The tiny model has no dropout, so storing the encoder's output must not change training."""
-    import dapt.adapters
-    import dapt.finetune as ft
+    import dapt.finetune.adapters
+    import dapt.finetune.fine_tuning as ft
 
     base, tokenized = tiny_task
     params = {**TRAIN, **METHODS["head"], "kind": "head", "epochs": 4}
     stored = ft.finetune(str(base), str(tokenized), str(tmp_path / "a"), str(tmp_path / "ca"), params, 1, runtime)
     assert "encoder outputs stored once" in capsys.readouterr().out
-    monkeypatch.setattr(dapt.adapters, "store_frozen_encoder", lambda *a, **k: None)
+    monkeypatch.setattr(dapt.finetune.adapters, "store_frozen_encoder", lambda *a, **k: None)
     plain = ft.finetune(str(base), str(tokenized), str(tmp_path / "b"), str(tmp_path / "cb"), params, 1, runtime)
     assert "recomputed every step" in capsys.readouterr().out
     log_a, log_b = pd.read_csv(tmp_path / "a" / "log.csv"), pd.read_csv(tmp_path / "b" / "log.csv")
@@ -459,7 +459,7 @@ def test_adalora_killed_and_resumed_ends_exactly_as_uninterrupted(tiny_task, run
     averages from the checkpoint and ends with the same log and the same weights, bit for bit."""
     from safetensors.torch import load_file
 
-    import dapt.finetune as ft
+    import dapt.finetune.fine_tuning as ft
 
     base, tokenized = tiny_task
     # 48 examples, batch 16: 3 steps an epoch, 18 in all; ranks are reallocated from step 1 to 14
@@ -490,7 +490,7 @@ def test_adalora_killed_and_resumed_ends_exactly_as_uninterrupted(tiny_task, run
 
 
 def test_head_store_steps_aside_where_the_head_cannot_read_the_stored_output():
-    from dapt.adapters import store_frozen_encoder, train_only_head
+    from dapt.finetune.adapters import store_frozen_encoder, train_only_head
 
     model = train_only_head(_tiny_classifier("bert"))
     pooler, encoder = model.bert.pooler, model.bert.encoder
@@ -508,9 +508,9 @@ def test_full_finetuning_in_bf16_is_deterministic_and_resumes_exactly(tiny_task,
     after its epoch-2 checkpoint and resumed, end with the same log and the same weights."""
     from safetensors.torch import load_file
 
-    import dapt.finetune as ft
-    from dapt.precision import settings
-    from dapt.train import Runtime
+    import dapt.finetune.fine_tuning as ft
+    from dapt.runtime.precision import settings
+    from dapt.runtime.context import Runtime
 
     bf16 = Runtime(device=torch.device("cpu"), precision={**settings("bf16", "cpu"), "device_name": "cpu"},
                    rank=0, world_size=1)

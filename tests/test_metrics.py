@@ -1,4 +1,4 @@
-"""dapt.metrics gives scikit-learn's numbers (zero_division=0), so evaluation and report agree with
+"""dapt.finetune.metrics gives scikit-learn's numbers (zero_division=0), so evaluation and report agree with
 the library every reader knows, also where classes are absent or every prediction is wrong."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from dapt import metrics
+from dapt.finetune import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def sklearn_metrics(gold: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict:
-    """What dapt/evaluate.py computed with scikit-learn before dapt.metrics existed."""
+    """What dapt/finetune/evaluation.py computed with scikit-learn before dapt.finetune.metrics existed."""
     ids = list(range(len(labels)))
     p, r, f, s = precision_recall_fscore_support(gold, pred, labels=ids, zero_division=0)
     return {
@@ -76,7 +76,7 @@ def test_batched_scores_equal_single_scores():
 
 
 def test_unknown_metric_is_a_user_error():
-    from dapt.errors import UserError
+    from dapt.core.errors import UserError
 
     with pytest.raises(UserError, match="unknown metric 'f2'"):
         metrics.score(np.array([0]), np.array([0]), 2, "f2")

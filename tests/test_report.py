@@ -21,9 +21,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from dapt import layout, report
-from dapt.redact import REDACTED  # noqa: E402
-from dapt.errors import UserError  # noqa: E402
+from dapt import report
+
+from dapt.study import layout
+from dapt.core.redact import REDACTED  # noqa: E402
+from dapt.core.errors import UserError  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "report.py"
 FAKE_TOKEN = "hf_FAKEtokenDoNotLeak8c1e2f9a7b"
@@ -204,8 +206,8 @@ def test_the_rule_declares_exactly_the_files_the_report_writes(study, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     declared = [line.split("\t")[0] for line in proc.stdout.splitlines() if line.split("\t")[2:3] == ["report"]]
     # the default study also evaluates robustness: its report adds those files (test_robust.py runs one)
-    from dapt import grid
-    from dapt.config import read_yaml
+    from dapt.study import grid
+    from dapt.study.config import read_yaml
 
     extra = {f.name for f in grid.report_list(read_yaml(ROOT / "config" / "config.yaml"))} - written
     assert extra == {"robustness.md", "robustness.csv", "robustness.png"}
@@ -576,7 +578,7 @@ def test_paper_layout_table_reads_like_table_5():
 
 
 def test_report_labels_must_name_the_studys_things():
-    from dapt import config as study
+    from dapt.study import config as study
 
     config = {"models": {"m": {"source": {"kind": "local", "path": "m"}}},
               "tasks": {"t": {"source": {"kind": "local", "path": "t.csv"}, "domain": "bio"}},

@@ -24,8 +24,9 @@ import torch
 
 from conftest import (EVALUATE, FINETUNE, PRETRAIN, RELIABILITY_RUN, RELIABILITY_TARGETS, assert_same_results,
                       copy_prepared, run_snakemake, snakemake_command)
-from dapt import checkpoints, files
-from dapt.checkpoints import checkpoint_step, load_checkpoint, save_checkpoint
+from dapt.runtime import checkpoints
+from dapt.core import files
+from dapt.runtime.checkpoints import checkpoint_step, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.resume
 

@@ -1,4 +1,4 @@
-"""Training-time robustness (dapt.robust) and its data steps (dapt.augment): each option changes
+"""Training-time robustness (dapt.finetune.regularizers) and its data steps (dapt.data.augment): each option changes
 training and stays deterministic; augmented rows reach training only, with their source's label;
 perturbed test sets are scored per document beside the clean score on the same documents; bad
 values are one-line config errors; and a study with all of it runs through Snakemake.
@@ -32,7 +32,7 @@ OPTIONS = {"fgm": {"adversarial": "fgm", "adv_epsilon": 1.0}, "pgd": {"adversari
 @pytest.fixture(scope="module")
 def tiny_task(tmp_path_factory):
     """(base checkpoint, prepared task folder, tokenized task folder)."""
-    from dapt.models import load_tokenizer
+    from dapt.data.model_store import load_tokenizer
 
     root = tmp_path_factory.mktemp("robust")
     tok = load_tokenizer(minilm_dir())
@@ -45,7 +45,7 @@ def tiny_task(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runtime():
-    from dapt.train import setup_runtime
+    from dapt.runtime.context import setup_runtime
 
     torch.set_num_threads(1)
     return setup_runtime(0, "fp32", threads=1)
@@ -53,7 +53,7 @@ def runtime():
 
 def first_step_grads(tiny_task, runtime, tmp_path, params: dict) -> tuple[float, dict]:
     """The logged loss and the gradients of one micro-step on the first training batch (seed 1)."""
-    from dapt.finetune import FineTuning, load_task
+    from dapt.finetune.fine_tuning import FineTuning, load_task
 
     base, _, tokenized = tiny_task
     run = FineTuning(str(base), load_task(tokenized, base), str(tmp_path / "ckpt"), {**TRAIN, **params}, 1, runtime)
@@ -77,7 +77,7 @@ def test_each_option_changes_gradients_deterministically(tiny_task, runtime, tmp
 
 
 def test_fgm_step_has_length_epsilon_and_pgd_stays_in_the_ball():
-    from dapt.robust import _project, _unit
+    from dapt.finetune.regularizers import _project, _unit
 
     grad = torch.randn(3, 5, 4)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
@@ -91,7 +91,7 @@ def test_fgm_step_has_length_epsilon_and_pgd_stays_in_the_ball():
 
 
 def test_rdrop_regulariser_is_zero_for_equal_predictions_only():
-    from dapt.robust import symmetric_kl
+    from dapt.finetune.regularizers import symmetric_kl
 
     a = torch.randn(4, 3)
     assert symmetric_kl(a, a).item() == pytest.approx(0.0, abs=1e-7)
@@ -99,7 +99,7 @@ def test_rdrop_regulariser_is_zero_for_equal_predictions_only():
 
 
 def test_label_smoothing_raises_the_loss_of_confident_right_predictions():
-    from dapt.robust import robust_loss
+    from dapt.finetune.regularizers import robust_loss
 
     logits = torch.tensor([[8.0, -8.0], [-8.0, 8.0]])
     labels = torch.tensor([0, 1])
@@ -112,7 +112,7 @@ def test_adversarial_lora_run_trains_and_is_reproducible(tiny_task, runtime, tmp
     """A whole (short) PGD + R-Drop LoRA run: two runs give the same log and weights."""
     from safetensors.torch import load_file
 
-    from dapt.finetune import finetune
+    from dapt.finetune.fine_tuning import finetune
 
     base, _, tokenized = tiny_task
     params = {**TRAIN, **METHODS["lora"], **OPTIONS["pgd"], "rdrop": 0.5}
@@ -127,8 +127,9 @@ def test_adversarial_lora_run_trains_and_is_reproducible(tiny_task, runtime, tmp
 
 
 def test_augmented_rows_train_with_their_labels_and_never_reach_validation(tiny_task, runtime, tmp_path):
-    from dapt.augment import augment_settings, source_ids, write_augmented
-    from dapt.finetune import load_task, with_copies
+    from dapt.data.augment import source_ids, write_augmented
+    from dapt.study.settings import augment_settings
+    from dapt.finetune.fine_tuning import load_task, with_copies
 
     base, task_dir, tokenized = tiny_task
     settings = augment_settings({"augment": {"ops": ["swap", "delete", "insert"], "n_aug": 2, "seed": 3}})
@@ -157,10 +158,10 @@ def test_augmented_rows_train_with_their_labels_and_never_reach_validation(tiny_
 
 
 def test_perturbed_scores_are_per_document_beside_clean_on_the_same_sample(tiny_task, runtime, tmp_path):
-    from dapt.augment import write_perturbed
-    from dapt.evaluate import evaluate_run
-    from dapt.finetune import finetune
-    from dapt.metrics import compute_metrics
+    from dapt.data.augment import write_perturbed
+    from dapt.finetune.evaluation import evaluate_run
+    from dapt.finetune.fine_tuning import finetune
+    from dapt.finetune.metrics import compute_metrics
 
     base, task_dir, tokenized = tiny_task
     out = tmp_path / "run"
@@ -198,8 +199,8 @@ def test_perturbed_scores_are_per_document_beside_clean_on_the_same_sample(tiny_
     ({"finetune": {"augment": {"ops": ["synonym"]}}}, "finetune.augment.ops"),
 ])
 def test_bad_values_are_one_line_config_errors(edit, key):
-    from dapt.config import validate_config
-    from dapt.errors import UserError
+    from dapt.study.config import validate_config
+    from dapt.core.errors import UserError
 
     config = tiny_config()
     for section, value in edit.items():
@@ -216,7 +217,7 @@ def test_bad_values_are_one_line_config_errors(edit, key):
 def test_schema_lists_the_operations_textops_has():
     import yaml
 
-    from dapt.textops import AUGMENT_OPS, PERTURBATIONS
+    from dapt.data.textops import AUGMENT_OPS, PERTURBATIONS
 
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
     keys = schema["$defs"]["finetune_keys"]["properties"]
@@ -265,7 +266,7 @@ def write_tiny_wordnet(folder):
 
 
 def test_robustness_options_sweep_like_any_hyperparameter():
-    from dapt import grid
+    from dapt.study import grid
 
     config = tiny_config()
     config["methods"] = {"full": {"rdrop": [0.0, 0.5], "adversarial": ["none", "fgm"]}}

@@ -88,7 +88,7 @@ def test_models_load_from_safetensors_without_blanket_remote_code():
 
 
 def test_remote_code_only_when_the_model_config_opts_in(tmp_path, clean_run):
-    from dapt.models import trusts_remote_code
+    from dapt.data.model_store import trusts_remote_code
 
     (tmp_path / "plain").mkdir()
     assert not trusts_remote_code(tmp_path / "plain")
@@ -117,8 +117,8 @@ def test_hub_token_is_never_written(clean_run, reliability_inputs):
 
 @pytest.mark.parametrize("url", ["https://user:hf_secret_canary_123@example.org/data.csv"])
 def test_credentials_in_urls_are_not_kept(url):
-    from dapt.redact import public_spec
-    from dapt.sources import describe_source
+    from dapt.core.redact import public_spec
+    from dapt.data.sources import describe_source
 
     assert HUB_TOKEN_CANARY not in json.dumps(public_spec({"source": {"kind": "url", "url": url, "token": "x"}}))
     assert HUB_TOKEN_CANARY not in describe_source({"kind": "url", "url": url})
@@ -131,7 +131,7 @@ def test_credentials_in_urls_are_not_kept(url):
 
 def take(tmp_path: Path, name: str, content: bytes, member: str) -> Path:
     """Extract `member` from the archive `content` (saved as `name`) the way a source's member is taken."""
-    from dapt.archives import take_member
+    from dapt.data.archives import take_member
 
     archive = tmp_path / name
     archive.write_bytes(content)
@@ -139,7 +139,7 @@ def take(tmp_path: Path, name: str, content: bytes, member: str) -> Path:
 
 
 def expect_refused(call, *parts: str) -> None:
-    from dapt.errors import UserError
+    from dapt.core.errors import UserError
 
     with pytest.raises(UserError) as info:
         call()
@@ -192,11 +192,11 @@ def test_tar_hard_link_out_of_the_archive_is_refused(tmp_path, target):
 
 
 def _load_finetuned():
-    """`load_finetuned` wherever the package keeps it (it moves between dapt.finetune and dapt.methods)."""
+    """`load_finetuned` wherever the package keeps it (it moves between dapt.finetune.fine_tuning and dapt.finetune.methods)."""
     try:
-        from dapt.methods import load_finetuned
+        from dapt.finetune.methods import load_finetuned
     except ImportError:
-        from dapt.finetune import load_finetuned
+        from dapt.finetune.fine_tuning import load_finetuned
     return load_finetuned
 
 

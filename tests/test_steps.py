@@ -1,4 +1,4 @@
-"""The optimizer step both training loops share (dapt/steps.py): accumulation, fp16 loss scaling with
+"""The optimizer step both training loops share (dapt/runtime/optimizer_step.py): accumulation, fp16 loss scaling with
 its state in checkpoints, overflow handling, checkpoint cadence and progress lines; and MLM
 pretraining in fp16 (CPU autocast) killed and resumed to the same numbers."""
 
@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, minilm_dir
-from dapt.precision import settings
-from dapt.steps import Progress, Stepper, split_micro
-from dapt.train import Runtime, linear_schedule, make_optimizer
+from dapt.runtime.precision import settings
+from dapt.runtime.optimizer_step import Progress, Stepper, split_micro
+from dapt.runtime.context import Runtime, linear_schedule, make_optimizer
 
 
 def runtime(precision: str = "fp32") -> Runtime:
@@ -112,8 +112,8 @@ def tiny_mlm(tmp_path_factory):
     """A 2-layer BERT without its MLM head (so pretraining starts with the head warm-up) and blocks."""
     from transformers import BertConfig, BertModel
 
-    from dapt.models import load_tokenizer
-    from dapt.blocks import tokenize_corpus
+    from dapt.data.model_store import load_tokenizer
+    from dapt.tokenize.blocks import tokenize_corpus
 
     root = tmp_path_factory.mktemp("steps")
     tok = load_tokenizer(minilm_dir())
@@ -136,7 +136,7 @@ MLM = {"batch_size": 8, "grad_accum": 2, "max_steps": 8, "lr": 1e-3, "head_lr": 
 def test_pretraining_killed_in_the_head_warmup_resumes_exactly(tiny_mlm, tmp_path, monkeypatch, precision):
     """A kill during the MLM head warm-up (step 2 of 3) and a kill after it (step 6), in fp16 with its
     loss scaler and in bf16: each resumed run ends with the loss log and weights of the whole run."""
-    import dapt.pretrain as pt
+    import dapt.pretrain.pretraining as pt
 
     def run(name: str) -> tuple[str, dict]:
         out = tmp_path / name

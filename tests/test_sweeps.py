@@ -1,4 +1,4 @@
-"""Sweeps and learning curves: lists in the config become runs (dapt.grid), bad lists are one-line
+"""Sweeps and learning curves: lists in the config become runs (dapt.study.grid), bad lists are one-line
 errors, the report chooses on validation only (a fake study whose test scores are adversarial: the
 best test score sits on the worst-validation combination), ties and incomplete combinations are
 handled and said, and learning-curve subsets are nested."""
@@ -17,9 +17,10 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from conftest import REPO, make_workdir, run_snakemake, tiny_config
-from dapt import config as study
-from dapt import grid, layout, report, sweeps
-from dapt.errors import UserError
+from dapt.study import config as study
+from dapt import report
+from dapt.study import grid, layout, sweeps
+from dapt.core.errors import UserError
 from dapt.report.selection import COMBINATION, select
 
 # ------------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from dapt import data, tables
-from dapt.errors import UserError
+from dapt.data import prepare as data, readers as tables
+from dapt.core.errors import UserError
 
 MEMBER = "FinancialPhraseBank-v1.0/Sentences_50Agree.txt"
 # latin-1 bytes: é (0xe9) and 0x85, which str.splitlines would take for a line break (U+0085)
@@ -58,7 +58,7 @@ def test_sentence_at_label_lines_split_at_the_last_at(tmp_path):
 
 
 def test_streamed_chunks_read_the_same_rows(tmp_path):
-    """A corpus read chunk by chunk (dapt.tables.iter_source) splits the lines as a whole read does."""
+    """A corpus read chunk by chunk (dapt.data.readers.iter_source) splits the lines as a whole read does."""
     source = url_source(tmp_path, phrasebank_zip(LINES * 3 + [""], newline="\n"), columns={"text": 0})
     whole = tables.load_source(source, "corpora.c.source", tmp_path / "cache", "c", with_label=False)
     chunks = pd.concat(tables.iter_source(source, "corpora.c.source", tmp_path / "cache", "c", rows=2))

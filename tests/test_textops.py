@@ -1,4 +1,4 @@
-"""dapt.textops: seeded augmentation and perturbations do what they say, row by row, identically every run."""
+"""dapt.data.textops: seeded augmentation and perturbations do what they say, row by row, identically every run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dapt.textops import (
+from dapt.data.textops import (
     AUGMENT_OPS,
     PERTURBATIONS,
     STOPWORDS,

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO, make_workdir, run_snakemake, tiny_config
 
-from dapt import tracking
+from dapt.runtime import tracking
 
 TAGS = {"task": "rt", "model": "m", "variant": "tapt", "method": "full", "seed": 2}
 
@@ -25,7 +25,7 @@ def use(monkeypatch, backends: dict, job: str = "finetune", tags: dict = TAGS) -
 
 def test_jobs_without_tracking_import_no_client():
     """What a job imports is a measured cost: without DAPT_TRACKING, logging is a no-op that imports nothing."""
-    code = ("import os, sys; os.environ.pop('DAPT_TRACKING', None); import dapt.finetune, dapt.pretrain; "
+    code = ("import os, sys; os.environ.pop('DAPT_TRACKING', None); import dapt.finetune.fine_tuning, dapt.pretrain.pretraining; "
             "from dapt import tracking; tracking.log_run({'lr': 1}, {'loss': [(1, 0.5)]}, {'f1': 0.7}); "
             "tracking.log_finetune({'params': {}}, [[1, 3, 0.5, 0.6, 0.6, 1e-4]], "
             "['epoch', 'step', 'train_loss', 'val_accuracy', 'val_macro_f1', 'lr']); "
@@ -151,7 +151,7 @@ def tracked_study(tmp_path_factory):
 
 
 def test_every_job_is_one_mlflow_run_with_params_curves_and_metrics(tracked_study, monkeypatch):
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # what dapt.tracking sets for a file store
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # what dapt.runtime.tracking sets for a file store
     from mlflow.tracking import MlflowClient
 
     root, workdir, _ = tracked_study

@@ -10,15 +10,15 @@ import torch
 import yaml
 
 from conftest import REPO, minilm_dir
-from dapt import config as study
-from dapt.errors import UserError
-from dapt.batching import bucketed_batches, length_sorted_batches
-from dapt.metrics import compute_metrics
-from dapt.mlm import MaskedOnlyMLM, mask_tokens
-from dapt.pretrain import save_mlm_checkpoint
-from dapt.models import load_tokenizer
-from dapt.blocks import pack_blocks
-from dapt.tokenization import tokenize_examples
+from dapt.study import config as study
+from dapt.core.errors import UserError
+from dapt.runtime.batching import bucketed_batches, length_sorted_batches
+from dapt.finetune.metrics import compute_metrics
+from dapt.pretrain.mlm import MaskedOnlyMLM, mask_tokens
+from dapt.pretrain.pretraining import save_mlm_checkpoint
+from dapt.data.model_store import load_tokenizer
+from dapt.tokenize.blocks import pack_blocks
+from dapt.tokenize.tasks import tokenize_examples
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 

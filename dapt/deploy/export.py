@@ -9,7 +9,7 @@
   input embeddings), which a stock classifier cannot take.
 
 Beside the weights, `dapt_input.json` records how the run's task read a text (`max_length` and the
-resolved `long_text` setting, from the tokenized task's stats.json); `dapt.predict` reads it as its
+resolved `long_text` setting, from the tokenized task's stats.json); `dapt.deploy.predict` reads it as its
 defaults, and the ONNX folders carry a copy. The tokenizer's `model_max_length` is set to the same
 length, so a plain `pipeline(..., truncation=True)` cuts as the `head` strategy did.
 """
@@ -19,8 +19,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from dapt.errors import UserError
-from dapt.files import atomic_path, read_json, write_json
+from dapt.core.errors import UserError
+from dapt.core.files import atomic_path, read_json, write_json
 
 MERGEABLE = ("lora", "adalora", "ia3")
 #: The file, in an export folder (and beside its .onnx), recording how the run's task read a text.
@@ -106,7 +106,7 @@ def check_run(artifact_dir: str | Path) -> dict:
 
 def plain_model(artifact_dir: str, base_dir: str, labels: list[str]):
     """The run's classifier as a stock transformers model (adapters kept as modules); its kind."""
-    from dapt.methods import load_finetuned
+    from dapt.finetune.methods import load_finetuned
 
     info = check_run(artifact_dir)
     kind = info["method"]["kind"]
@@ -144,7 +144,7 @@ def input_settings(tokenized_dir: str | Path) -> dict:
 def read_input_settings(folder: str | Path) -> dict:
     """The export's recorded `dapt_input.json` ({} if it has none, as exports made before it); a bad
     value is a one-line error naming the file and field."""
-    from dapt.longtext import POOLS, STRATEGIES, STRATEGY_KEYS
+    from dapt.study.settings import POOLS, STRATEGIES, STRATEGY_KEYS
 
     path = Path(folder) / INPUT_FILE
     if not path.is_file():
@@ -185,7 +185,7 @@ def export_run(artifact_dir: str, base_dir: str, labels: list[str], out_dir: str
                tokenized_dir: str | Path | None = None) -> dict:
     """Write the self-contained folder (safetensors, config with id2label, tokenizer) atomically; with the
     run's `tokenized_dir`, also how its task read a text (`INPUT_FILE`, the tokenizer's model_max_length)."""
-    from dapt.models import load_tokenizer
+    from dapt.data.model_store import load_tokenizer
 
     reading = input_settings(tokenized_dir) if tokenized_dir else None
     model, info = plain_model(artifact_dir, base_dir, labels)

@@ -5,7 +5,7 @@ Each format runs in its own fresh process (spawned), so its peak memory is that 
 only that format: the ONNX formats never import torch. All formats see the same token ids (the
 tokenized test split), so the numbers compare the models, not the tokenizer; those rows are cut by
 the task's long_text strategy and a document's windows pooled as the evaluate step does, which is what
-the export's `dapt_input.json` tells `dapt.predict` to do (checked to agree).
+the export's `dapt_input.json` tells `dapt.deploy.predict` to do (checked to agree).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dapt.errors import UserError
+from dapt.core.errors import UserError
 
 THROUGHPUT_BATCH = 32
 
@@ -54,7 +54,7 @@ def load_logits_fn(fmt: str, path: str | Path, threads: int):
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from dapt.files import read_json
+        from dapt.core.files import read_json
 
         if threads:
             torch.set_num_threads(threads)
@@ -115,10 +115,10 @@ def measure_all(paths: dict[str, str | Path], tokenized_dir: str | Path, threads
                 fresh_process: bool = True, context: dict | None = None) -> list[dict]:
     """One row per format (in `paths`' order, PyTorch first if present): quality and its difference to
     PyTorch, size, peak memory, latency, throughput, threads."""
-    from dapt.files import read_json
-    from dapt.longtext import per_document
-    from dapt.metrics import compute_metrics
-    from dapt.tokenization import read_examples
+    from dapt.core.files import read_json
+    from dapt.tokenize.longtext import per_document
+    from dapt.finetune.metrics import compute_metrics
+    from dapt.tokenize.tasks import read_examples
 
     tokenized_dir = Path(tokenized_dir)
     check_reading(paths, tokenized_dir)
@@ -146,7 +146,7 @@ def measure_all(paths: dict[str, str | Path], tokenized_dir: str | Path, threads
 
 
 def check_reading(paths: dict[str, str | Path], tokenized_dir: Path) -> None:
-    """Refuse to score an export whose recorded reading of a text (what dapt.predict will do) is not the
+    """Refuse to score an export whose recorded reading of a text (what dapt.deploy.predict will do) is not the
     tokenized task's (what is measured here): its numbers would not describe the deployed model."""
     from dapt.deploy.export import INPUT_FILE, input_settings, read_input_settings
 
@@ -160,7 +160,7 @@ def check_reading(paths: dict[str, str | Path], tokenized_dir: Path) -> None:
 
 
 def _pad_id(path: str | Path) -> int:
-    from dapt.files import read_json
+    from dapt.core.files import read_json
 
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     cfg = read_json(folder / "config.json")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dapt.errors import UserError
-from dapt.files import atomic_path, read_json
+from dapt.core.errors import UserError
+from dapt.core.files import atomic_path, read_json
 
 DEFAULT_OPSET = 17
 #: Inputs a text classifier's graph may take, in this order (only those its tokenizer produces).
@@ -29,7 +29,7 @@ def runtime_max_opset() -> int:
 
 
 def graph_inputs(folder: str | Path) -> list[str]:
-    from dapt.models import load_tokenizer
+    from dapt.data.model_store import load_tokenizer
 
     names = load_tokenizer(folder).model_input_names
     return [n for n in INPUTS if n in names]
@@ -40,7 +40,7 @@ def export_onnx(folder: str | Path, out_dir: str | Path, opset: int = DEFAULT_OP
     import torch
 
     from dapt.deploy.export import copy_serving_files
-    from dapt.models import load_tokenizer
+    from dapt.data.model_store import load_tokenizer
 
     top = runtime_max_opset()
     if not 14 <= opset <= top:

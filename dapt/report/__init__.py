@@ -1,5 +1,5 @@
 """The paper-style report of a study: `write_report` turns the per-run outputs into the files of
-`dapt.layout.REPORT_FILES` (tables, notes, ensembles, significance, runtime, plots, provenance).
+`dapt.study.layout.REPORT_FILES` (tables, notes, ensembles, significance, runtime, plots, provenance).
 
 The report is the only place where runs meet, so it is also where the study is checked for
 consistency (same test set for every run of a task, one result per run, scores in [0, 1]) and where
@@ -20,7 +20,7 @@ each number is tied to what it rests on. Modules, in the order the data flows:
 
 Conventions: scores are fractions in [0, 1] in the inputs and shown ×100 with one decimal, as in
 Gururangan et al. (2020); "± std" is the sample standard deviation over seeds (ddof=1), blank for a
-single seed; metrics are computed by dapt.metrics, as in evaluation.
+single seed; metrics are computed by dapt.finetune.metrics, as in evaluation.
 """
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ from typing import Any
 
 import pandas as pd
 
-from dapt import files, grid
-from dapt.errors import UserError
-from dapt.metrics import METRICS, score, score_confusion
-from dapt.redact import scrub, secret_values
+from dapt.core import files
+
+from dapt.study import grid
+from dapt.core.errors import UserError
+from dapt.finetune.metrics import METRICS, score, score_confusion
+from dapt.core.redact import scrub, secret_values
 from dapt.report.baseline import read_baselines
 from dapt.report.curves import curve_table, plot_curves, render_curves
 from dapt.report.design import baseline_variant, ordered, task_metric

@@ -1,4 +1,4 @@
-"""The classical baseline (dapt.baseline: TF-IDF + logistic regression, one metrics.json per task)
+"""The classical baseline (dapt.finetune.tfidf_baseline: TF-IDF + logistic regression, one metrics.json per task)
 as the report reads it: baseline.csv, and the *baseline* row of every results table."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from dapt.errors import UserError
-from dapt.metrics import METRICS
+from dapt.core.errors import UserError
+from dapt.finetune.metrics import METRICS
 from dapt.report.design import task_metric
 from dapt.report.inputs import read_json_object
 

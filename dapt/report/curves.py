@@ -1,8 +1,8 @@
 """Learning curves, for a study with training-set sizes (`train_sizes` or a list in
-`tasks.<t>.max_examples.train`; dapt.grid): the test score against the number of training examples
+`tasks.<t>.max_examples.train`; dapt.study.grid): the test score against the number of training examples
 per variant and method, mean ± sample std over seeds (learning_curve.csv / .md / .png).
 
-Each size fine-tunes on a nested subset of the training split (dapt.sweeps.nested_subset: a smaller
+Each size fine-tunes on a nested subset of the training split (dapt.study.sweeps.nested_subset: a smaller
 set is a subset of every larger one) and is validated and tested on the full validation and test
 splits; where hyperparameters are swept, each size has its own choice on validation (selection.py).
 """

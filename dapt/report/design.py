@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from dapt.errors import UserError
-from dapt.metrics import METRICS
+from dapt.core.errors import UserError
+from dapt.finetune.metrics import METRICS
 
 DEFAULT_METRIC = "macro_f1"
 BASELINE_VARIANT = "base"

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from dapt.errors import UserError
-from dapt.metrics import METRICS, score
+from dapt.core.errors import UserError
+from dapt.finetune.metrics import METRICS, score
 from dapt.report.design import task_metric_from_results
 from dapt.report.inputs import GROUP_KEYS, read_predictions
 from dapt.report.stats import encode, same_examples

@@ -1,5 +1,5 @@
 """Runs without scores: recorded as failed (fine-tuning diverged and `on_divergence: record` wrote
-the run down instead of stopping the study: `dapt.finetune`, `dapt.evaluate.record_diverged`), or
+the run down instead of stopping the study: `dapt.finetune.fine_tuning`, `dapt.finetune.evaluation.record_diverged`), or
 missing (the grid expects them but the report was not given them: a partial report, rule
 `report_available`, after a job failed for another reason).
 
@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from dapt import grid, layout
-from dapt.errors import UserError, diverged
+from dapt.study import grid, layout
+from dapt.core.errors import UserError, diverged
 from dapt.report.formatting import md_table
 from dapt.report.selection import GROUP, annotate
 

@@ -12,9 +12,11 @@ from typing import Any
 
 import pandas as pd
 
-from dapt import files, layout
-from dapt.errors import UserError, diverged
-from dapt.metrics import METRICS
+from dapt.core import files
+
+from dapt.study import layout
+from dapt.core.errors import UserError, diverged
+from dapt.finetune.metrics import METRICS
 
 REQUIRED_METRIC_KEYS = (*layout.RUN_KEYS, "labels", *METRICS)
 BENCHMARK_COLUMNS = ("s", "max_rss")
@@ -40,7 +42,7 @@ def read_metrics(path: str | os.PathLike) -> dict:
     """Read one run's metrics.json and check the keys the report depends on."""
     path = Path(path)
     data = read_json_object(path, "metrics", "evaluate")
-    if diverged(data):  # a run recorded as failed (dapt.evaluate.record_diverged): no scores
+    if diverged(data):  # a run recorded as failed (dapt.finetune.evaluation.record_diverged): no scores
         missing = [k for k in (*layout.RUN_KEYS, "error") if k not in data]
         if missing:
             raise UserError(str(path), f"failed-run metrics lack keys {missing}", "re-run the evaluate rule")

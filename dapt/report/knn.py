@@ -1,4 +1,4 @@
-"""notes.md's kNN-TAPT section: what each selection chose (dapt.knn's selection.json), so a kNN-TAPT
+"""notes.md's kNN-TAPT section: what each selection chose (dapt.pretrain.knn_selection's selection.json), so a kNN-TAPT
 score can be read against how much corpus text it rests on and what that text looks like."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from dapt.errors import UserError
-from dapt.files import read_json
+from dapt.core.errors import UserError
+from dapt.core.files import read_json
 from dapt.report.formatting import md_table
 
 

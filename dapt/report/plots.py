@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from dapt import files
+from dapt.core import files
 from dapt.report.design import ordered_by
 from dapt.report.inputs import GROUP_KEYS
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from dapt.redact import redact_config
+from dapt.core.redact import redact_config
 
 PROVENANCE_PACKAGES = (
     "torch", "transformers", "datasets", "peft", "accelerate", "snakemake", "pandas",
@@ -36,7 +36,7 @@ def package_versions(packages: Sequence[str] = PROVENANCE_PACKAGES) -> dict:
 
 def hardware() -> dict:
     """Platform, CPUs, memory and GPUs of the machine that made the report."""
-    from dapt.precision import cpu_model
+    from dapt.runtime.precision import cpu_model
 
     info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
                             "processor": platform.processor() or None, "cpu_model": cpu_model(),

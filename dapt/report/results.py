@@ -10,9 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from dapt import layout
-from dapt.errors import UserError
-from dapt.metrics import METRICS
+from dapt.study import layout
+from dapt.core.errors import UserError
+from dapt.finetune.metrics import METRICS
 from dapt.report.design import task_metric
 
 RUN_KEYS = list(layout.RUN_KEYS)

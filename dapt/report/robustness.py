@@ -1,8 +1,8 @@
-"""Robustness, for a study with `robustness:` (dapt.augment): every run's task metric on each perturbed
+"""Robustness, for a study with `robustness:` (dapt.data.augment): every run's task metric on each perturbed
 copy of the test split beside its clean score on the same documents, mean ± sample std over seeds
 (robustness.csv / .md), and the drop per method and variant (robustness.png).
 
-Each run's evaluate job writes robustness.json (dapt.evaluate.score_perturbed). The perturbed texts
+Each run's evaluate job writes robustness.json (dapt.finetune.evaluation.score_perturbed). The perturbed texts
 are one file per task and perturbation, the same for every run, so rows differ only by the model.
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from dapt import layout
-from dapt.errors import UserError
-from dapt.files import read_json
+from dapt.study import layout
+from dapt.core.errors import UserError
+from dapt.core.files import read_json
 from dapt.report.design import ordered
 from dapt.report.formatting import DASH, fmt_score, md_table
 

@@ -1,4 +1,4 @@
-"""Hyperparameter selection on validation, for a study that sweeps (`dapt.grid`).
+"""Hyperparameter selection on validation, for a study that sweeps (`dapt.study.grid`).
 
 Per (task, model, variant, method, training size) the swept combination with the best mean
 **validation** score over seeds is chosen, and only its runs go into the tables; the test scores of
@@ -24,8 +24,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from dapt import grid
-from dapt.errors import UserError
+from dapt.study import grid
+from dapt.core.errors import UserError
 
 VAL_COLUMNS = {"macro_f1": "val_macro_f1", "accuracy": "val_accuracy", "micro_f1": "val_accuracy"}
 TIE_TOLERANCE = 1e-9

@@ -2,7 +2,7 @@
 
 The test runs on the seed-ensemble predictions, because the seeds of a variant and of the baseline
 share the test set and the ensemble is the single best estimate of each variant's predictions. The
-bootstrap scores thousands of resampled confusion matrices at once with dapt.metrics, so it scores
+bootstrap scores thousands of resampled confusion matrices at once with dapt.finetune.metrics, so it scores
 exactly as the tables do.
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from dapt.errors import UserError
-from dapt.metrics import score, score_confusion
+from dapt.core.errors import UserError
+from dapt.finetune.metrics import score, score_confusion
 from dapt.report.design import baseline_variant, ordered_by, task_metric_from_results
 
 BOOTSTRAP_RESAMPLES = 10_000

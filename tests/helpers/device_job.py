@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from dapt import devices, distributed
+from dapt.runtime import devices, distributed
 
 
 def claim(k: int, out: str, hold_s: float) -> None:

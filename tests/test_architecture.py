@@ -1,0 +1,99 @@
+"""The package's layers point down: a module imports only its own package or a lower layer, so the
+architecture page's diagram stays true (docs/architecture.md names the layers)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "dapt"
+
+#: Each stage package and its layer; a module may import its own package or a package of a lower
+#: layer, never one of the same layer (siblings stay independent) or a higher one.
+LAYERS: dict[str, int] = {
+    "core": 0,
+    "study": 1,
+    "runtime": 1,
+    "data": 2,
+    "tokenize": 3,
+    "pretrain": 4,
+    "finetune": 4,
+    "deploy": 5,
+    "report": 5,
+}
+
+
+def package_of(module: str) -> str | None:
+    """'dapt.finetune.methods' -> 'finetune'; 'dapt' itself -> None."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "dapt" else None
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import of dapt in a file, at any depth (function-level imports too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "dapt":
+            if node.module == "dapt":
+                found += [(node.lineno, f"dapt.{a.name}") for a in node.names]
+            else:
+                found.append((node.lineno, node.module))
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            found.append((node.lineno, "<relative>"))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "dapt"]
+    return found
+
+
+def violations(root: Path = PACKAGE, layers: dict[str, int] = LAYERS) -> list[str]:
+    """Every import that points up or sideways, as 'file:line: a -> b'."""
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent)
+        own = rel.parts[1] if len(rel.parts) > 2 else None
+        if own is None:  # dapt/__init__.py
+            continue
+        for line, target in imports_of(path):
+            if target == "<relative>":
+                bad.append(f"{rel}:{line}: relative import (use dapt.<package>.<module>)")
+                continue
+            other = package_of(target)
+            if other is None or other == own:
+                continue
+            if other not in layers:
+                bad.append(f"{rel}:{line}: {own} -> {other} (a package with no layer)")
+            elif layers[other] >= layers[own]:
+                bad.append(f"{rel}:{line}: {own} (layer {layers[own]}) -> {other} (layer {layers[other]})")
+    return bad
+
+
+def test_every_package_has_a_layer():
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert packages == set(LAYERS), f"packages without a layer or layers without a package: {packages ^ set(LAYERS)}"
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"modules outside a stage package: {loose}"
+
+
+def test_layers_only_point_down():
+    assert violations() == []
+
+
+@pytest.mark.parametrize(
+    "own, line",
+    [
+        ("core", "from dapt.study.config import FINETUNE_DEFAULTS\n"),  # up
+        ("study", "def f():\n    from dapt.runtime import devices\n"),  # sideways, inside a function
+        ("data", "import dapt.finetune.metrics\n"),  # up, plain import
+        ("tokenize", "from dapt import report\n"),  # up, package import
+    ],
+)
+def test_the_check_fails_when_a_layer_points_up(tmp_path, own, line):
+    """Break the rule once per import form: the check names the file and both layers."""
+    for name in LAYERS:
+        (tmp_path / "dapt" / name).mkdir(parents=True)
+        (tmp_path / "dapt" / name / "__init__.py").write_text("")
+    (tmp_path / "dapt" / own / "bad.py").write_text(line)
+    found = violations(tmp_path / "dapt")
+    assert len(found) == 1 and found[0].startswith(f"dapt/{own}/bad.py:") and f"{own} (layer {LAYERS[own]})" in found[0]
