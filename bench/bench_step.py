@@ -93,9 +93,13 @@ def main() -> None:
     model = make_model(args.model_dir)
     compiled = train(model, torch.compile(model, dynamic=True), batches, dtype)
     comp_ms = 1000 * statistics.median(compiled[warm:])
-    print(f"compiled (inductor, dynamic): {comp_ms:.0f} ms/step; first {warm} steps {sum(compiled[:warm]):.1f} s "
-          f"against eager's {sum(eager[:warm]):.1f} s")
-    print(f"compile_speedup_per_step={eager_ms / comp_ms:.2f} compile_cost_s={sum(compiled[:warm]) - sum(eager[:warm]):.1f}")
+    print(
+        f"compiled (inductor, dynamic): {comp_ms:.0f} ms/step; first {warm} steps {sum(compiled[:warm]):.1f} s "
+        f"against eager's {sum(eager[:warm]):.1f} s"
+    )
+    print(
+        f"compile_speedup_per_step={eager_ms / comp_ms:.2f} compile_cost_s={sum(compiled[:warm]) - sum(eager[:warm]):.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,18 +30,40 @@ def finetune_command(seed: int, threads: int, out: Path, precision: str) -> list
 
     config = study.read_yaml(REPO / "config" / "config.yaml")
     params = study.finetune_params(config, "rt_polarity", "full")
-    return [sys.executable, str(REPO / "scripts" / "finetune.py"), "--base", "results/models/minilm",
-            "--tokenized", f"results/tokenized/minilm/tasks/rt_polarity.L{params['max_length']}",
-            "--params", json.dumps(params), "--seed", str(seed), "--threads", str(threads),
-            "--precision", precision, "--checkpoints", str(out / f"ckpt{seed}"), "--out", str(out / f"run{seed}")]
+    return [
+        sys.executable,
+        str(REPO / "scripts" / "finetune.py"),
+        "--base",
+        "results/models/minilm",
+        "--tokenized",
+        f"results/tokenized/minilm/tasks/rt_polarity.L{params['max_length']}",
+        "--params",
+        json.dumps(params),
+        "--seed",
+        str(seed),
+        "--threads",
+        str(threads),
+        "--precision",
+        precision,
+        "--checkpoints",
+        str(out / f"ckpt{seed}"),
+        "--out",
+        str(out / f"run{seed}"),
+    ]
 
 
 def pair(threads: int, precision: str) -> float:
     """Wall seconds until two concurrent fine-tuning jobs (seeds 1 and 2) have both finished."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        procs = [subprocess.Popen(finetune_command(seed, threads, Path(tmp), precision), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL) for seed in (1, 2)]
+        procs = [
+            subprocess.Popen(
+                finetune_command(seed, threads, Path(tmp), precision),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for seed in (1, 2)
+        ]
         codes = [p.wait() for p in procs]
         if any(codes):
             raise SystemExit(f"a fine-tuning job failed: exit codes {codes}")

@@ -22,7 +22,7 @@ os.environ["PATH"] = os.pathsep.join(
 from dapt.study import config as study  # noqa: E402
 from dapt.study import grid, layout  # noqa: E402
 from dapt.runtime import tracking  # noqa: E402
-from dapt.study import settings  # noqa: E402
+from dapt.study import defaults, settings  # noqa: E402
 from dapt.core.errors import UserError, diverged  # noqa: E402
 
 SCRIPTS = BASE / "scripts"

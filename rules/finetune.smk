@@ -33,7 +33,7 @@ rule finetune:
             f" --augmented {input.augmented}" if input.augmented else ""
         ),
         # derived from output, so Snakemake's params trigger ignores it: no rerun when it changes
-        on_divergence=lambda w, output: config.get("on_divergence", study.ON_DIVERGENCE),
+        on_divergence=lambda w, output: config.get("on_divergence", defaults.ON_DIVERGENCE),
         tracking=lambda w, output: tracking_env(
             "finetune",
             task=w.task,

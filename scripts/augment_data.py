@@ -4,7 +4,8 @@
 Run by rules/robustness.smk, e.g.
     python scripts/augment_data.py wordnet --config-json '{"source": {...}}' --out results/data/wordnet/synonyms.json
     python scripts/augment_data.py augment --task-dir results/data/tasks/rt_polarity \\
-        --settings '{"ops": ["swap"], "n_aug": 1, "rate": 0.1, "seed": 0}' --out results/data/augmented/rt_polarity/x.parquet
+        --settings '{"ops": ["swap"], "n_aug": 1, "rate": 0.1, "seed": 0}' \\
+        --out results/data/augmented/rt_polarity/x.parquet
     python scripts/augment_data.py perturb --task-dir results/data/tasks/rt_polarity --op typo --rate 0.05 \\
         --seed 0 --out results/data/perturbed/rt_polarity/typo.parquet
 """
@@ -27,7 +28,9 @@ def parse_args() -> argparse.Namespace:
         step = steps.add_parser(name)
         step.add_argument("--task-dir", required=True, help="prepared task folder (train/validation/test.parquet)")
         step.add_argument("--synonyms", default="", help="synonyms.json of the wordnet step (the synonym operation)")
-    steps.choices["augment"].add_argument("--settings", type=json.loads, required=True, help="resolved augment: setting")
+    steps.choices["augment"].add_argument(
+        "--settings", type=json.loads, required=True, help="resolved augment: setting"
+    )
     perturb = steps.choices["perturb"]
     perturb.add_argument("--op", required=True, help="the perturbation (dapt.data.textops.PERTURBATIONS)")
     perturb.add_argument("--rate", type=float, required=True)
@@ -48,11 +51,18 @@ def main() -> None:
         print(f"wordnet: {summary['lemmas']} lemmas with synonyms -> {args.out}")
     elif args.step == "augment":
         summary = augment.write_augmented(args.task_dir, args.settings, args.out, args.synonyms or None)
-        print(f"augment {args.settings}: {summary['rows']} rows ({summary['unchanged']} equal to their source) -> {args.out}")
+        print(
+            f"augment {args.settings}: {summary['rows']} rows ({summary['unchanged']} equal to their source) "
+            f"-> {args.out}"
+        )
     else:
-        summary = augment.write_perturbed(args.task_dir, args.op, args.rate, args.seed, args.max_examples, args.out,
-                                          args.synonyms or None)
-        print(f"perturb {args.op} at {args.rate}: {summary['changed']} of {summary['rows']} test texts changed -> {args.out}")
+        summary = augment.write_perturbed(
+            args.task_dir, args.op, args.rate, args.seed, args.max_examples, args.out, args.synonyms or None
+        )
+        print(
+            f"perturb {args.op} at {args.rate}: {summary['changed']} of {summary['rows']} test texts changed "
+            f"-> {args.out}"
+        )
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 
-from dapt.runtime.cli import limit_threads
 from dapt.core.errors import run_main
+from dapt.runtime.cli import limit_threads
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task-dir", required=True, help="prepared task folder (train/validation/test.parquet, labels.json)")
+    p.add_argument(
+        "--task-dir", required=True, help="prepared task folder (train/validation/test.parquet, labels.json)"
+    )
     p.add_argument("--name", required=True, help="the task's name in the config")
     p.add_argument("--metric", default="macro_f1", help="the task metric: chooses C, and is reported")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for numpy/BLAS")
@@ -29,8 +31,10 @@ def main() -> None:
     result = write_baseline(args.task_dir, args.name, args.metric, args.out)
     grid = ", ".join(f"C={c}: {v:.4f}" for c, v in result["validation"].items())
     print(f"validation {args.metric}: {grid}")
-    print(f"chosen C={result['C']:g}; test {args.metric} {result['score']:.4f} "
-          f"({result['n_features']} features, {result['seconds']:.2f} s)")
+    print(
+        f"chosen C={result['C']:g}; test {args.metric} {result['score']:.4f} "
+        f"({result['n_features']} features, {result['seconds']:.2f} s)"
+    )
 
 
 if __name__ == "__main__":

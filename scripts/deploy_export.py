@@ -3,8 +3,8 @@ Hugging Face folder, and to ONNX and int8 ONNX as asked; all in one atomic outpu
 
 import json
 
-from dapt.runtime import cli
 from dapt.core.errors import UserError, diverged, run_main
+from dapt.runtime import cli
 
 
 def choose(candidates: list[dict]) -> dict:
@@ -19,21 +19,28 @@ def choose(candidates: list[dict]) -> dict:
         if info is not None and diverged(info):  # recorded as failed: no weights to export
             continue
         if info is None or not (Path(c["artifact"]) / "method.json").is_file():
-            raise UserError(str(c["artifact"]), "not a fine-tuned run (no train.json / method.json)",
-                            "fine-tune the run first (snakemake results/finetune/<run>/model)")
+            raise UserError(
+                str(c["artifact"]),
+                "not a fine-tuned run (no train.json / method.json)",
+                "fine-tune the run first (snakemake results/finetune/<run>/model)",
+            )
         score = info.get("best_validation", float("-inf"))
         if best is None or score > best_score:
             best, best_score = c, score
     if best is None:
-        raise UserError(str(candidates[0]["train_json"]), f"all {len(candidates)} candidate runs diverged in training",
-                        "lower the learning rate, or leave this method out of deploy.methods")
+        raise UserError(
+            str(candidates[0]["train_json"]),
+            f"all {len(candidates)} candidate runs diverged in training",
+            "lower the learning rate, or leave this method out of deploy.methods",
+        )
     return {**best, "validation_score": best_score, "n_candidates": len(candidates)}
 
 
 def main() -> None:
     p = cli.parser(__doc__)
-    p.add_argument("--candidates", type=json.loads, required=True,
-                   help='JSON list of {"artifact", "train_json", "base", "run"}')
+    p.add_argument(
+        "--candidates", type=json.loads, required=True, help='JSON list of {"artifact", "train_json", "base", "run"}'
+    )
     p.add_argument("--tokenized", required=True, help="tokenized task folder (labels.json)")
     p.add_argument("--formats", default="pytorch,onnx,onnx_int8")
     p.add_argument("--opset", type=int, default=17)
@@ -43,9 +50,9 @@ def main() -> None:
     cli.quiet_progress_bars()
     from pathlib import Path
 
+    from dapt.core.files import atomic_path, read_json, write_json
     from dapt.deploy import FORMATS
     from dapt.deploy.export import export_run
-    from dapt.core.files import atomic_path, read_json, write_json
 
     formats = [f for f in args.formats.split(",") if f]
     unknown = sorted(set(formats) - set(FORMATS))
@@ -57,10 +64,16 @@ def main() -> None:
     labels = read_json(Path(args.tokenized) / "labels.json")
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
-        meta = export_run(chosen["artifact"], chosen["base"], labels, tmp / "pytorch", chosen.get("run"),
-                          tokenized_dir=args.tokenized)
-        info = {"run": chosen.get("run", {}), "validation_score": chosen["validation_score"],
-                "n_candidates": chosen["n_candidates"], "method": meta["method"], "formats": formats}
+        meta = export_run(
+            chosen["artifact"], chosen["base"], labels, tmp / "pytorch", chosen.get("run"), tokenized_dir=args.tokenized
+        )
+        info = {
+            "run": chosen.get("run", {}),
+            "validation_score": chosen["validation_score"],
+            "n_candidates": chosen["n_candidates"],
+            "method": meta["method"],
+            "formats": formats,
+        }
         if "onnx" in formats or "onnx_int8" in formats:
             from dapt.deploy.onnx import export_onnx
 

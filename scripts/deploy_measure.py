@@ -3,8 +3,8 @@ memory, batch-1 latency, batch-32 throughput), each format in its own fresh proc
 
 import json
 
-from dapt.runtime import cli
 from dapt.core.errors import UserError, run_main
+from dapt.runtime import cli
 
 
 def runtime_versions() -> dict:
@@ -30,25 +30,42 @@ def main() -> None:
     cli.quiet_progress_bars()
     from pathlib import Path
 
-    from dapt.deploy.measure import measure_all
     from dapt.core.files import read_json, write_json
+    from dapt.deploy.measure import measure_all
 
     export = Path(args.export)
     info = read_json(export / "deploy.json")
     model = info["run"].get("model")
     if model not in args.tokenized:
-        raise UserError(str(export / "deploy.json"), f"run model '{model}' has no tokenized task among {sorted(args.tokenized)}")
+        raise UserError(
+            str(export / "deploy.json"), f"run model '{model}' has no tokenized task among {sorted(args.tokenized)}"
+        )
     formats = ["pytorch"] + [f for f in args.formats.split(",") if f and f != "pytorch"]
     paths = {f: export / f for f in formats}
     threads = args.threads or 1
-    rows = measure_all(paths, args.tokenized[model], threads, args.latency_texts,
-                       context={**info["run"], "validation_score": info["validation_score"]})
+    rows = measure_all(
+        paths,
+        args.tokenized[model],
+        threads,
+        args.latency_texts,
+        context={**info["run"], "validation_score": info["validation_score"]},
+    )
     measured = [r for r in rows if r["format"] in args.formats.split(",")]
-    write_json(args.out, {"run": info["run"], "int8": info.get("int8"), "opset": info.get("opset"), "rows": measured,
-                          "runtime": runtime_versions()})
+    write_json(
+        args.out,
+        {
+            "run": info["run"],
+            "int8": info.get("int8"),
+            "opset": info.get("opset"),
+            "rows": measured,
+            "runtime": runtime_versions(),
+        },
+    )
     for r in measured:
-        print(f"{r['format']}: macro_f1 {r['macro_f1']:.4f} size {r['size_mb']:.1f} MB p50 {r['latency_p50_ms']:.2f} ms "
-              f"{r['throughput_per_s']:.1f}/s at 32 peak {r['peak_rss_mb']:.0f} MB")
+        print(
+            f"{r['format']}: macro_f1 {r['macro_f1']:.4f} size {r['size_mb']:.1f} MB p50 {r['latency_p50_ms']:.2f} ms "
+            f"{r['throughput_per_s']:.1f}/s at 32 peak {r['peak_rss_mb']:.0f} MB"
+        )
 
 
 if __name__ == "__main__":

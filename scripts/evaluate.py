@@ -1,7 +1,7 @@
 """Predict the test split with a fine-tuned run; write predictions and metrics."""
 
-from dapt.runtime import cli
 from dapt.core.errors import diverged, run_main
+from dapt.runtime import cli
 
 
 def main() -> None:
@@ -14,7 +14,9 @@ def main() -> None:
     p.add_argument("--metrics", required=True)
     p.add_argument("--predictions", required=True)
     p.add_argument("--robustness", default="", help="robustness.json to write (scores on the perturbed test sets)")
-    p.add_argument("--perturbed", nargs="*", default=[], help="perturbed test sets, name=file (robustness: in the config)")
+    p.add_argument(
+        "--perturbed", nargs="*", default=[], help="perturbed test sets, name=file (robustness: in the config)"
+    )
     args = p.parse_args()
     if "eval_batch_size" not in args.params:
         p.error("--params must give eval_batch_size (the rule passes finetune.eval_batch_size)")
@@ -22,9 +24,19 @@ def main() -> None:
 
     from dapt.finetune.evaluation import evaluate_run
 
-    result = evaluate_run(args.artifact, args.base, args.tokenized, args.train_json, args.metrics, args.predictions,
-                          runtime, {**args.context, "seed": args.seed}, args.params["eval_batch_size"],
-                          dict(item.split("=", 1) for item in args.perturbed), args.robustness or None)
+    result = evaluate_run(
+        args.artifact,
+        args.base,
+        args.tokenized,
+        args.train_json,
+        args.metrics,
+        args.predictions,
+        runtime,
+        {**args.context, "seed": args.seed},
+        args.params["eval_batch_size"],
+        dict(item.split("=", 1) for item in args.perturbed),
+        args.robustness or None,
+    )
     if diverged(result):
         print(f"not evaluated: the run diverged in training ({result['error']})")
     else:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from dapt.data.prepare import prepare_corpus, prepare_task
 from dapt.core.errors import run_main
+from dapt.data.prepare import prepare_corpus, prepare_task
 from dapt.data.sources import add_download_args, download_spec
 
 

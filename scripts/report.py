@@ -44,21 +44,41 @@ def load_config(value: str | None) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every run")
-    p.add_argument("--predictions", nargs="+", default=None,
-                   help="predictions.csv per run, same order as --metrics (default: next to each metrics.json)")
+    p.add_argument(
+        "--predictions",
+        nargs="+",
+        default=None,
+        help="predictions.csv per run, same order as --metrics (default: next to each metrics.json)",
+    )
     p.add_argument("--logs", nargs="*", default=[], help="fine-tuning log.csv files")
     p.add_argument("--pretrain-logs", nargs="*", default=[], help="MLM pretraining loss.csv files")
-    p.add_argument("--baseline", nargs="*", default=[],
-                   help="metrics.json of the classical baseline (scripts/baseline.py), one per task")
+    p.add_argument(
+        "--baseline",
+        nargs="*",
+        default=[],
+        help="metrics.json of the classical baseline (scripts/baseline.py), one per task",
+    )
     p.add_argument("--knn", nargs="*", default=[], help="kNN-TAPT selection folders (selection.json), for the notes")
-    p.add_argument("--robustness", nargs="*", default=[], help="robustness.json of every run (a study with robustness:)")
-    p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark .tsv files, or folders to search for them")
+    p.add_argument(
+        "--robustness", nargs="*", default=[], help="robustness.json of every run (a study with robustness:)"
+    )
+    p.add_argument(
+        "--benchmarks", nargs="*", default=[], help="Snakemake benchmark .tsv files, or folders to search for them"
+    )
     p.add_argument("--config-json", default=None, help="the study config as JSON (file, or inline text)")
     p.add_argument("--out", default="results/report", help="report folder (default: %(default)s)")
-    p.add_argument("--bootstrap-resamples", type=int, default=report.BOOTSTRAP_RESAMPLES,
-                   help="paired-bootstrap resamples (default: %(default)s)")
-    p.add_argument("--bootstrap-seed", type=int, default=report.BOOTSTRAP_SEED,
-                   help="paired-bootstrap random seed (default: %(default)s)")
+    p.add_argument(
+        "--bootstrap-resamples",
+        type=int,
+        default=report.BOOTSTRAP_RESAMPLES,
+        help="paired-bootstrap resamples (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bootstrap-seed",
+        type=int,
+        default=report.BOOTSTRAP_SEED,
+        help="paired-bootstrap random seed (default: %(default)s)",
+    )
     args = p.parse_args(argv)
     if args.bootstrap_resamples < 1:
         p.error("--bootstrap-resamples must be at least 1")
@@ -68,11 +88,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     paths = report.write_report(
-        args.metrics, args.out, load_config(args.config_json), log_paths=args.logs,
-        pretrain_log_paths=args.pretrain_logs, benchmark_paths=args.benchmarks,
-        prediction_paths=args.predictions, n_resamples=args.bootstrap_resamples,
-        bootstrap_seed=args.bootstrap_seed, baseline_paths=args.baseline,
-        knn_paths=args.knn, robustness_paths=args.robustness)
+        args.metrics,
+        args.out,
+        load_config(args.config_json),
+        log_paths=args.logs,
+        pretrain_log_paths=args.pretrain_logs,
+        benchmark_paths=args.benchmarks,
+        prediction_paths=args.predictions,
+        n_resamples=args.bootstrap_resamples,
+        bootstrap_seed=args.bootstrap_seed,
+        baseline_paths=args.baseline,
+        knn_paths=args.knn,
+        robustness_paths=args.robustness,
+    )
     print(f"report: {len(paths)} files in {args.out}")
 
 

@@ -1,8 +1,8 @@
 """kNN-TAPT selection: each training example's k nearest corpus documents (sentence embeddings,
 cosine), written with the task's text as the stage's MLM text (dapt/pretrain/knn_selection.py)."""
 
-from dapt.runtime import cli
 from dapt.core.errors import run_main
+from dapt.runtime import cli
 
 
 def main() -> None:
@@ -19,8 +19,10 @@ def main() -> None:
 
     where = f"variants: tapt_knn:{args.corpus.rsplit('/', 1)[-1].removesuffix('.parquet')}:{args.k}"
     s = select(args.task, args.corpus, args.model, args.k, args.out, args.params, runtime, where)
-    print(f"done: {s['selected']} of {s['corpus_documents']} documents ({100 * s['selected_fraction']:.1f}%) for "
-          f"{s['queries']} training examples x k {s['k']}; {s['texts']} texts for TAPT ({s['seconds']:.0f}s)")
+    print(
+        f"done: {s['selected']} of {s['corpus_documents']} documents ({100 * s['selected_fraction']:.1f}%) for "
+        f"{s['queries']} training examples x k {s['k']}; {s['texts']} texts for TAPT ({s['seconds']:.0f}s)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from dapt.runtime import cli
 from dapt.core.errors import UserError, run_main
+from dapt.runtime import cli
 
 
 def main() -> None:
@@ -20,7 +20,9 @@ def main() -> None:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--texts", help="parquet with a text column -> a folder of packed MLM blocks")
     mode.add_argument("--task", help="task folder with train/validation/test parquet -> tokenized folder")
-    p.add_argument("--long-text", type=json.loads, help="with --task: JSON of dapt.study.config.long_text_params (default: head)")
+    p.add_argument(
+        "--long-text", type=json.loads, help="with --task: JSON of dapt.study.config.long_text_params (default: head)"
+    )
     p.add_argument("--shard", help="with --texts: K/N, tokenize only the K-th of N runs of documents (1-based)")
     p.add_argument("--gather", nargs="+", metavar="SHARD", help="with --texts: join these shard folders, in order")
     p.add_argument("--out", required=True)
@@ -29,7 +31,8 @@ def main() -> None:
     cli.limit_threads(args.threads)  # before the tokenizer library starts its thread pool
     cli.quiet_progress_bars()
 
-    from dapt.tokenize import blocks, tasks as tokenization
+    from dapt.tokenize import blocks
+    from dapt.tokenize import tasks as tokenization
 
     if args.texts and args.gather:
         stats = blocks.gather(args.gather, args.out, args.texts)
@@ -47,18 +50,22 @@ def main() -> None:
         if isinstance(stats.get(split), dict) and stats[split].get("truncated"):
             s = stats[split]
             if "windows_dropped" in s:  # windows: what the cap left unseen
-                print(f"warning: {s['truncated']} of {s['examples']} {split} texts have more than max_windows windows; "
-                      f"{s['windows_dropped']} windows dropped, {s['windows']} kept (evenly spaced)")
+                print(
+                    f"warning: {s['truncated']} of {s['examples']} {split} texts have more than max_windows windows; "
+                    f"{s['windows_dropped']} windows dropped, {s['windows']} kept (evenly spaced)"
+                )
                 continue
-            print(f"warning: {s['truncated']} of {s['examples']} {split} texts are longer than {s['max_length']} "
-                  f"tokens and were truncated ({key})")
+            print(
+                f"warning: {s['truncated']} of {s['examples']} {split} texts are longer than {s['max_length']} "
+                f"tokens and were truncated ({key})"
+            )
     for pair, n in (stats.get("texts_shared_across_splits") or {}).items():
         if n:
             print(f"warning: {n} texts occur in two splits ({pair}); kept, as in the source")
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """"K/N" (1-based) -> (K-1, N); none -> the whole corpus."""
+    """ "K/N" (1-based) -> (K-1, N); none -> the whole corpus."""
     if not text:
         return 0, 1
     k, _, n = text.partition("/")

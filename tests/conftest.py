@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import os
 import shutil
 import subprocess
@@ -27,7 +26,9 @@ def rt_examples():
     """tests/data/rt_sample.csv as task rows (id, text, label)."""
     import pandas as pd
 
-    df = pd.read_csv(REPO / "tests" / "data" / "rt_sample.csv").rename(columns={"sentence": "text", "sentiment": "label"})
+    df = pd.read_csv(REPO / "tests" / "data" / "rt_sample.csv").rename(
+        columns={"sentence": "text", "sentiment": "label"}
+    )
     df.insert(0, "id", [f"rt{i}" for i in range(len(df))])
     return df
 
@@ -38,9 +39,17 @@ def tiny_base(root: Path, tok, dropout: float = 0.0, initializer_range: float = 
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, initializer_range=initializer_range,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=initializer_range,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     base = root / "base"
     BertForMaskedLM(config).save_pretrained(base)
     tok.save_pretrained(base)
@@ -96,11 +105,23 @@ def make_workdir(path: Path, config: dict) -> Path:
 
 
 def snakemake_command(workdir: Path, *args: str) -> list[str]:
-    return [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--configfile", str(workdir / "study.yaml"), "--cores", "2", *args]
+    return [
+        *SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "study.yaml"),
+        "--cores",
+        "2",
+        *args,
+    ]
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: Path, *args: str, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
     return subprocess.run(snakemake_command(workdir, *args), capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -119,7 +140,10 @@ def tiny_study(tmp_path_factory) -> Path:
 
 HUB_TOKEN_CANARY = "hf_secret_canary_123"  # in the environment of every reliability run; must never be written
 RELIABILITY_RUN = "rt_polarity/tiny/dapt/full/seed1"
-RELIABILITY_TARGETS = ("results/pretrain/tiny/dapt-imdb/summary.json", f"results/evaluate/{RELIABILITY_RUN}/metrics.json")
+RELIABILITY_TARGETS = (
+    "results/pretrain/tiny/dapt-imdb/summary.json",
+    f"results/evaluate/{RELIABILITY_RUN}/metrics.json",
+)
 PREPARED = ("models", "data", "tokenized")  # results/ folders every reliability workdir starts from
 
 
@@ -179,8 +203,13 @@ EVALUATE = f"results/evaluate/{RELIABILITY_RUN}"
 def assert_same_results(workdir: Path, clean: Path) -> None:
     """The reliability run in `workdir` ended as the clean one: byte-identical MLM loss curve, weights,
     fine-tuning log and predictions; identical metrics and summaries but for time and memory."""
-    for path in (f"{PRETRAIN}/loss.csv", f"{PRETRAIN}/model/model.safetensors", f"{FINETUNE}/log.csv",
-                 f"{FINETUNE}/model/model.safetensors", f"{EVALUATE}/predictions.csv"):
+    for path in (
+        f"{PRETRAIN}/loss.csv",
+        f"{PRETRAIN}/model/model.safetensors",
+        f"{FINETUNE}/log.csv",
+        f"{FINETUNE}/model/model.safetensors",
+        f"{EVALUATE}/predictions.csv",
+    ):
         assert (workdir / path).read_bytes() == (clean / path).read_bytes(), path
     for path in (f"{EVALUATE}/metrics.json", f"{FINETUNE}/train.json", f"{PRETRAIN}/summary.json"):
         again, first = (json.loads((d / path).read_text()) for d in (workdir, clean))

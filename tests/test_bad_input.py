@@ -14,12 +14,11 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from conftest import REPO, make_workdir, reliability_config, run_snakemake
 from test_data import RT_BYTES, RT_COLUMNS, RT_SAMPLE, Server, balanced, local, sha, tar_gz, write_csv
 
@@ -51,14 +50,36 @@ class Case:
 
 
 def prepare_task(spec: dict) -> tuple[list[str], str]:
-    return [sys.executable, str(REPO / "scripts/prepare_data.py"), "--kind", "task", "--name", "t", "--config-json",
-            json.dumps(spec), "--out", TASK_OUT, "--cache-dir", CACHE], TASK_OUT
+    return [
+        sys.executable,
+        str(REPO / "scripts/prepare_data.py"),
+        "--kind",
+        "task",
+        "--name",
+        "t",
+        "--config-json",
+        json.dumps(spec),
+        "--out",
+        TASK_OUT,
+        "--cache-dir",
+        CACHE,
+    ], TASK_OUT
 
 
 def prepare_model(ctx: Ctx, path: str) -> tuple[list[str], str]:
     spec = {"source": {"kind": "local", "path": path}}
-    return [sys.executable, str(REPO / "scripts/prepare_model.py"), "--name", "m", "--config-json", json.dumps(spec),
-            "--out", "results/models/m", "--cache-dir", CACHE], "results/models/m"
+    return [
+        sys.executable,
+        str(REPO / "scripts/prepare_model.py"),
+        "--name",
+        "m",
+        "--config-json",
+        json.dumps(spec),
+        "--out",
+        "results/models/m",
+        "--cache-dir",
+        CACHE,
+    ], "results/models/m"
 
 
 def config_error(change: Callable[[dict], None], *args: str) -> Callable[[Ctx], tuple[list[str], str]]:
@@ -67,6 +88,7 @@ def config_error(change: Callable[[dict], None], *args: str) -> Callable[[Ctx], 
         change(config)
         make_workdir(ctx.cwd, config)
         return ["snakemake", *args], "results/report"
+
     return make
 
 
@@ -90,6 +112,7 @@ def task_file(name: str, content: bytes | None = None, rows=None, **source) -> C
             path.write_bytes(content)
         spec_source = {**local(Path(name), columns=RT_COLUMNS), **source}
         return prepare_task({"source": spec_source, "carve": {"test": 4}})
+
     return make
 
 
@@ -104,6 +127,7 @@ def url_task(path: str, content: bytes | None, member: str | None = None, sha256
         if member:
             source["member"] = member
         return prepare_task({"source": source, "carve": {"test": 40}})
+
     return make
 
 
@@ -111,8 +135,15 @@ def two_sources(train_rows, test_rows):
     def make(ctx: Ctx):
         write_csv(ctx.cwd / "train.csv", train_rows)
         write_csv(ctx.cwd / "test.csv", test_rows)
-        return prepare_task({"sources": {"train": local(Path("train.csv"), columns=RT_COLUMNS),
-                                         "test": local(Path("test.csv"), columns=RT_COLUMNS)}})
+        return prepare_task(
+            {
+                "sources": {
+                    "train": local(Path("train.csv"), columns=RT_COLUMNS),
+                    "test": local(Path("test.csv"), columns=RT_COLUMNS),
+                }
+            }
+        )
+
     return make
 
 
@@ -122,6 +153,7 @@ def damaged_model(damage: Callable[[Path], None]) -> Callable[[Ctx], tuple[list[
         shutil.copytree(ctx.prepared / MODEL, folder)
         damage(folder)
         return prepare_model(ctx, "damaged")
+
     return make
 
 
@@ -138,19 +170,52 @@ def grow_tokenizer(folder: Path) -> None:
 
 
 def diverging_finetune(ctx: Ctx):
-    from dapt.study.config import FINETUNE_DEFAULTS
+    from dapt.study.defaults import FINETUNE_DEFAULTS
 
-    params = {**FINETUNE_DEFAULTS, "kind": "full", "metric": "macro_f1", "max_length": 48, "epochs": 1,
-              "batch_size": 16, "lr": 1e30}
-    return [sys.executable, str(REPO / "scripts/finetune.py"), "--base", MODEL, "--tokenized", TOKENIZED,
-            "--params", json.dumps(params), "--seed", "1", "--threads", "1", "--precision", "fp32",
-            "--checkpoints", "results/checkpoints/finetune/x", "--out", "results/finetune/x"], "results/finetune/x"
+    params = {
+        **FINETUNE_DEFAULTS,
+        "kind": "full",
+        "metric": "macro_f1",
+        "max_length": 48,
+        "epochs": 1,
+        "batch_size": 16,
+        "lr": 1e30,
+    }
+    return [
+        sys.executable,
+        str(REPO / "scripts/finetune.py"),
+        "--base",
+        MODEL,
+        "--tokenized",
+        TOKENIZED,
+        "--params",
+        json.dumps(params),
+        "--seed",
+        "1",
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+        "--checkpoints",
+        "results/checkpoints/finetune/x",
+        "--out",
+        "results/finetune/x",
+    ], "results/finetune/x"
 
 
 def overlong_tokenize(ctx: Ctx):
-    return [sys.executable, str(REPO / "scripts/tokenize_data.py"), "--model", MODEL, "--max-length", "1024",
-            "--task", "results/data/tasks/rt_polarity", "--out", "results/tokenized/tiny/tasks/rt_polarity.L1024"], \
-        "results/tokenized/tiny/tasks/rt_polarity.L1024"
+    return [
+        sys.executable,
+        str(REPO / "scripts/tokenize_data.py"),
+        "--model",
+        MODEL,
+        "--max-length",
+        "1024",
+        "--task",
+        "results/data/tasks/rt_polarity",
+        "--out",
+        "results/tokenized/tiny/tasks/rt_polarity.L1024",
+    ], "results/tokenized/tiny/tasks/rt_polarity.L1024"
 
 
 def carve_too_much_in_snakemake(ctx: Ctx):
@@ -168,66 +233,134 @@ ONE_CLASS = [(f"text {i}", "pos") for i in range(40)]
 CASES = [
     # config: Snakemake validates the study before anything runs
     Case("config-unknown-key", config_error(lambda c: c.update(learning_rate=1)), ["study.yaml", "'learning_rate'"]),
-    Case("config-wrong-type", config_error(lambda c: c["finetune"].update(epochs="three")),
-         ["study.yaml: finetune.epochs", "'three' is not of type"]),
-    Case("config-unknown-method-kind", config_error(lambda c: c["methods"]["full"].update(kind="fancy")),
-         ["methods.full.kind", "'fancy'", "known kinds: full, head, lora, adalora, ia3, prefix, prompt, adapter"]),
-    Case("config-method-name-not-a-kind", config_error(lambda c: c["methods"].update(qlora={}), "-n"),
-         ["study.yaml: methods.qlora:", "'qlora' is not a method kind", "full, head, lora"]),
+    Case(
+        "config-wrong-type",
+        config_error(lambda c: c["finetune"].update(epochs="three")),
+        ["study.yaml: finetune.epochs", "'three' is not of type"],
+    ),
+    Case(
+        "config-unknown-method-kind",
+        config_error(lambda c: c["methods"]["full"].update(kind="fancy")),
+        ["methods.full.kind", "'fancy'", "known kinds: full, head, lora, adalora, ia3, prefix, prompt, adapter"],
+    ),
+    Case(
+        "config-method-name-not-a-kind",
+        config_error(lambda c: c["methods"].update(qlora={}), "-n"),
+        ["study.yaml: methods.qlora:", "'qlora' is not a method kind", "full, head, lora"],
+    ),
     Case("config-key-given-twice", finetune_epochs_twice, ["study.yaml: line ", ": key 'epochs' given twice"]),
-    Case("config-unknown-variant-stage", config_error(lambda c: c["variants"].update(mlm=["mlm:imdb"])),
-         ["variants.mlm[0]", "'mlm:imdb' is not a pretraining stage"]),
-    Case("config-unknown-corpus", config_error(lambda c: c["variants"].update(wiki=["dapt:wiki"])),
-         ["variants.wiki[0]", "unknown corpus 'wiki'"]),
+    Case(
+        "config-unknown-variant-stage",
+        config_error(lambda c: c["variants"].update(mlm=["mlm:imdb"])),
+        ["variants.mlm[0]", "'mlm:imdb' is not a pretraining stage"],
+    ),
+    Case(
+        "config-unknown-corpus",
+        config_error(lambda c: c["variants"].update(wiki=["dapt:wiki"])),
+        ["variants.wiki[0]", "unknown corpus 'wiki'"],
+    ),
     Case("config-missing-section", config_error(lambda c: delete(c, "tasks")), ["'tasks' is a required property"]),
-    Case("config-max-length-too-small", config_error(lambda c: c["tasks"]["rt_polarity"].update(max_length=4)),
-         ["tasks.rt_polarity.max_length", "minimum of 8"]),
-    Case("config-carve-larger-than-data", carve_too_much_in_snakemake,
-         ["tasks.rt_big.carve.test", "5000 rows but only 400"], snakemake_job=True),
+    Case(
+        "config-max-length-too-small",
+        config_error(lambda c: c["tasks"]["rt_polarity"].update(max_length=4)),
+        ["tasks.rt_polarity.max_length", "minimum of 8"],
+    ),
+    Case(
+        "config-carve-larger-than-data",
+        carve_too_much_in_snakemake,
+        ["tasks.rt_big.carve.test", "5000 rows but only 400"],
+        snakemake_job=True,
+    ),
     # data files
     Case("data-missing-file", task_file("nowhere.csv"), ["tasks.t.source.path", "nowhere.csv does not exist"]),
     Case("data-empty-file", task_file("d.csv", b""), ["d.csv", "empty"]),
     Case("data-header-only", task_file("d.csv", b"sentence,sentiment\n"), ["d.csv", "no rows"]),
-    Case("data-missing-column", task_file("d.csv", rows=balanced(40), columns={"text": "body", "label": "sentiment"}),
-         ["tasks.t.source.columns.text", "no column 'body'"]),
-    Case("data-column-out-of-range", task_file("d.csv", rows=balanced(40), columns={"text": 7, "label": "sentiment"}),
-         ["tasks.t.source.columns.text", "out of range"]),
-    Case("data-not-utf8", task_file("d.csv", "sentence,sentiment\ncaf\xe9,pos\n".encode("latin-1")),
-         ["d.csv", "not valid utf-8", "encoding"]),
+    Case(
+        "data-missing-column",
+        task_file("d.csv", rows=balanced(40), columns={"text": "body", "label": "sentiment"}),
+        ["tasks.t.source.columns.text", "no column 'body'"],
+    ),
+    Case(
+        "data-column-out-of-range",
+        task_file("d.csv", rows=balanced(40), columns={"text": 7, "label": "sentiment"}),
+        ["tasks.t.source.columns.text", "out of range"],
+    ),
+    Case(
+        "data-not-utf8",
+        task_file("d.csv", "sentence,sentiment\ncaf\xe9,pos\n".encode("latin-1")),
+        ["d.csv", "not valid utf-8", "encoding"],
+    ),
     Case("data-empty-texts", task_file("d.csv", rows=[("  ", "pos"), *balanced(39)]), ["d.csv", "empty text"]),
     Case("data-one-class", task_file("d.csv", rows=ONE_CLASS), ["tasks.t.source.columns.label", "single class"]),
-    Case("data-test-labels-unseen", two_sources(balanced(40), [("x", "pos"), ("y", "neutral")]),
-         ["tasks.t.sources.test.columns.label", "'neutral'"]),
-    Case("data-duplicate-ids", task_file("d.jsonl", "".join(json.dumps({"id": i % 30, "sentence": f"t{i}",
-                                                                         "sentiment": i % 2}) + "\n"
-                                                              for i in range(40)).encode()),
-         ["d.jsonl", "10 duplicate ids"]),
+    Case(
+        "data-test-labels-unseen",
+        two_sources(balanced(40), [("x", "pos"), ("y", "neutral")]),
+        ["tasks.t.sources.test.columns.label", "'neutral'"],
+    ),
+    Case(
+        "data-duplicate-ids",
+        task_file(
+            "d.jsonl",
+            "".join(
+                json.dumps({"id": i % 30, "sentence": f"t{i}", "sentiment": i % 2}) + "\n" for i in range(40)
+            ).encode(),
+        ),
+        ["d.jsonl", "10 duplicate ids"],
+    ),
     # downloads
     Case("download-http-404", url_task("/missing.csv", None, sha256="0" * 64), ["tasks.t.source.url", "HTTP 404"]),
-    Case("download-timeout", url_task("/slow.csv", RT_BYTES), ["tasks.t.source.url", "no answer", "0.3 s"],
-         env={"DAPT_DOWNLOAD_TIMEOUT_S": "0.3"}),
-    Case("download-sha256-mismatch", url_task("/changed.csv", RT_BYTES, sha256="0" * 64),
-         ["tasks.t.source.sha256", f"has sha256 {sha(RT_BYTES)}"]),
-    Case("download-without-sha256", url_task("/unpinned.csv", RT_BYTES, sha256=None),
-         ["tasks.t.source.sha256", "allow_unverified"]),
-    Case("download-truncated-archive",
-         url_task("/cut.tar.gz", tar_gz({"pkg/rt.csv": RT_BYTES, "pkg/more.csv": RT_BYTES})[:-4000], "pkg/rt.csv"),
-         ["cut.tar.gz", "truncated or corrupt"]),
-    Case("download-archive-dotdot", url_task("/dotdot.tar.gz", tar_gz({"pkg/rt.csv": RT_BYTES, "../evil.csv": b"x"}),
-                                             "pkg/rt.csv"), ["dotdot.tar.gz", "refusing archive entry '../evil.csv'"]),
-    Case("download-archive-escaping-link",
-         url_task("/link.tar.gz", tar_gz({"pkg/rt.csv": RT_BYTES}, {"pkg/up": "../../outside"}), "pkg"),
-         ["link.tar.gz", "refusing link 'pkg/up'"]),
+    Case(
+        "download-timeout",
+        url_task("/slow.csv", RT_BYTES),
+        ["tasks.t.source.url", "no answer", "0.3 s"],
+        env={"DAPT_DOWNLOAD_TIMEOUT_S": "0.3"},
+    ),
+    Case(
+        "download-sha256-mismatch",
+        url_task("/changed.csv", RT_BYTES, sha256="0" * 64),
+        ["tasks.t.source.sha256", f"has sha256 {sha(RT_BYTES)}"],
+    ),
+    Case(
+        "download-without-sha256",
+        url_task("/unpinned.csv", RT_BYTES, sha256=None),
+        ["tasks.t.source.sha256", "allow_unverified"],
+    ),
+    Case(
+        "download-truncated-archive",
+        url_task("/cut.tar.gz", tar_gz({"pkg/rt.csv": RT_BYTES, "pkg/more.csv": RT_BYTES})[:-4000], "pkg/rt.csv"),
+        ["cut.tar.gz", "truncated or corrupt"],
+    ),
+    Case(
+        "download-archive-dotdot",
+        url_task("/dotdot.tar.gz", tar_gz({"pkg/rt.csv": RT_BYTES, "../evil.csv": b"x"}), "pkg/rt.csv"),
+        ["dotdot.tar.gz", "refusing archive entry '../evil.csv'"],
+    ),
+    Case(
+        "download-archive-escaping-link",
+        url_task("/link.tar.gz", tar_gz({"pkg/rt.csv": RT_BYTES}, {"pkg/up": "../../outside"}), "pkg"),
+        ["link.tar.gz", "refusing link 'pkg/up'"],
+    ),
     # models
-    Case("model-missing-folder", lambda ctx: prepare_model(ctx, "no/such/model"),
-         ["models.m.source.path", "does not exist"]),
-    Case("model-corrupt-safetensors", damaged_model(lambda d: truncate(d / "model.safetensors")),
-         ["damaged", "model.safetensors is not a readable safetensors file"]),
-    Case("model-pickle-weights-only", damaged_model(lambda d: os.replace(d / "model.safetensors",
-                                                                         d / "pytorch_model.bin")),
-         ["damaged", "no *.safetensors weights", "pytorch_model.bin"]),
-    Case("model-tokenizer-does-not-fit", damaged_model(grow_tokenizer),
-         ["damaged", "tokenizer has 30534 tokens but the model only 30522 embedding rows"]),
+    Case(
+        "model-missing-folder",
+        lambda ctx: prepare_model(ctx, "no/such/model"),
+        ["models.m.source.path", "does not exist"],
+    ),
+    Case(
+        "model-corrupt-safetensors",
+        damaged_model(lambda d: truncate(d / "model.safetensors")),
+        ["damaged", "model.safetensors is not a readable safetensors file"],
+    ),
+    Case(
+        "model-pickle-weights-only",
+        damaged_model(lambda d: os.replace(d / "model.safetensors", d / "pytorch_model.bin")),
+        ["damaged", "no *.safetensors weights", "pytorch_model.bin"],
+    ),
+    Case(
+        "model-tokenizer-does-not-fit",
+        damaged_model(grow_tokenizer),
+        ["damaged", "tokenizer has 30534 tokens but the model only 30522 embedding rows"],
+    ),
     # training
     Case("train-max-length-beyond-the-model", overlong_tokenize, ["tasks.rt_polarity.max_length", "512 positions"]),
     Case("train-loss-diverges", diverging_finetune, ["finetune full", "loss is nan", "lower lr"]),
@@ -262,8 +395,11 @@ def earlier_results(reliability_inputs, tmp_path_factory) -> Path:
 def snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
     """Every file that counts as a result: all but Snakemake's own records, download cache, checkpoints."""
     skip = (".snakemake", CACHE, "results/checkpoints", "results/logs", "results/benchmarks")
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size, p.read_bytes())
-            for p in sorted(root.rglob("*")) if p.is_file() and not str(p.relative_to(root)).startswith(skip)}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size, p.read_bytes())
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not str(p.relative_to(root)).startswith(skip)
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -305,13 +441,24 @@ def test_problems_that_are_not_errors_are_counted_in_log_metrics_and_report(clea
     stats = json.loads((reliability_inputs / TOKENIZED / "stats.json").read_text())
     truncated = {split: stats[split]["truncated"] for split in ("train", "validation", "test")}
     assert truncated["train"] > 0 and stats["texts_shared_across_splits"] == {
-        "test_in_train": 0, "test_in_validation": 0, "validation_in_train": 0}
+        "test_in_train": 0,
+        "test_in_validation": 0,
+        "validation_in_train": 0,
+    }
     log = (reliability_inputs / "results/logs/tokenize_task/tiny/rt_polarity.L48.log").read_text()
-    assert (f"warning: {truncated['train']} of {stats['train']['examples']} train texts are longer than 48 tokens "
-            "and were truncated (tasks.rt_polarity.max_length)") in log
-    assert "texts shared across splits: {" in (reliability_inputs / "results/logs/prepare_task/rt_polarity.log").read_text()
+    assert (
+        f"warning: {truncated['train']} of {stats['train']['examples']} train texts are longer than 48 tokens "
+        "and were truncated (tasks.rt_polarity.max_length)"
+    ) in log
+    assert (
+        "texts shared across splits: {"
+        in (reliability_inputs / "results/logs/prepare_task/rt_polarity.log").read_text()
+    )
     metrics = json.loads((clean_run / "results/evaluate/rt_polarity/tiny/dapt/full/seed1/metrics.json").read_text())
-    assert metrics["truncated"] == truncated and metrics["texts_shared_across_splits"] == stats["texts_shared_across_splits"]
+    assert (
+        metrics["truncated"] == truncated
+        and metrics["texts_shared_across_splits"] == stats["texts_shared_across_splits"]
+    )
     notes = (clean_run / "results/report/notes.md").read_text()
     row = f"| rt_polarity | {truncated['train']} | {truncated['validation']} | {truncated['test']} | test_in_train: 0"
     assert "Data caveats" in notes and row in notes

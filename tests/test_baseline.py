@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
-from conftest import REPO
-from dapt.finetune import tfidf_baseline as baseline
 from dapt.data.prepare import prepare_task
+from dapt.finetune import tfidf_baseline as baseline
 
 SCRIPT = REPO / "scripts" / "baseline.py"
 
@@ -27,8 +27,14 @@ SCRIPT = REPO / "scripts" / "baseline.py"
 def task_dir(tmp_path_factory) -> Path:
     """The tiny study's task (real RT-polarity sentences), prepared as the workflow prepares it."""
     out = tmp_path_factory.mktemp("task") / "rt_polarity"
-    spec = {"source": {"kind": "local", "path": str(REPO / "tests/data/rt_sample.csv"),
-                       "columns": {"text": "sentence", "label": "sentiment"}}, "carve": {"test": 100, "validation": 60}}
+    spec = {
+        "source": {
+            "kind": "local",
+            "path": str(REPO / "tests/data/rt_sample.csv"),
+            "columns": {"text": "sentence", "label": "sentiment"},
+        },
+        "carve": {"test": 100, "validation": 60},
+    }
     prepare_task(spec, "rt_polarity", out, split_seed=0)
     return out
 
@@ -45,8 +51,10 @@ def test_c_is_chosen_on_validation_and_scored_on_test(task_dir, metric):
     (xtr, ytr), (xva, yva), (xte, yte) = (_split(task_dir, s, labels) for s in ("train", "validation", "test"))
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(xtr)
     score = (lambda y, p: f1_score(y, p, average="macro")) if metric == "macro_f1" else accuracy_score
-    val = {c: score(yva, LogisticRegression(C=c, max_iter=2000).fit(vec.transform(xtr), ytr).predict(vec.transform(xva)))
-           for c in baseline.C_GRID}
+    val = {
+        c: score(yva, LogisticRegression(C=c, max_iter=2000).fit(vec.transform(xtr), ytr).predict(vec.transform(xva)))
+        for c in baseline.C_GRID
+    }
     best = max(baseline.C_GRID, key=lambda c: (val[c], -c))  # ties: the smaller C
     assert result["C"] == best
     assert result["validation"] == pytest.approx({f"{c:g}": v for c, v in val.items()})
@@ -66,10 +74,14 @@ def test_the_script_writes_metrics_and_refuses_bad_input_in_one_line(task_dir, t
     assert proc.returncode == 0, proc.stderr
     written = json.loads(out.read_text())
     assert written["task"] == "rt_polarity" and written["metric"] == "macro_f1" and "chosen C=" in proc.stdout
-    assert written == {**written, **{k: v for k, v in baseline.run_baseline(task_dir, "macro_f1").items()
-                                     if k != "seconds"}}  # deterministic
-    for bad, message in (([*args[:3], str(tmp_path / "nowhere"), *args[4:]], "labels.json"),
-                         ([*args, "--metric", "f2"], "unknown metric 'f2'")):
+    assert written == {
+        **written,
+        **{k: v for k, v in baseline.run_baseline(task_dir, "macro_f1").items() if k != "seconds"},
+    }  # deterministic
+    for bad, message in (
+        ([*args[:3], str(tmp_path / "nowhere"), *args[4:]], "labels.json"),
+        ([*args, "--metric", "f2"], "unknown metric 'f2'"),
+    ):
         proc = subprocess.run(bad, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1

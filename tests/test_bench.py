@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, tiny_config
 
-LAST_LINE = re.compile(r"^pretrain_speedup=(\d+\.\d\d) finetune_speedup=(\d+\.\d\d) eval_speedup=(\d+\.\d\d) "
-                       r"pretrain_mfu=(\d+\.\d\d) finetune_speedup_tuned=(\d+\.\d\d) eval_speedup_tuned=(\d+\.\d\d)$")
+LAST_LINE = re.compile(
+    r"^pretrain_speedup=(\d+\.\d\d) finetune_speedup=(\d+\.\d\d) eval_speedup=(\d+\.\d\d) "
+    r"pretrain_mfu=(\d+\.\d\d) finetune_speedup_tuned=(\d+\.\d\d) eval_speedup_tuned=(\d+\.\d\d)$"
+)
 IMPORTS_LINE = re.compile(r"^imports_cpu_s finetune_full=(\d+\.\d) evaluate=(\d+\.\d)$")
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "seed": 0}
 FT_EXAMPLES, FT_EPOCHS = 48, 2  # the tiny config's batch of 16: 3 steps an epoch, validation after each
@@ -29,11 +30,41 @@ def bench_run(tmp_path_factory) -> tuple[list[str], dict, Path]:
         for spec in config[section].values():
             spec["source"]["path"] = str(REPO / spec["source"]["path"])
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = [sys.executable, str(REPO / "bench" / "bench.py"), "--config", str(tmp_path / "study.yaml"),
-           "--random-init", json.dumps(TINY), "--precision", "fp32", "--pretrain-steps", "3", "--batch-size", "4",
-           "--seq-len", "32", "--max-docs", "10", "--ft-train-examples", str(FT_EXAMPLES), "--ft-epochs", str(FT_EPOCHS),
-           "--eval-repeats", "1", "--eval-blocks", "4", "--peak-n", "128", "--no-workflow", "--import-repeats", "1",
-           "--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "bench.json")]
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "bench.py"),
+        "--config",
+        str(tmp_path / "study.yaml"),
+        "--random-init",
+        json.dumps(TINY),
+        "--precision",
+        "fp32",
+        "--pretrain-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--max-docs",
+        "10",
+        "--ft-train-examples",
+        str(FT_EXAMPLES),
+        "--ft-epochs",
+        str(FT_EPOCHS),
+        "--eval-repeats",
+        "1",
+        "--eval-blocks",
+        "4",
+        "--peak-n",
+        "128",
+        "--no-workflow",
+        "--import-repeats",
+        "1",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--json",
+        str(tmp_path / "bench.json"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout.strip().splitlines(), json.loads((tmp_path / "bench.json").read_text()), tmp_path

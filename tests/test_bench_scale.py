@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pandas as pd
-
 from conftest import REPO
 
 IMDB_SAMPLE = REPO / "tests" / "data" / "imdb_sample.jsonl"
@@ -18,9 +17,26 @@ def test_bench_scale_smoke(tmp_path):
     corpus = tmp_path / "corpus.parquet"
     texts = pd.read_json(IMDB_SAMPLE, lines=True)["review"].str.strip()
     pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts}).to_parquet(corpus)
-    cmd = [sys.executable, str(REPO / "bench" / "bench_scale.py"), "--corpus", str(corpus), "--sizes", "0.1",
-           "--peer-sizes", "0.1", "--per-core-size", "0", "--threads", "1", "--pretrain-steps", "1",
-           "--block", "64", "--work", str(tmp_path / "work")]
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "bench_scale.py"),
+        "--corpus",
+        str(corpus),
+        "--sizes",
+        "0.1",
+        "--peer-sizes",
+        "0.1",
+        "--per-core-size",
+        "0",
+        "--threads",
+        "1",
+        "--pretrain-steps",
+        "1",
+        "--block",
+        "64",
+        "--work",
+        str(tmp_path / "work"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()

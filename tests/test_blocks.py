@@ -17,13 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import REPO, make_workdir, minilm_dir, run_snakemake, tiny_config
-from dapt.tokenize import blocks
-from dapt.data import prepare as data, readers as tables
+
 from dapt.core.errors import UserError
+from dapt.data import prepare as data
+from dapt.data import readers as tables
 from dapt.pretrain.mlm import apply_masking, mask_tokens, masking_draws
 from dapt.pretrain.pretraining import read_data
+from dapt.tokenize import blocks
 
 IMDB_SAMPLE = REPO / "tests" / "data" / "imdb_sample.jsonl"
 
@@ -115,12 +116,15 @@ def test_a_corpus_smaller_than_one_block_is_one_line_and_leaves_nothing(tmp_path
     assert not (tmp_path / "out").exists() and not leftovers(tmp_path / "out")
 
 
-@pytest.mark.parametrize("texts, shard, message", [
-    (["one document", "two"], (0, 3), "shard 1 of 3 has no documents: the corpus has 2 (lower corpora"),
-    (["some text", "", ""], (1, 2), "shard 2 of 2 has no text (rows 1-2 are empty)"),
-    (["some text", None], (0, 1), "text: row 1 has no text (null)"),
-    ([], (0, 1), "has no documents: the corpus has 0"),
-])
+@pytest.mark.parametrize(
+    "texts, shard, message",
+    [
+        (["one document", "two"], (0, 3), "shard 1 of 3 has no documents: the corpus has 2 (lower corpora"),
+        (["some text", "", ""], (1, 2), "shard 2 of 2 has no text (rows 1-2 are empty)"),
+        (["some text", None], (0, 1), "text: row 1 has no text (null)"),
+        ([], (0, 1), "has no documents: the corpus has 0"),
+    ],
+)
 def test_a_shard_without_text_is_one_line(tmp_path, texts, shard, message):
     corpus = write_texts(tmp_path / "c.parquet", texts)
     with pytest.raises(UserError) as info:
@@ -172,8 +176,13 @@ def test_a_real_full_filesystem(texts, tmp_path):
     """A 16 KiB tmpfs (root only): the 2-byte tokens of 60 reviews (51 KB) do not fit."""
     mount = tmp_path / "small"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         corpus = write_texts(tmp_path / "corpus.parquet", texts)
@@ -243,7 +252,9 @@ def test_each_rank_masks_its_own_rows_as_the_whole_batch_would(tokenizer, texts,
     mlm = read_data(str(tmp_path / "b"), tokenizer)
     idx = torch.randperm(len(mlm.blocks), generator=torch.Generator().manual_seed(0))[:10]
     ids, special = mlm.rows(idx)
-    assert ids.dtype == torch.long and torch.equal(ids, torch.from_numpy(np.asarray(mlm.blocks)[idx.numpy()].astype(np.int64)))
+    assert ids.dtype == torch.long and torch.equal(
+        ids, torch.from_numpy(np.asarray(mlm.blocks)[idx.numpy()].astype(np.int64))
+    )
     whole = mask_tokens(ids, special, 0.15, mlm.mask_id, mlm.vocab_size, torch.Generator().manual_seed(5))
     draws = masking_draws(ids.shape, mlm.vocab_size, torch.Generator().manual_seed(5))
     for rank in range(3):  # three ranks, each with every third row
@@ -275,8 +286,25 @@ def test_corpus_shards_in_the_workflow_give_the_blocks_of_one_job(tmp_path):
 
 
 def test_the_tokenize_script_names_a_bad_shard_argument(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "tokenize_data.py"), "--model", minilm_dir(),
-                           "--max-length", "64", "--texts", "x.parquet", "--shard", "4/3", "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "tokenize_data.py"),
+            "--model",
+            minilm_dir(),
+            "--max-length",
+            "64",
+            "--texts",
+            "x.parquet",
+            "--shard",
+            "4/3",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
-        "error: --shard: '4/3' is not K/N with 1 <= K <= N")
+        "error: --shard: '4/3' is not K/N with 1 <= K <= N"
+    )

@@ -1,4 +1,5 @@
-"""Tests of dapt.data.prepare and its parts (sources, archives, tables, splits): every source kind and format, carving, and every error the user can cause."""
+"""Tests of dapt.data.prepare and its parts (sources, archives, readers, splits): every source kind and format,
+carving, and every error the user can cause."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from dapt.data import prepare as data, sources, splits, readers as tables
-
 from dapt.core import redact
 from dapt.core.errors import UserError
+from dapt.data import prepare as data
+from dapt.data import readers as tables
+from dapt.data import sources, splits
 
 REPO = Path(__file__).resolve().parents[1]
 RT_SAMPLE = REPO / "tests" / "data" / "rt_sample.csv"

@@ -34,9 +34,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import REPO, tiny_config
+from safetensors.torch import load_file, save_file
 
 LOSS_RTOL = 1e-4
 WEIGHT_RTOL, WEIGHT_ATOL = 1e-5, 1e-6  # |w_2 - w_1| <= WEIGHT_ATOL + WEIGHT_RTOL * |w_1|, weight by weight
@@ -54,9 +53,9 @@ def inputs(tmp_path_factory) -> dict:
     pretraining has no MLM head, so pretraining starts by training the new head alone (the encoder
     frozen: DDP must cope with parameters that get no gradient).
     """
-    from dapt.study import config as study
-    from dapt.data.prepare import prepare_corpus, prepare_task
     from dapt.data.model_store import prepare_model
+    from dapt.data.prepare import prepare_corpus, prepare_task
+    from dapt.study import config as study
     from dapt.tokenize.blocks import tokenize_corpus
     from dapt.tokenize.tasks import tokenize_task_dir
 
@@ -73,8 +72,11 @@ def inputs(tmp_path_factory) -> dict:
     (root / "model" / "config.json").write_text(json.dumps(model_config))
     shutil.copytree(root / "model", root / "headless")
     weights = load_file(str(root / "model" / "model.safetensors"))
-    save_file({k: v for k, v in weights.items() if not k.startswith("cls.")},
-              str(root / "headless" / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if not k.startswith("cls.")},
+        str(root / "headless" / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     prepare_task(config["tasks"]["rt_polarity"], "rt_polarity", root / "task", 0, cache)
     tokenize_task_dir(str(root / "task"), str(root / "model"), 48, str(root / "tokenized"))
     prepare_corpus(config["corpora"]["imdb"], "imdb", root / "imdb.parquet", cache)
@@ -88,13 +90,30 @@ def inputs(tmp_path_factory) -> dict:
 
 def run_script(script: str, out: Path, gpus: int, args: list[str]) -> str:
     """Run a training script like the workflow does; returns its log (stdout + stderr)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "LOCAL_RANK", "RANK", "WORLD_SIZE")
+    }
     # no GPU ids at all, even on a GPU machine; 2 "GPUs" become 2 gloo processes on CPU
     env.update(DAPT_GPU_IDS="", DAPT_FORCE_CPU_DDP="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(REPO / "scripts" / script), *args, "--seed", "1", "--gpus", str(gpus),
-           "--threads", "1", "--precision", "fp32", "--checkpoints", str(out.parent / f"{out.name}.ckpt"),
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / script),
+        *args,
+        "--seed",
+        "1",
+        "--gpus",
+        str(gpus),
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+        "--checkpoints",
+        str(out.parent / f"{out.name}.ckpt"),
+        "--out",
+        str(out),
+    ]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     log = proc.stdout + proc.stderr
@@ -127,8 +146,16 @@ def test_a_diverging_two_process_run_stops_on_every_rank_and_is_recorded(inputs)
     """Each rank checks the step's all-reduced loss, so all stop at the same step (a rank that stopped
     alone would leave the others waiting in the gradient all-reduce); rank 0 records the failed run."""
     root = inputs["root"]
-    args = ["--base", str(root / "model"), "--tokenized", str(root / "tokenized"),
-            "--params", json.dumps({**inputs["finetune"], "lr": 1e6}), "--on-divergence", "record"]
+    args = [
+        "--base",
+        str(root / "model"),
+        "--tokenized",
+        str(root / "tokenized"),
+        "--params",
+        json.dumps({**inputs["finetune"], "lr": 1e6}),
+        "--on-divergence",
+        "record",
+    ]
     log = run_script("finetune.py", root / "ft_nan", 2, args)
     train = json.loads((root / "ft_nan" / "train.json").read_text())
     assert train["status"] == "diverged" and train["diverged_step"] >= 1
@@ -138,12 +165,18 @@ def test_a_diverging_two_process_run_stops_on_every_rank_and_is_recorded(inputs)
 
 def test_finetune_two_processes_match_one(inputs):
     root = inputs["root"]
-    args = ["--base", str(root / "model"), "--tokenized", str(root / "tokenized"),
-            "--params", json.dumps(inputs["finetune"])]
+    args = [
+        "--base",
+        str(root / "model"),
+        "--tokenized",
+        str(root / "tokenized"),
+        "--params",
+        json.dumps(inputs["finetune"]),
+    ]
     log1 = run_script("finetune.py", root / "ft1", 1, args)
     log2 = run_script("finetune.py", root / "ft2", 2, args)
     check_only_rank0_wrote(root / "ft2", log2, {"model", "log.csv", "train.json"})
-    assert "world_size\": 2" in log2 and "world_size\": 1" in log1
+    assert 'world_size": 2' in log2 and 'world_size": 1' in log1
     assert log2.count("epoch 1 step") == 1  # progress is printed by rank 0 only
 
     one, two = (pd.read_csv(root / d / "log.csv") for d in ("ft1", "ft2"))
@@ -166,8 +199,16 @@ def test_finetune_two_processes_match_one(inputs):
 
 def test_pretrain_two_processes_match_one(inputs):
     root = inputs["root"]
-    args = ["--parent", str(root / "headless"), "--blocks", str(root / "blocks"), "--stage", "dapt-imdb",
-            "--params", json.dumps(inputs["mlm"])]
+    args = [
+        "--parent",
+        str(root / "headless"),
+        "--blocks",
+        str(root / "blocks"),
+        "--stage",
+        "dapt-imdb",
+        "--params",
+        json.dumps(inputs["mlm"]),
+    ]
     run_script("pretrain.py", root / "pt1", 1, args)
     log2 = run_script("pretrain.py", root / "pt2", 2, args)
     check_only_rank0_wrote(root / "pt2", log2, {"model", "loss.csv", "summary.json"})
@@ -176,8 +217,11 @@ def test_pretrain_two_processes_match_one(inputs):
 
     one, two = (pd.read_csv(root / d / "loss.csv") for d in ("pt1", "pt2"))
     diff = (two["loss"] - one["loss"]).abs() / one["loss"]
-    print(pd.DataFrame({"step": one["step"], "loss 1 process": one["loss"], "loss 2 processes": two["loss"],
-                        "rel diff": diff}).to_string())
+    print(
+        pd.DataFrame(
+            {"step": one["step"], "loss 1 process": one["loss"], "loss 2 processes": two["loss"], "rel diff": diff}
+        ).to_string()
+    )
     assert len(one) == len(two) == inputs["mlm"]["max_steps"]
     assert list(two["tokens"]) == list(one["tokens"])  # the global batch, counted once
     assert two["lr"].to_numpy() == pytest.approx(one["lr"].to_numpy(), rel=1e-6)

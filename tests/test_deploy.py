@@ -8,6 +8,7 @@ epochs on 48 sentences (the export must reproduce whatever the run learned, not 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +17,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import REPO, minilm_dir, rt_examples, write_tokenized_task
 
 LABELS = ["neg", "pos"]
-TRAIN = {"epochs": 2, "batch_size": 16, "eval_batch_size": 64, "grad_accum": 1, "weight_decay": 0.0,
-         "warmup_ratio": 0.0, "patience": 100, "max_grad_norm": 1.0, "save_steps": 1000,
-         "metric": "macro_f1", "max_length": 48}
+TRAIN = {
+    "epochs": 2,
+    "batch_size": 16,
+    "eval_batch_size": 64,
+    "grad_accum": 1,
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "patience": 100,
+    "max_grad_norm": 1.0,
+    "save_steps": 1000,
+    "metric": "macro_f1",
+    "max_length": 48,
+}
 METHODS = {
     "full": {"lr": 3e-3},
     "head": {"lr": 3e-2},
@@ -47,17 +57,26 @@ def task(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     tok = load_tokenizer(minilm_dir())
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, initializer_range=0.2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     mlm = BertForMaskedLM(config)
     mlm.config.initializer_range = 0.02
     base = root / "base"
     mlm.save_pretrained(base)
     tok.save_pretrained(base)
     df = rt_examples()
-    tokenized = write_tokenized_task(root, {"train": df[:48], "validation": df[48:80], "test": df[80:140]},
-                                     LABELS, base, 48)
+    tokenized = write_tokenized_task(
+        root, {"train": df[:48], "validation": df[48:80], "test": df[80:140]}, LABELS, base, 48
+    )
     return base, root / "task", tokenized
 
 
@@ -79,8 +98,17 @@ def runs(task, tmp_path_factory):
             params["kind"] = params.get("kind", name)
             out = tmp_path_factory.mktemp(name) / "run"
             ft.finetune(str(base), str(tokenized), str(out), str(out.parent / "ckpt"), params, 1, runtime)
-            evaluate_run(str(out / "model"), str(base), str(tokenized), str(out / "train.json"),
-                         str(out / "metrics.json"), str(out / "predictions.csv"), runtime, {}, 64)
+            evaluate_run(
+                str(out / "model"),
+                str(base),
+                str(tokenized),
+                str(out / "train.json"),
+                str(out / "metrics.json"),
+                str(out / "predictions.csv"),
+                runtime,
+                {},
+                64,
+            )
             cache[name] = out
         return cache[name]
 
@@ -128,9 +156,11 @@ def plain_outputs(task, exported, tmp_path_factory):
         "    rows = clf(job['texts'], truncation=True, max_length=48)\n"
         "    out[name] = [{d['label']: d['score'] for d in row} for row in rows]\n"
         "assert not any(m == 'dapt' or m.startswith('dapt.') for m in sys.modules)\n"
-        "print(json.dumps(out))\n")
-    res = subprocess.run([sys.executable, "-c", code, str(work / "job.json")], capture_output=True, text=True,
-                         cwd=str(work), timeout=300)
+        "print(json.dumps(out))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(work / "job.json")], capture_output=True, text=True, cwd=str(work), timeout=300
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return {k: pd.DataFrame(v) for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items()}
 
@@ -156,8 +186,8 @@ def json_of(path):
 
 @pytest.mark.parametrize("name", ["prefix", "prompt"])
 def test_prompt_methods_refused_in_one_line(name, task, runs, tmp_path):
-    from dapt.deploy.export import export_run
     from dapt.core.errors import UserError
+    from dapt.deploy.export import export_run
 
     with pytest.raises(UserError, match=f"method {name}: cannot be exported") as err:
         export_run(str(runs(name) / "model"), str(task[0]), LABELS, tmp_path / "hf")
@@ -191,8 +221,14 @@ def test_onnx_and_int8_match_pytorch(name, task, exported, tmp_path):
 
 
 def _predict(args, stdin=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dapt.deploy.predict", *args], input=stdin, capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "dapt.deploy.predict", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
 
 
 def test_predict_cli(task, exported, tmp_path):
@@ -208,8 +244,18 @@ def test_predict_cli(task, exported, tmp_path):
     np.testing.assert_allclose(out[["p_neg", "p_pos"]].sum(axis=1), 1.0, atol=1e-5)
     onnx = export_onnx(folder, tmp_path / "onnx")
     pd.DataFrame({"review": texts}).to_csv(tmp_path / "in.csv", index=False)
-    res = _predict(["--model", str(onnx), "--input", str(tmp_path / "in.csv"), "--column", "review",
-                    "--output", str(tmp_path / "out.csv")])
+    res = _predict(
+        [
+            "--model",
+            str(onnx),
+            "--input",
+            str(tmp_path / "in.csv"),
+            "--column",
+            "review",
+            "--output",
+            str(tmp_path / "out.csv"),
+        ]
+    )
     assert res.returncode == 0, res.stderr
     via_onnx = pd.read_csv(tmp_path / "out.csv")
     assert (via_onnx["label"] == out["label"]).all()
@@ -232,7 +278,9 @@ def test_bad_inputs(task, runs, exported, tmp_path):
 
     folder = exported("full")
     (tmp_path / "empty.txt").write_text("\n  \n")
-    res = _predict(["--model", str(folder), "--input", str(tmp_path / "empty.txt"), "--output", str(tmp_path / "o.csv")])
+    res = _predict(
+        ["--model", str(folder), "--input", str(tmp_path / "empty.txt"), "--output", str(tmp_path / "o.csv")]
+    )
     _one_line_error(res, "empty.txt", "no texts")
     assert not (tmp_path / "o.csv").exists()
 
@@ -252,18 +300,67 @@ def test_bad_inputs(task, runs, exported, tmp_path):
     not_run = tmp_path / "never" / "model"
     not_run.mkdir(parents=True)
     common = ["--tokenized", str(task[2]), "--formats", "pytorch,onnx,onnx_int8"]
-    res = subprocess.run([sys.executable, script, "--candidates", f'[{{"artifact": "{not_run}", "train_json": "{not_run.parent}/train.json", "base": "{task[0]}", "run": {{}}}}]',
-                          "--out", str(tmp_path / "dep1"), *common], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--candidates",
+            json.dumps(
+                [
+                    {
+                        "artifact": f"{not_run}",
+                        "train_json": f"{not_run.parent}/train.json",
+                        "base": str(task[0]),
+                        "run": {},
+                    }
+                ]
+            ),
+            "--out",
+            str(tmp_path / "dep1"),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     _one_line_error(res, "not a fine-tuned run")
     assert not (tmp_path / "dep1").exists()
     prefix = runs("prefix")
-    res = subprocess.run([sys.executable, script, "--candidates", f'[{{"artifact": "{prefix}/model", "train_json": "{prefix}/train.json", "base": "{task[0]}", "run": {{}}}}]',
-                          "--out", str(tmp_path / "dep2"), *common], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--candidates",
+            json.dumps(
+                [{"artifact": f"{prefix}/model", "train_json": f"{prefix}/train.json", "base": str(task[0]), "run": {}}]
+            ),
+            "--out",
+            str(tmp_path / "dep2"),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     _one_line_error(res, "method prefix", "cannot be exported")
     assert not (tmp_path / "dep2").exists()
     lora = runs("lora")
-    res = subprocess.run([sys.executable, script, "--candidates", f'[{{"artifact": "{lora}/model", "train_json": "{lora}/train.json", "base": "{task[0]}", "run": {{}}}}]',
-                          "--out", str(tmp_path / "dep3"), "--opset", "40", *common], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--candidates",
+            f'[{{"artifact": "{lora}/model", "train_json": "{lora}/train.json", "base": "{task[0]}", "run": {{}}}}]',
+            "--out",
+            str(tmp_path / "dep3"),
+            "--opset",
+            "40",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     _one_line_error(res, "deploy.opset: 40")
     assert not (tmp_path / "dep3").exists()
 
@@ -284,14 +381,20 @@ def test_workflow_deploys_the_best_run_per_method(tmp_path):
     config["deploy"] = {"latency_texts": 5, "threads": 1}
     workdir = make_workdir(tmp_path / "study", config)
     proc = run_snakemake(workdir, "-n")  # with a deploy: block, the default target includes the stage
-    assert proc.returncode == 0 and "deploy_report" in proc.stdout and "deploy_measure" in proc.stdout, proc.stdout[-3000:]
+    assert proc.returncode == 0 and "deploy_report" in proc.stdout and "deploy_measure" in proc.stdout, proc.stdout[
+        -3000:
+    ]
     proc = run_snakemake(workdir, "deploy")
     assert proc.returncode == 0, proc.stderr[-5000:]
     for method in ("lora",):
         export = workdir / "results" / "deploy" / "rt_polarity" / method
         info = json.loads((export / "export" / "deploy.json").read_text())
-        scores = {s: json.loads((workdir / f"results/finetune/rt_polarity/tiny/base/{method}/seed{s}/train.json").read_text())
-                  ["best_validation"] for s in (1, 2)}
+        scores = {
+            s: json.loads(
+                (workdir / f"results/finetune/rt_polarity/tiny/base/{method}/seed{s}/train.json").read_text()
+            )["best_validation"]
+            for s in (1, 2)
+        }
         assert info["validation_score"] == max(scores.values()) and info["run"]["seed"] == max(scores, key=scores.get)
         rows = json.loads((export / "measure.json").read_text())["rows"]
         assert [r["format"] for r in rows] == ["pytorch", "onnx", "onnx_int8"]

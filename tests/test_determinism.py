@@ -11,9 +11,16 @@ import re
 
 import torch
 import yaml
-
-from conftest import (EVALUATE, FINETUNE, PRETRAIN, RELIABILITY_TARGETS, assert_same_results, copy_prepared,
-                      reliability_config, run_snakemake)
+from conftest import (
+    EVALUATE,
+    FINETUNE,
+    PRETRAIN,
+    RELIABILITY_TARGETS,
+    assert_same_results,
+    copy_prepared,
+    reliability_config,
+    run_snakemake,
+)
 
 
 def test_two_runs_same_seed_identical_results(clean_run, reliability_inputs, tmp_path):
@@ -32,8 +39,7 @@ def test_deterministic_option_reaches_every_training_command(clean_run, tmp_path
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
     proc = run_snakemake(tmp_path, "-n", "--printshellcmds", *RELIABILITY_TARGETS)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    commands = re.findall(r"python \S+/scripts/(pretrain|finetune|evaluate)\.py (.*)$", proc.stdout + proc.stderr,
-                          re.M)
+    commands = re.findall(r"python \S+/scripts/(pretrain|finetune|evaluate)\.py (.*)$", proc.stdout + proc.stderr, re.M)
     assert sorted(script for script, _ in commands) == ["evaluate", "finetune", "pretrain"]
     assert all("--deterministic" in args.split() for _, args in commands)
     # off by default, and the jobs record what torch ran with

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from dapt.runtime import devices, distributed
 from dapt.core.errors import UserError
+from dapt.runtime import devices, distributed
+
+ROOT = Path(__file__).resolve().parents[1]
 
 JOB = ROOT / "tests" / "helpers" / "device_job.py"
 _ENV_VARS = (
@@ -204,21 +204,16 @@ def test_distributed_child_claims_nothing(tmp_path, monkeypatch):
 def test_claiming_does_not_load_torch(tmp_path):
     """torch must not be imported before CUDA_VISIBLE_DEVICES is final."""
     code = (
-        "import sys; from dapt import devices, distributed; devices.claim_devices(1); "
+        "import sys; from dapt.runtime import devices, distributed; devices.claim_devices(1); "
         "distributed.maybe_relaunch_distributed(1, sys.argv); assert 'torch' not in sys.modules"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code], env=job_env(tmp_path, "0"), capture_output=True, text=True
-    )
+    run = subprocess.run([sys.executable, "-c", code], env=job_env(tmp_path, "0"), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "claimed GPU(s) 0" in run.stderr
 
 
 def test_nvidia_smi_listing_is_parsed():
-    plain = (
-        "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1111)\n"
-        "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2222)\n"
-    )
+    plain = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1111)\nGPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2222)\n"
     assert devices._parse_nvidia_smi(plain) == ["0", "1"]
     mig = (
         "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-1111)\n"
@@ -257,9 +252,7 @@ def test_two_gloo_ranks_on_cpu(tmp_path):
         timeout=180,
     )
     assert run.returncode == 0, run.stderr
-    ranks = sorted(
-        (json.loads(p.read_text()) for p in tmp_path.glob("rank-*.json")), key=lambda r: r["rank"]
-    )
+    ranks = sorted((json.loads(p.read_text()) for p in tmp_path.glob("rank-*.json")), key=lambda r: r["rank"])
     assert [r["rank"] for r in ranks] == [0, 1]
     for r in ranks:
         assert r["world_size"] == 2 and r["joined"] is True and r["device"] == "cpu"
@@ -283,7 +276,7 @@ def test_failing_rank_fails_the_job(tmp_path):
 def test_sigterm_is_forwarded_to_the_launched_processes(tmp_path):
     marker = tmp_path / "got-sigterm"
     child = [sys.executable, str(JOB), "sleep", str(marker)]
-    code = f"import sys; from dapt import distributed; sys.exit(distributed._run_forwarding_signals({child!r}))"
+    code = f"import sys; from dapt.runtime import distributed; sys.exit(distributed._run_forwarding_signals({child!r}))"
     parent = subprocess.Popen(
         [sys.executable, "-c", code],
         env=job_env(tmp_path, ""),

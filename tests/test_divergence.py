@@ -1,8 +1,8 @@
 """A fine-tuning run whose loss stops being finite (a sweep's too-large learning rate): with
 `on_divergence: record` (the default) it is written down as a failed run that evaluation, deploy
 and the report name, so the rest of the study still runs to its report; with `fail` the job fails
-with one line. Real divergence: a tiny BERT at lr 1e6 (NaN at its second step: the first one's update). A run missing for
-another reason (a crashed job) is listed by the partial report, rule `report_available`."""
+with one line. Real divergence: a tiny BERT at lr 1e6 (NaN at its second step: the first one's update). A run
+missing for another reason (a crashed job) is listed by the partial report, rule `report_available`."""
 
 from __future__ import annotations
 
@@ -11,13 +11,33 @@ import json
 import pandas as pd
 import pytest
 import torch
-
-from conftest import REPO, make_workdir, minilm_dir, rt_examples, run_snakemake, tiny_base, tiny_config, write_tokenized_task
+from conftest import (
+    REPO,
+    make_workdir,
+    minilm_dir,
+    rt_examples,
+    run_snakemake,
+    tiny_base,
+    tiny_config,
+    write_tokenized_task,
+)
 from test_sweeps import SWEEP_CONFIG, _report, make_sweep_study
 
-TRAIN = {"epochs": 2, "batch_size": 8, "eval_batch_size": 32, "grad_accum": 1, "lr": 1e6, "weight_decay": 0.0,
-         "warmup_ratio": 0.0, "patience": 10, "max_grad_norm": 1.0, "save_steps": 2, "metric": "macro_f1",
-         "max_length": 48, "kind": "full"}
+TRAIN = {
+    "epochs": 2,
+    "batch_size": 8,
+    "eval_batch_size": 32,
+    "grad_accum": 1,
+    "lr": 1e6,
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "patience": 10,
+    "max_grad_norm": 1.0,
+    "save_steps": 2,
+    "metric": "macro_f1",
+    "max_length": 48,
+    "kind": "full",
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +48,9 @@ def tiny_task(tmp_path_factory):
     root = tmp_path_factory.mktemp("diverge")
     base = tiny_base(root, load_tokenizer(minilm_dir()))
     df = rt_examples()
-    tokenized = write_tokenized_task(root, {"train": df[:32], "validation": df[32:64], "test": df[64:124]},
-                                     ["neg", "pos"], base, 48)
+    tokenized = write_tokenized_task(
+        root, {"train": df[:32], "validation": df[32:64], "test": df[64:124]}, ["neg", "pos"], base, 48
+    )
     torch.set_num_threads(1)
     return base, tokenized, setup_runtime(0, "fp32", threads=1)
 
@@ -51,11 +72,24 @@ def test_a_diverged_run_is_recorded_evaluated_as_failed_and_never_deployed(tiny_
     assert not ckpt.exists() or not any(ckpt.iterdir())
     context = {"task": "t", "model": "m", "variant": "base", "method": "full", "seed": 1}
     metrics, preds, robust = tmp_path / "metrics.json", tmp_path / "predictions.csv", tmp_path / "robustness.json"
-    result = evaluate_run(str(out / "model"), str(base), str(tokenized), str(out / "train.json"), str(metrics),
-                          str(preds), runtime, context, 32, {}, str(robust))
+    result = evaluate_run(
+        str(out / "model"),
+        str(base),
+        str(tokenized),
+        str(out / "train.json"),
+        str(metrics),
+        str(preds),
+        runtime,
+        context,
+        32,
+        {},
+        str(robust),
+    )
     assert result["status"] == "diverged" and "accuracy" not in result
     assert json.loads(metrics.read_text())["error"] == summary["error"]
-    assert list(pd.read_csv(preds).columns) == ["id", "gold", "predicted", "p_neg", "p_pos"] and pd.read_csv(preds).empty
+    assert (
+        list(pd.read_csv(preds).columns) == ["id", "gold", "predicted", "p_neg", "p_pos"] and pd.read_csv(preds).empty
+    )
     # deploy skips it: a healthy candidate after it is chosen, and a method whose every run diverged is one line
     spec = importlib.util.spec_from_file_location("deploy_export", REPO / "scripts" / "deploy_export.py")
     deploy = importlib.util.module_from_spec(spec)
@@ -94,8 +128,16 @@ def test_a_healthy_run_is_unchanged_by_the_setting(tiny_task, tmp_path):
     runs = []
     for mode in ("record", "fail"):
         out = tmp_path / mode
-        summary = finetune(str(base), str(tokenized), str(out), str(tmp_path / f"ckpt-{mode}"), {**TRAIN, "lr": 1e-3},
-                           1, runtime, on_divergence=mode)
+        summary = finetune(
+            str(base),
+            str(tokenized),
+            str(out),
+            str(tmp_path / f"ckpt-{mode}"),
+            {**TRAIN, "lr": 1e-3},
+            1,
+            runtime,
+            on_divergence=mode,
+        )
         assert "status" not in summary
         runs.append(((out / "log.csv").read_text(), load_file(str(out / "model" / "model.safetensors"))))
     assert runs[0][0] == runs[1][0]
@@ -107,8 +149,17 @@ def _diverge(root, run: dict) -> None:
     from dapt.study import layout
 
     path = root / "results" / "evaluate" / layout.run_key(run) / "metrics.json"
-    path.write_text(json.dumps({**run, "status": "diverged", "error": "finetune: loss is nan at step 7: training diverged",
-                                "diverged_step": 7, "labels": ["neg", "pos"]}))
+    path.write_text(
+        json.dumps(
+            {
+                **run,
+                "status": "diverged",
+                "error": "finetune: loss is nan at step 7: training diverged",
+                "diverged_step": 7,
+                "labels": ["neg", "pos"],
+            }
+        )
+    )
     pd.read_csv(path.parent / "predictions.csv").iloc[:0].to_csv(path.parent / "predictions.csv", index=False)
 
 

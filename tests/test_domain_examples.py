@@ -20,8 +20,17 @@ from dapt.study import config as study
 
 EXAMPLES = ["config/examples/medical.yaml", "config/examples/finance.yaml", "config/examples/education.yaml"]
 # every step of a study, from the downloads (prepare_*) to the report
-RULES = ["prepare_model", "prepare_corpus", "prepare_task", "tokenize_corpus", "tokenize_task", "pretrain",
-         "finetune", "evaluate", "report"]
+RULES = [
+    "prepare_model",
+    "prepare_corpus",
+    "prepare_task",
+    "tokenize_corpus",
+    "tokenize_task",
+    "pretrain",
+    "finetune",
+    "evaluate",
+    "report",
+]
 
 
 def _sources(config: dict) -> list[tuple[str, dict]]:
@@ -45,8 +54,11 @@ def _unpinned(config: dict) -> list[str]:
         if source["kind"] == "hf":
             pinned = "/" in source["id"] and commit.fullmatch(str(source.get("revision", "")))
         else:
-            pinned = (source["kind"] == "url" and digest.fullmatch(str(source.get("sha256", "")))
-                      and hub_file.fullmatch(source["url"]))
+            pinned = (
+                source["kind"] == "url"
+                and digest.fullmatch(str(source.get("sha256", "")))
+                and hub_file.fullmatch(source["url"])
+            )
         if not pinned:
             bad.append(where)
     return bad
@@ -72,10 +84,17 @@ def _expected_jobs(config: dict) -> dict[str, int]:
     prefixes = {tuple(c[: i + 1]) for c in chains for i in range(len(c))}
     stages = {s for c in chains for s in c}
     n_models = len(config["models"])
-    return {"finetune": runs, "evaluate": runs, "pretrain": len(prefixes) * n_models,
-            "tokenize_corpus": len(stages) * n_models, "tokenize_task": len(config["tasks"]) * n_models,
-            "prepare_model": n_models, "prepare_task": len(config["tasks"]),
-            "prepare_corpus": len({spec["domain"] for spec in config["tasks"].values()}), "report": 1}
+    return {
+        "finetune": runs,
+        "evaluate": runs,
+        "pretrain": len(prefixes) * n_models,
+        "tokenize_corpus": len(stages) * n_models,
+        "tokenize_task": len(config["tasks"]) * n_models,
+        "prepare_model": n_models,
+        "prepare_task": len(config["tasks"]),
+        "prepare_corpus": len({spec["domain"] for spec in config["tasks"].values()}),
+        "report": 1,
+    }
 
 
 @pytest.mark.parametrize("path", EXAMPLES)
@@ -123,9 +142,23 @@ def test_domain_example_dry_run_plans_every_step(path, tmp_path):
     """`snakemake -n` plans downloads, tokenization, pretraining, fine-tuning, evaluation and the
     report, with the job counts the config implies (not numbers written here)."""
     config = study.read_yaml(REPO / path)
-    proc = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-                           "--configfile", str(REPO / path), "--cores", "1", "-n"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            *SNAKEMAKE,
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(REPO / path),
+            "--cores",
+            "1",
+            "-n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     plan = proc.stdout + proc.stderr
     assert proc.returncode == 0, plan[-3000:]
     stats = plan.split("Job stats:")[-1]

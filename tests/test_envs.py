@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import yaml
-
 from conftest import REPO
 
 
@@ -31,7 +30,9 @@ def test_every_env_parses_and_agrees_with_the_pip_pins():
         pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
         for req in pip:
             name, version = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", req).groups()
-            assert pins.get(name.lower()) == version, f"{env.name}: {req} but requirements.txt pins {pins.get(name.lower())}"
+            assert pins.get(name.lower()) == version, (
+                f"{env.name}: {req} but requirements.txt pins {pins.get(name.lower())}"
+            )
 
 
 def test_every_rule_names_an_existing_env():

@@ -24,18 +24,29 @@ from dapt.core.errors import UserError
 LABELS = ["neg", "pos"]
 WINDOWS = {"strategy": "windows", "stride": 16, "pool": "mean", "max_windows": 4}
 TASKS = {"windows": (32, WINDOWS), "head": (48, None)}  # name -> (max_length, long_text)
-TRAIN = {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "grad_accum": 1, "lr": 1e-3, "weight_decay": 0.0,
-         "warmup_ratio": 0.0, "patience": 5, "max_grad_norm": 1.0, "save_steps": 1000, "kind": "full",
-         "metric": "macro_f1"}
+TRAIN = {
+    "epochs": 2,
+    "batch_size": 8,
+    "eval_batch_size": 16,
+    "grad_accum": 1,
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "patience": 5,
+    "max_grad_norm": 1.0,
+    "save_steps": 1000,
+    "kind": "full",
+    "metric": "macro_f1",
+}
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> dict:
     """name -> {tokenized, run, export}: each task tokenized, fine-tuned, evaluated and exported."""
     import dapt.finetune.fine_tuning as ft
+    from dapt.data.model_store import load_tokenizer
     from dapt.deploy.export import export_run
     from dapt.finetune.evaluation import evaluate_run
-    from dapt.data.model_store import load_tokenizer
     from dapt.runtime.context import setup_runtime
 
     root = tmp_path_factory.mktemp("export_longtext")
@@ -47,15 +58,39 @@ def study(tmp_path_factory) -> dict:
     out = {}
     for name, (length, long_text) in TASKS.items():
         (root / name).mkdir()
-        tokenized = write_tokenized_task(root / name, {"train": docs[:24], "validation": docs[24:32], "test": docs[32:44]},
-                                         LABELS, base, length, "tasks.reviews.max_length", long_text)
+        tokenized = write_tokenized_task(
+            root / name,
+            {"train": docs[:24], "validation": docs[24:32], "test": docs[32:44]},
+            LABELS,
+            base,
+            length,
+            "tasks.reviews.max_length",
+            long_text,
+        )
         run = root / name / "run"
-        ft.finetune(str(base), str(tokenized), str(run), str(root / name / "ckpt"), {**TRAIN, "max_length": length}, 1, runtime)
-        evaluate_run(str(run / "model"), str(base), str(tokenized), str(run / "train.json"), str(run / "metrics.json"),
-                     str(run / "predictions.csv"), runtime, {}, 16)
-        export_run(str(run / "model"), str(base), LABELS, root / name / "export", {"method": "full"}, tokenized_dir=tokenized)
-        out[name] = {"tokenized": tokenized, "run": run, "export": root / name / "export",
-                     "texts": pd.read_parquet(root / name / "task" / "test.parquet")}
+        ft.finetune(
+            str(base), str(tokenized), str(run), str(root / name / "ckpt"), {**TRAIN, "max_length": length}, 1, runtime
+        )
+        evaluate_run(
+            str(run / "model"),
+            str(base),
+            str(tokenized),
+            str(run / "train.json"),
+            str(run / "metrics.json"),
+            str(run / "predictions.csv"),
+            runtime,
+            {},
+            16,
+        )
+        export_run(
+            str(run / "model"), str(base), LABELS, root / name / "export", {"method": "full"}, tokenized_dir=tokenized
+        )
+        out[name] = {
+            "tokenized": tokenized,
+            "run": run,
+            "export": root / name / "export",
+            "texts": pd.read_parquet(root / name / "task" / "test.parquet"),
+        }
     return out
 
 
@@ -80,8 +115,19 @@ def _predict(capsys, tmp_path, model: Path, texts: list[str], *flags: str) -> tu
 
     pd.DataFrame({"text": texts}).to_csv(tmp_path / "in.csv", index=False)
     capsys.readouterr()
-    main(["--model", str(model), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv"),
-          "--threads", "1", *flags])
+    main(
+        [
+            "--model",
+            str(model),
+            "--input",
+            str(tmp_path / "in.csv"),
+            "--output",
+            str(tmp_path / "out.csv"),
+            "--threads",
+            "1",
+            *flags,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     return pd.read_csv(tmp_path / "out.csv"), err[-1] if err else ""
 
@@ -122,9 +168,11 @@ def test_explicit_flags_win_over_the_record(study, capsys, tmp_path):
     folder = study["windows"]["export"]
     texts = study["windows"]["texts"]["text"].tolist()[:4]
     default, _ = _predict(capsys, tmp_path, folder, texts)
-    for flags, max_length, settings in ((["--stride", "8", "--pool", "max"], 32, {**WINDOWS, "stride": 8, "pool": "max"}),
-                                        (["--max-length", "24"], 24, WINDOWS),
-                                        (["--long-text", "head_tail", "--head", "4"], 32, {"strategy": "head_tail", "head": 4})):
+    for flags, max_length, settings in (
+        (["--stride", "8", "--pool", "max"], 32, {**WINDOWS, "stride": 8, "pool": "max"}),
+        (["--max-length", "24"], 24, WINDOWS),
+        (["--long-text", "head_tail", "--head", "4"], 32, {"strategy": "head_tail", "head": 4}),
+    ):
         got, line = _predict(capsys, tmp_path, folder, texts, *flags)
         want = Predictor(str(folder), 1, max_length, settings).predict_proba(texts)
         np.testing.assert_allclose(got["p_pos"], want[:, 1], atol=1e-6)
@@ -151,11 +199,14 @@ def test_plain_pipeline_and_predict_truncate_a_head_export_as_its_task_did(study
     assert "max_length 48" in line and "long_text head (from" in line and "dapt_input.json" in line
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("long_text.strategy", "sliding", "'sliding' is not one of head, head_tail, windows"),
-    ("long_text.pool", "median", "'median' is not one of mean, max"),
-    ("max_length", 0, "0 is not a positive integer"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("long_text.strategy", "sliding", "'sliding' is not one of head, head_tail, windows"),
+        ("long_text.pool", "median", "'median' is not one of mean, max"),
+        ("max_length", 0, "0 is not a positive integer"),
+    ],
+)
 def test_a_bad_record_is_one_line_naming_file_and_field(study, tmp_path, field, value, words):
     from dapt.deploy.predict import Predictor
 

@@ -7,7 +7,8 @@ by dapt.runtime.devices (flock on one lock file per id). Here the two "GPUs" are
 
 Every training/evaluation script logs, through ``dapt.runtime.cli.start``::
 
-    [dapt.job] start <iso> epoch=<t> pid=.. host=.. slurm_job=none gpus_requested=1 gpus_claimed=1 CUDA_VISIBLE_DEVICES=1
+    [dapt.job] start <iso> epoch=<t> pid=.. host=.. slurm_job=none gpus_requested=1 gpus_claimed=1
+                     CUDA_VISIBLE_DEVICES=1
     [dapt.job] end   <iso> epoch=<t> pid=.. gpus_claimed=1
 
 The start line is written once the locks are held and the end line before the process exits
@@ -25,7 +26,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import make_workdir, run_snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -46,9 +46,17 @@ def job_intervals(log_root: Path) -> list[dict]:
             assert set(events) == {"start", "end"}, f"{log}: no [dapt.job] start/end lines:\n{text[-2000:]}"
             fields = events["start"][1]
             ids = [] if fields["gpus_claimed"] == "none" else fields["gpus_claimed"].split(",")
-            jobs.append(dict(rule=rule, log=str(log.relative_to(log_root)), ids=ids,
-                             visible=fields["CUDA_VISIBLE_DEVICES"], slurm_job=fields["slurm_job"],
-                             start=events["start"][0], end=events["end"][0]))
+            jobs.append(
+                dict(
+                    rule=rule,
+                    log=str(log.relative_to(log_root)),
+                    ids=ids,
+                    visible=fields["CUDA_VISIBLE_DEVICES"],
+                    slurm_job=fields["slurm_job"],
+                    start=events["start"][0],
+                    end=events["end"][0],
+                )
+            )
     return jobs
 
 

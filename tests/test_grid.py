@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO, make_workdir, run_snakemake
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -21,22 +20,31 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 def grid_config(n_tasks: int = 5, n_models: int = 2, n_seeds: int = 5) -> dict:
     """A made-up study of local sources (never read by a dry run): 5 tasks x 2 models x 4 variants
     x 5 methods x 5 seeds = 1,000 runs, i.e. 2,000 fine-tune and evaluate jobs, plus pretraining."""
-    tasks = {f"task{i}": {"source": {"kind": "local", "path": f"data/task{i}.csv"}, "max_length": 64 + 32 * (i % 3)}
-             for i in range(n_tasks)}
+    tasks = {
+        f"task{i}": {"source": {"kind": "local", "path": f"data/task{i}.csv"}, "max_length": 64 + 32 * (i % 3)}
+        for i in range(n_tasks)
+    }
     if n_tasks >= 3:
         tasks["task1"]["finetune"] = {"lr": 7.0e-5, "epochs": 4}
         tasks["task2"]["methods"] = {"lora": {"lr": 4.0e-4, "r": 16}}
         tasks["task2"]["metric"] = "micro_f1"
     return {
         "models": {f"model{i}": {"source": {"kind": "local", "path": f"models/m{i}"}} for i in range(n_models)},
-        "corpora": {"bio": {"source": {"kind": "local", "path": "data/bio.jsonl"}},
-                    "news": {"source": {"kind": "local", "path": "data/news.jsonl"}}},
+        "corpora": {
+            "bio": {"source": {"kind": "local", "path": "data/bio.jsonl"}},
+            "news": {"source": {"kind": "local", "path": "data/news.jsonl"}},
+        },
         "tasks": tasks,
         "variants": {"base": [], "dapt": ["dapt:bio"], "tapt": ["tapt"], "dapt_tapt": ["dapt:bio", "tapt"]},
         "pretrain": {"dapt": {"max_steps": 100}, "tapt": {"epochs": 2}},
         "finetune": {"lr": 2.0e-5, "epochs": 3},
-        "methods": {"full": {}, "lora": {"lr": 1.0e-3, "r": 8}, "adapter": {"lr": 1.0e-4, "reduction_factor": 16},
-                    "lora_r4": {"kind": "lora", "r": 4}, "head": {"lr": 1.0e-3}},
+        "methods": {
+            "full": {},
+            "lora": {"lr": 1.0e-3, "r": 8},
+            "adapter": {"lr": 1.0e-4, "reduction_factor": 16},
+            "lora_r4": {"kind": "lora", "r": 4},
+            "head": {"lr": 1.0e-3},
+        },
         "seeds": list(range(1, n_seeds + 1)),
         "precision": "auto",
     }
@@ -120,8 +128,20 @@ def test_paper_config_dry_runs():
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", tmp, "--configfile",
-               str(REPO / "config" / "paper.yaml"), "--cores", "2", "-n", "--quiet", "rules"]
+        cmd = [
+            *SNAKEMAKE,
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            tmp,
+            "--configfile",
+            str(REPO / "config" / "paper.yaml"),
+            "--cores",
+            "2",
+            "-n",
+            "--quiet",
+            "rules",
+        ]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         elapsed = time.perf_counter() - start
@@ -132,14 +152,21 @@ def test_paper_config_dry_runs():
         from dapt.study.config import read_yaml
 
         paper = read_yaml(REPO / "config" / "paper.yaml")
-        runs = len(paper["tasks"]) * len(paper["models"]) * len(paper["variants"]) * len(paper["methods"]) * len(paper["seeds"])
+        runs = (
+            len(paper["tasks"])
+            * len(paper["models"])
+            * len(paper["variants"])
+            * len(paper["methods"])
+            * len(paper["seeds"])
+        )
         assert jobs["finetune"] == jobs["evaluate"] == runs
         assert not list(Path(tmp).glob("results/**/*.parquet"))  # nothing was downloaded
 
 
 def test_bare_dapt_pretrains_each_task_on_its_own_domain():
-    from dapt.study import config as study
     from dapt.core.errors import UserError
+    from dapt.study import config as study
+from dapt.study import defaults
 
     config = grid_config(n_tasks=3, n_models=1, n_seeds=1)
     config["variants"] = {"base": [], "dapt": ["dapt"], "dapt_tapt": ["dapt", "tapt"], "news": ["dapt:news"]}
@@ -160,8 +187,8 @@ def test_bare_dapt_pretrains_each_task_on_its_own_domain():
 def test_method_variants_restrict_the_grid(tmp_path):
     """`methods.<m>.variants` (and its per-task override) choose the variants a method runs on; a
     variant that no run uses is not pretrained; the variants' names are checked."""
-    from dapt.study import config as study
     from dapt.core.errors import UserError
+    from dapt.study import config as study
 
     config = grid_config(n_tasks=3, n_models=1, n_seeds=2)
     config["methods"] = {"full": {}, "adapter": {"variants": ["dapt_tapt", "base"]}, "head": {"variants": ["base"]}}
@@ -198,23 +225,32 @@ def test_method_variants_restrict_the_grid(tmp_path):
         study.validate_config(config)
 
 
-@pytest.mark.parametrize("path", ["config/config.yaml", "config/paper.yaml", "config/examples/peft.yaml",
-                                  "config/examples/long_reviews.yaml", "config/examples/learning_curve.yaml",
-                                  "config/examples/knn_tapt.yaml", "tests/config/tiny.yaml"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "config/config.yaml",
+        "config/paper.yaml",
+        "config/examples/peft.yaml",
+        "config/examples/long_reviews.yaml",
+        "config/examples/learning_curve.yaml",
+        "config/examples/knn_tapt.yaml",
+        "tests/config/tiny.yaml",
+    ],
+)
 def test_shipped_configs_read_strictly_and_validate(path):
     """The shipped studies have no key given twice and pass the checks every run makes."""
     from dapt.study import config as study
 
     config = study.read_yaml(REPO / path)
     study.validate_config(config, path)
-    assert all(study.method_kind(config, m) in study.METHOD_KINDS for m in config["methods"])
+    assert all(study.method_kind(config, m) in defaults.METHOD_KINDS for m in config["methods"])
 
 
 def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
     """PyYAML keeps the last of two equal keys; read_yaml names the second one's line instead. A
     merge key (<<) may still be overridden, as YAML intends."""
-    from dapt.study import config as study
     from dapt.core.errors import UserError
+    from dapt.study import config as study
 
     path = tmp_path / "s.yaml"
     path.write_text("methods:\n  full: {}\n  lora:\n    r: 8\n    lr: 1.0e-3\n    r: 16\nseeds: [1]\n")
@@ -226,8 +262,8 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
 
 
 def test_unknown_method_kinds_are_refused_naming_the_known_ones():
-    from dapt.study import config as study
     from dapt.core.errors import UserError
+    from dapt.study import config as study
 
     config = grid_config(n_tasks=3, n_models=1, n_seeds=1)
     study.validate_config(config)  # every kind of the grid is known (lora_r4 has kind: lora)
@@ -236,9 +272,12 @@ def test_unknown_method_kinds_are_refused_naming_the_known_ones():
         with pytest.raises(UserError) as err:
             study.validate_config(config, "study.yaml")
         assert str(err.value).startswith(f"study.yaml: {key}: ") and "'qlora'" in str(err.value)
-        assert ", ".join(study.METHOD_KINDS) in str(err.value)
+        assert ", ".join(defaults.METHOD_KINDS) in str(err.value)
         config["methods"] = {m: spec for m, spec in config["methods"].items() if m not in methods}
-    assert study.task_max_length(config, "task0") == 64 and study.finetune_params(config, "task0", "full")["max_length"] == 64
+    assert (
+        study.task_max_length(config, "task0") == 64
+        and study.finetune_params(config, "task0", "full")["max_length"] == 64
+    )
     del config["tasks"]["task0"]["max_length"]
     assert study.task_max_length(config, "task0") == study.finetune_params(config, "task0", "full")["max_length"] == 128
 
@@ -246,8 +285,20 @@ def test_unknown_method_kinds_are_refused_naming_the_known_ones():
 def test_learning_curve_example_dry_runs(tmp_path):
     """config/examples/learning_curve.yaml: 3 sizes x 4 variants x 3 seeds of full fine-tuning, one
     prepared task, tokenization and pretraining shared by the sizes, one baseline job."""
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
-           str(REPO / "config" / "examples" / "learning_curve.yaml"), "--cores", "2", "-n", "--quiet", "rules"]
+    cmd = [
+        *SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config" / "examples" / "learning_curve.yaml"),
+        "--cores",
+        "2",
+        "-n",
+        "--quiet",
+        "rules",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = _jobs(proc.stdout + proc.stderr)

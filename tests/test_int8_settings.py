@@ -23,24 +23,27 @@ ALDER_LAKE = AVX2 | {"avx_vnni"}  # AVX-VNNI on 256-bit registers, no AVX-512
 SAPPHIRE_RAPIDS = AVX512_VNNI | {"avx_vnni", "amx_tile", "amx_int8", "amx_bf16"}
 
 
-@pytest.mark.parametrize("machine, flags, isa, reduce_range, decided_by", [
-    ("x86_64", AVX2, "avx2", True, ["avx2", "-avx_vnni"]),
-    ("x86_64", AVX512, "avx512 (no VNNI)", True, ["avx512bw", "-avx512_vnni"]),
-    ("x86_64", AVX512_VNNI, "avx512-vnni", False, ["avx512bw", "avx512_vnni"]),
-    ("x86_64", ALDER_LAKE, "avx-vnni", False, ["avx2", "avx_vnni"]),
-    # MLAS replaces the AVX-VNNI kernel by the AVX-512 (VPMADDUBSW) one: AVX-VNNI alone does not help there
-    ("x86_64", AVX512 | {"avx_vnni"}, "avx512 (no VNNI)", True, ["avx512bw", "-avx512_vnni"]),
-    ("x86_64", SAPPHIRE_RAPIDS, "amx", False, ["amx_int8", "amx_tile"]),
-    ("AMD64", AVX512_VNNI, "avx512-vnni", False, ["avx512bw", "avx512_vnni"]),  # Windows' name for x86-64
-    ("x86_64", {"sse4_1", "sse4_2"}, "x86-64 (no AVX2)", True, ["-avx2"]),
-    ("x86_64", set(), "x86-64 (CPU flags not read)", True, []),
-    ("aarch64", {"fp", "asimd", "asimddp"}, "arm64-dotprod", False, ["aarch64", "asimddp"]),
-    ("aarch64", {"fp", "asimd", "asimddp", "i8mm"}, "arm64-i8mm", False, ["aarch64", "i8mm"]),
-    ("aarch64", {"fp", "asimd"}, "arm64", False, ["aarch64"]),  # Cortex-A53/A72: no dot product
-    ("arm64", set(), "arm64", False, ["arm64"]),  # macOS: no /proc/cpuinfo
-    ("ppc64le", {"vsx"}, "unknown (ppc64le)", True, []),
-    ("", set(), "unknown (machine not reported)", True, []),
-])
+@pytest.mark.parametrize(
+    "machine, flags, isa, reduce_range, decided_by",
+    [
+        ("x86_64", AVX2, "avx2", True, ["avx2", "-avx_vnni"]),
+        ("x86_64", AVX512, "avx512 (no VNNI)", True, ["avx512bw", "-avx512_vnni"]),
+        ("x86_64", AVX512_VNNI, "avx512-vnni", False, ["avx512bw", "avx512_vnni"]),
+        ("x86_64", ALDER_LAKE, "avx-vnni", False, ["avx2", "avx_vnni"]),
+        # MLAS replaces the AVX-VNNI kernel by the AVX-512 (VPMADDUBSW) one: AVX-VNNI alone does not help there
+        ("x86_64", AVX512 | {"avx_vnni"}, "avx512 (no VNNI)", True, ["avx512bw", "-avx512_vnni"]),
+        ("x86_64", SAPPHIRE_RAPIDS, "amx", False, ["amx_int8", "amx_tile"]),
+        ("AMD64", AVX512_VNNI, "avx512-vnni", False, ["avx512bw", "avx512_vnni"]),  # Windows' name for x86-64
+        ("x86_64", {"sse4_1", "sse4_2"}, "x86-64 (no AVX2)", True, ["-avx2"]),
+        ("x86_64", set(), "x86-64 (CPU flags not read)", True, []),
+        ("aarch64", {"fp", "asimd", "asimddp"}, "arm64-dotprod", False, ["aarch64", "asimddp"]),
+        ("aarch64", {"fp", "asimd", "asimddp", "i8mm"}, "arm64-i8mm", False, ["aarch64", "i8mm"]),
+        ("aarch64", {"fp", "asimd"}, "arm64", False, ["aarch64"]),  # Cortex-A53/A72: no dot product
+        ("arm64", set(), "arm64", False, ["arm64"]),  # macOS: no /proc/cpuinfo
+        ("ppc64le", {"vsx"}, "unknown (ppc64le)", True, []),
+        ("", set(), "unknown (machine not reported)", True, []),
+    ],
+)
 def test_each_cpu_branch(machine, flags, isa, reduce_range, decided_by):
     s = int8_settings_for(machine, flags)
     assert (s["isa"], s["reduce_range"], s["decided_by"]) == (isa, reduce_range, decided_by)
@@ -51,8 +54,10 @@ def test_flags_read_from_cpuinfo(tmp_path, monkeypatch):
     """x86 `flags` and ARM `Features` lines; no file: no flags; cpu_int8_settings joins them to the
     machine's name."""
     x86 = tmp_path / "x86"
-    x86.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512bw avx512f avx512dq avx512vl\n\n"
-                   "processor\t: 1\nflags\t\t: fpu\n")
+    x86.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512bw avx512f avx512dq avx512vl\n\n"
+        "processor\t: 1\nflags\t\t: fpu\n"
+    )
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\nCPU implementer\t: 0x41\n")
     assert cpu_flags(x86) == {"fpu", "avx2", "avx512bw", "avx512f", "avx512dq", "avx512vl"}
@@ -73,10 +78,12 @@ def _matmul_onnx(folder: Path) -> None:
 
     w = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input_ids", "W"], ["logits"])], "g",
+        [helper.make_node("MatMul", ["input_ids", "W"], ["logits"])],
+        "g",
         [helper.make_tensor_value_info("input_ids", TensorProto.FLOAT, ["batch", 64])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 64])],
-        [numpy_helper.from_array(w, "W")])
+        [numpy_helper.from_array(w, "W")],
+    )
     folder.mkdir()
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "model.onnx"))
 
@@ -85,7 +92,9 @@ def _int8_weights(path: Path) -> np.ndarray:
     import onnx
     from onnx import numpy_helper
 
-    ws = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    ws = [
+        numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.data_type == onnx.TensorProto.INT8
+    ]
     assert ws, "no int8 initializer in the quantized graph"
     return np.concatenate([w.ravel() for w in ws])
 
@@ -111,28 +120,47 @@ def _load_script(name: str):
 def test_recorded_settings_reach_the_measure_record_and_the_table(tmp_path, monkeypatch):
     """deploy.json's int8 settings (what deploy_export records from quantize_int8) are copied into
     measure.json by deploy_measure and named, with the deciding CPU flags, under the deploy table."""
+    from dapt.core.files import write_json
     from dapt.deploy import measure
     from dapt.deploy.table import write_deploy_report
-    from dapt.core.files import write_json
 
     settings = int8_settings_for("x86_64", AVX2)
     export = tmp_path / "export"
     export.mkdir()
     run = {"task": "rt", "model": "minilm", "variant": "base", "method": "full", "seed": 1}
     write_json(export / "deploy.json", {"run": run, "validation_score": 0.8, "int8": settings, "opset": 17})
-    fake = [{**run, "format": f, "macro_f1": 0.8, "f1_diff_vs_pytorch": 0.0, "accuracy": 0.8, "size_mb": size,
-             "latency_p50_ms": 1.0, "latency_p95_ms": 2.0, "throughput_per_s": 10.0, "threads": 1,
-             "peak_rss_mb": 300.0}
-            for f, size in (("pytorch", 90.0), ("onnx", 90.0), ("onnx_int8", 23.0))]
+    fake = [
+        {
+            **run,
+            "format": f,
+            "macro_f1": 0.8,
+            "f1_diff_vs_pytorch": 0.0,
+            "accuracy": 0.8,
+            "size_mb": size,
+            "latency_p50_ms": 1.0,
+            "latency_p95_ms": 2.0,
+            "throughput_per_s": 10.0,
+            "threads": 1,
+            "peak_rss_mb": 300.0,
+        }
+        for f, size in (("pytorch", 90.0), ("onnx", 90.0), ("onnx_int8", 23.0))
+    ]
     monkeypatch.setattr(measure, "measure_all", lambda *a, **k: fake)
     out = tmp_path / "measure.json"
-    monkeypatch.setattr(sys, "argv", ["deploy_measure", "--export", str(export), "--tokenized", '{"minilm": "unused"}',
-                                      "--out", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["deploy_measure", "--export", str(export), "--tokenized", '{"minilm": "unused"}', "--out", str(out)],
+    )
     _load_script("deploy_measure").main()
     record = json.loads(out.read_text())
     assert record["int8"] == settings
     # a record written before the deciding flags were kept still tabulates
-    old = {**record, "run": {**run, "seed": 2}, "int8": {k: settings[k] for k in ("isa", "weight_type", "per_channel", "reduce_range")}}
+    old = {
+        **record,
+        "run": {**run, "seed": 2},
+        "int8": {k: settings[k] for k in ("isa", "weight_type", "per_channel", "reduce_range")},
+    }
     write_json(tmp_path / "old.json", old)
     write_deploy_report([out, tmp_path / "old.json"], tmp_path / "report")
     lines = (tmp_path / "report" / "deploy.md").read_text().splitlines()

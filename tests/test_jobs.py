@@ -18,9 +18,24 @@ def planned_commands(workdir) -> list[tuple[str, str]]:
 
 
 def test_default_study_plans_precision_auto(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                           str(tmp_path), "-n", "--printshellcmds", "--cores", "2"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "-n",
+            "--printshellcmds",
+            "--cores",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     commands = re.findall(r"python \S+/scripts/(pretrain|finetune|evaluate)\.py (.*)$", proc.stdout, re.M)
     assert {script for script, _ in commands} == {"pretrain", "finetune", "evaluate"}
@@ -44,7 +59,8 @@ def test_evaluation_batch_size_comes_from_the_config(tmp_path):
 def test_evaluation_runs_with_that_batch_size(clean_run):
     """The reliability study's evaluation: its metrics say which batch size predicted the test split."""
     from conftest import EVALUATE
-    from dapt.study.config import FINETUNE_DEFAULTS
+
+    from dapt.study.defaults import FINETUNE_DEFAULTS
 
     metrics = json.loads((clean_run / EVALUATE / "metrics.json").read_text())
     assert metrics["evaluation"]["batch_size"] == FINETUNE_DEFAULTS["eval_batch_size"] != 128
@@ -57,9 +73,11 @@ def test_tokenize_jobs_get_the_rule_threads(tmp_path):
 
 
 def test_thread_pools_follow_the_job_threads():
-    code = ("from dapt import cli; cli.limit_threads(1); import os, torch; "
-            "print(torch.get_num_threads(), os.environ['RAYON_RS_NUM_CPUS'], os.environ['OMP_NUM_THREADS'], "
-            "os.environ['TOKENIZERS_PARALLELISM'])")
+    code = (
+        "from dapt.runtime import cli; cli.limit_threads(1); import os, torch; "
+        "print(torch.get_num_threads(), os.environ['RAYON_RS_NUM_CPUS'], os.environ['OMP_NUM_THREADS'], "
+        "os.environ['TOKENIZERS_PARALLELISM'])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1", "1", "1", "false"]
 
@@ -67,12 +85,12 @@ def test_thread_pools_follow_the_job_threads():
 def test_full_finetuning_and_evaluation_import_only_what_they_need(tmp_path):
     """peft and scikit-learn cost seconds of CPU per job; a full fine-tuning or evaluation job, which
     uses neither, must not import them (nor pandas' or pyarrow's dataset layers)."""
+    from conftest import minilm_dir
     from transformers import BertConfig, BertForSequenceClassification
 
-    from conftest import minilm_dir
-
-    BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1,
-                                             num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
+    BertForSequenceClassification(
+        BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(tmp_path)
     code = f"""
 import sys
 import dapt.runtime.cli, dapt.finetune.evaluation, dapt.finetune.fine_tuning, dapt.runtime.context

@@ -10,14 +10,12 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO, SNAKEMAKE, make_workdir, minilm_dir, run_snakemake, tiny_config
 
-from dapt.study import config as study
-from dapt.pretrain import knn_selection as knn
-from dapt.study import settings
-from dapt.study import layout
 from dapt.core.errors import UserError
+from dapt.pretrain import knn_selection as knn
+from dapt.study import config as study
+from dapt.study import layout, settings
 
 
 def test_neighbours_equal_brute_force_cosine():
@@ -69,14 +67,24 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("knn")
     tok = load_tokenizer(minilm_dir())
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=64, max_position_embeddings=128, initializer_range=0.2))
+    model = BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+        )
+    )
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     sentences = pd.read_csv(REPO / "tests" / "data" / "rt_sample.csv")["sentence"].tolist()
     (root / "task").mkdir()
     pd.DataFrame({"id": range(12), "text": sentences[:12], "label": ["pos"] * 12}).to_parquet(
-        root / "task" / "train.parquet", index=False)
+        root / "task" / "train.parquet", index=False
+    )
     reviews = pd.read_json(REPO / "tests" / "data" / "imdb_sample.jsonl", lines=True)["review"].tolist()[:28]
     corpus = reviews + [reviews[5], sentences[3]]
     pd.DataFrame({"id": range(len(corpus)), "text": corpus}).to_parquet(root / "corpus.parquet", index=False)
@@ -132,7 +140,9 @@ def test_selection_in_small_chunks_equals_one_chunk(tiny, runtime, tmp_path):
 
 
 def test_k_beyond_the_corpus_is_one_line_and_writes_nothing(tiny, runtime, tmp_path):
-    with pytest.raises(UserError, match=r"^variants: k = 31 but corpus corpus has only 30 documents \(use a smaller k\)$"):
+    with pytest.raises(
+        UserError, match=r"^variants: k = 31 but corpus corpus has only 30 documents \(use a smaller k\)$"
+    ):
         knn.select(tiny / "task", tiny / "corpus.parquet", tiny / "model", 31, tmp_path / "sel", PARAMS, runtime)
     assert not (tmp_path / "sel").exists()
 
@@ -146,13 +156,19 @@ def knn_config(stage: str) -> dict:
     return config
 
 
-@pytest.mark.parametrize("stage, message", [
-    ("tapt_knn:imdb:0", "k must be a whole number >= 1 in 'tapt_knn:imdb:0'"),
-    ("tapt_knn:imdb:-3", "k must be a whole number >= 1 in 'tapt_knn:imdb:-3'"),
-    ("tapt_knn:imdb:many", "k must be a whole number >= 1"),
-    ("tapt_knn:wiki:5", "unknown corpus 'wiki' in 'tapt_knn:wiki:5' (known corpora: imdb)"),
-    ("tapt_knn:imdb", "'tapt_knn:imdb' is not a pretraining stage (use dapt:<corpus>, dapt, tapt or tapt_knn:<corpus>:<k>)"),
-])
+@pytest.mark.parametrize(
+    "stage, message",
+    [
+        ("tapt_knn:imdb:0", "k must be a whole number >= 1 in 'tapt_knn:imdb:0'"),
+        ("tapt_knn:imdb:-3", "k must be a whole number >= 1 in 'tapt_knn:imdb:-3'"),
+        ("tapt_knn:imdb:many", "k must be a whole number >= 1"),
+        ("tapt_knn:wiki:5", "unknown corpus 'wiki' in 'tapt_knn:wiki:5' (known corpora: imdb)"),
+        (
+            "tapt_knn:imdb",
+            "'tapt_knn:imdb' is not a pretraining stage (use dapt:<corpus>, dapt, tapt or tapt_knn:<corpus>:<k>)",
+        ),
+    ],
+)
 def test_bad_knn_stages_are_one_line_config_errors(stage, message):
     with pytest.raises(UserError) as err:
         study.validate_config(knn_config(stage), "study.yaml")
@@ -169,7 +185,9 @@ def test_knn_stage_names_settings_and_folders():
     assert study.mlm_params(config, chain) == study.mlm_params(config, "tapt-rt_polarity")  # TAPT's settings
     config["pretrain"]["tapt_knn"] = {"max_steps": 7}
     assert study.mlm_params(config, chain)["max_steps"] == 7
-    assert layout.KNN_SELECTION.format(model="m", **settings.selection_of(chain)) == "results/knn/m/rt_polarity/imdb-k50"
+    assert (
+        layout.KNN_SELECTION.format(model="m", **settings.selection_of(chain)) == "results/knn/m/rt_polarity/imdb-k50"
+    )
     del config["pretrain"]["tapt_knn"], config["pretrain"]["tapt"]
     with pytest.raises(UserError, match="pretrain.tapt_knn: missing"):
         study.validate_config(config, "study.yaml")
@@ -181,8 +199,19 @@ def test_example_study_plans_one_selection_shared_by_seeds():
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", tmp, "--configfile",
-               str(REPO / "config" / "examples" / "knn_tapt.yaml"), "--cores", "2", "-n", "-p"]
+        cmd = [
+            *SNAKEMAKE,
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            tmp,
+            "--configfile",
+            str(REPO / "config" / "examples" / "knn_tapt.yaml"),
+            "--cores",
+            "2",
+            "-n",
+            "-p",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
@@ -199,14 +228,20 @@ def test_knn_variant_through_the_workflow(tmp_path):
     config = knn_config("tapt_knn:imdb:2")
     config["variants"] = {"knn": ["tapt_knn:imdb:2"]}
     config["tasks"]["rt_polarity"]["max_examples"] = {"train": 20}  # 20 queries x k 2 < the 60 reviews
-    config.update(methods={"full": {}}, seeds=[1], finetune={**config["finetune"], "epochs": 1},
-                  knn={"max_length": 64, "batch_size": 16})
+    config.update(
+        methods={"full": {}},
+        seeds=[1],
+        finetune={**config["finetune"], "epochs": 1},
+        knn={"max_length": 64, "batch_size": 16},
+    )
     workdir = make_workdir(tmp_path, config)
     proc = run_snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-4000:]
     selection = json.loads((workdir / "results/knn/tiny/rt_polarity/imdb-k2/selection.json").read_text())
     summary = json.loads((workdir / "results/pretrain/tiny/tapt_knn-rt_polarity-imdb-k2/summary.json").read_text())
-    blocks = json.loads((workdir / "results/tokenized/tiny/mlm/tapt_knn-rt_polarity-imdb-k2.L32/index.json").read_text())
+    blocks = json.loads(
+        (workdir / "results/tokenized/tiny/mlm/tapt_knn-rt_polarity-imdb-k2.L32/index.json").read_text()
+    )
     assert summary["steps"] >= 1 and blocks["documents"] == selection["texts"]
     assert 0 < selection["selected"] < selection["corpus_documents"]
     notes = (workdir / "results/report/notes.md").read_text()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from dapt.study import layout
 from dapt.core.errors import UserError
+from dapt.study import layout
 
 RUN = {"task": "rt_polarity", "model": "minilm", "variant": "dapt_tapt", "method": "lora", "seed": 3}
 
@@ -21,7 +21,9 @@ def test_run_files_read_back_to_their_run():
 
 def test_benchmark_paths_name_rule_and_wildcards():
     assert layout.benchmark_key(f"results/benchmarks/finetune/{layout.run_key(RUN)}.tsv") == (
-        "finetune", ["rt_polarity", "minilm", "dapt_tapt", "lora", "seed3"])
+        "finetune",
+        ["rt_polarity", "minilm", "dapt_tapt", "lora", "seed3"],
+    )
     assert layout.benchmark_key("results/benchmarks/report.tsv") == ("report", [])
     with pytest.raises(UserError, match="benchmark path is not"):
         layout.benchmark_key("results/elsewhere/finetune/x.tsv")

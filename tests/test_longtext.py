@@ -18,17 +18,29 @@ import pytest
 import torch
 from conftest import REPO, SNAKEMAKE, minilm_dir, rt_reviews, tiny_base, tiny_config, write_tokenized_task
 
-from dapt.study import config as study
-from dapt.study import layout
-from dapt.tokenize import longtext
 from dapt.core.errors import UserError
 from dapt.data.model_store import load_tokenizer
+from dapt.study import config as study
+from dapt.study import defaults, layout
+from dapt.tokenize import longtext
 
 MAX_LENGTH, STRIDE, CAP = 32, 16, 4
 WINDOWS = {"strategy": "windows", "stride": STRIDE, "pool": "mean", "max_windows": CAP}
-TRAIN = {"epochs": 1, "batch_size": 8, "eval_batch_size": 16, "grad_accum": 1, "lr": 3e-3, "weight_decay": 0.0,
-         "warmup_ratio": 0.0, "patience": 5, "max_grad_norm": 1.0, "save_steps": 4, "kind": "full",
-         "metric": "macro_f1", "max_length": MAX_LENGTH}
+TRAIN = {
+    "epochs": 1,
+    "batch_size": 8,
+    "eval_batch_size": 16,
+    "grad_accum": 1,
+    "lr": 3e-3,
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "patience": 5,
+    "max_grad_norm": 1.0,
+    "save_steps": 4,
+    "kind": "full",
+    "metric": "macro_f1",
+    "max_length": MAX_LENGTH,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +54,7 @@ def _review(n_words: int) -> str:
 
 # --- the cuts ---------------------------------------------------------------------------------------
 
+
 def test_head_tail_keeps_the_head_the_tail_and_the_special_tokens(tok):
     from dapt.tokenize.tasks import tokenize_examples
 
@@ -50,8 +63,9 @@ def test_head_tail_keeps_the_head_the_tail_and_the_special_tokens(tok):
     body = tok(text, add_special_tokens=False)["input_ids"]
     assert len(body) > 3 * MAX_LENGTH
     head = 5
-    table, stats = tokenize_examples(["a", "b"], [text, "short"], [1, 0], tok, MAX_LENGTH,
-                                     {"strategy": "head_tail", "head": head})
+    table, stats = tokenize_examples(
+        ["a", "b"], [text, "short"], [1, 0], tok, MAX_LENGTH, {"strategy": "head_tail", "head": head}
+    )
     long, short = table.column("input_ids").to_pylist()
     tail = MAX_LENGTH - 2 - head
     assert long == [tok.cls_token_id, *body[:head], *body[-tail:], tok.sep_token_id]
@@ -106,6 +120,7 @@ def test_windowed_split_round_trips_with_its_documents(tok, tmp_path):
 
 # --- pooling and per-document scores ----------------------------------------------------------------
 
+
 def _tiny_classifier(tok, root: Path) -> Path:
     return tiny_base(root, tok)
 
@@ -117,8 +132,15 @@ def long_task(tok, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("longtext")
     base = _tiny_classifier(tok, root)
     docs = rt_reviews()
-    tokenized = write_tokenized_task(root, {"train": docs[:24], "validation": docs[24:32], "test": docs[32:44]},
-                                     ["neg", "pos"], base, MAX_LENGTH, "tasks.reviews.max_length", WINDOWS)
+    tokenized = write_tokenized_task(
+        root,
+        {"train": docs[:24], "validation": docs[24:32], "test": docs[32:44]},
+        ["neg", "pos"],
+        base,
+        MAX_LENGTH,
+        "tasks.reviews.max_length",
+        WINDOWS,
+    )
     return base, tokenized
 
 
@@ -145,8 +167,12 @@ def test_pooling_equals_the_documents_probabilities_computed_by_hand(long_task, 
     for d, doc_id in enumerate(ids):  # by hand: each window alone, unpadded, then the pool
         rows = [r for r, i in enumerate(test["id"]) if i == doc_id]
         with torch.no_grad():
-            window_probs = np.stack([torch.softmax(model(input_ids=torch.from_numpy(test["input_ids"][r])[None]).logits[0], -1)
-                                     .numpy() for r in rows])
+            window_probs = np.stack(
+                [
+                    torch.softmax(model(input_ids=torch.from_numpy(test["input_ids"][r])[None]).logits[0], -1).numpy()
+                    for r in rows
+                ]
+            )
         expected = window_probs.mean(0) if pool == "mean" else window_probs.max(0) / window_probs.max(0).sum()
         assert probs[d] == pytest.approx(expected, abs=1e-5)
         assert gold[d] == test["label"][rows[0]]
@@ -171,10 +197,20 @@ def test_validation_metrics_and_predictions_are_per_document(long_task, runtime,
     val = read_examples(tokenized / "validation.parquet")
     _, gold, probs = longtext.per_document(val, predict_proba(model, val["input_ids"], pad_id, runtime, 16))
     assert len(gold) == 8 and summary["best_validation"] == pytest.approx(
-        compute_metrics(gold, probs.argmax(1), ["neg", "pos"])["macro_f1"], abs=1e-9)
+        compute_metrics(gold, probs.argmax(1), ["neg", "pos"])["macro_f1"], abs=1e-9
+    )
 
-    metrics = evaluate_run(str(tmp_path / "run" / "model"), str(base), str(tokenized), str(tmp_path / "run" / "train.json"),
-                           str(tmp_path / "metrics.json"), str(tmp_path / "predictions.csv"), runtime, {}, 16)
+    metrics = evaluate_run(
+        str(tmp_path / "run" / "model"),
+        str(base),
+        str(tokenized),
+        str(tmp_path / "run" / "train.json"),
+        str(tmp_path / "metrics.json"),
+        str(tmp_path / "predictions.csv"),
+        runtime,
+        {},
+        16,
+    )
     test = read_examples(tokenized / "test.parquet")
     pred = pd.read_csv(tmp_path / "predictions.csv")
     assert list(pred["id"]) == list(dict.fromkeys(test["id"])) and len(pred) == metrics["n_test"] == 12
@@ -221,8 +257,9 @@ def test_predict_reads_a_long_text_as_its_task_did(long_task, tok, tmp_path):
 
     base, _ = long_task
     torch.manual_seed(2)
-    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=2,
-                                                               id2label={0: "neg", 1: "pos"}).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base), num_labels=2, id2label={0: "neg", 1: "pos"}
+    ).eval()
     model.save_pretrained(tmp_path / "export")
     tok.save_pretrained(tmp_path / "export")
     texts = [_review(40), "a short one", _review(12)]
@@ -269,16 +306,20 @@ def test_a_windowed_task_trains_alike_in_two_processes(long_task, tmp_path):
 
 # --- config ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("long_text, key, words", [
-    ({"strategy": "windows", "stride": 48}, "stride", "not below the window (max_length 48)"),
-    ({"strategy": "windows", "stride": 60}, "stride", "not below the window"),
-    ({"strategy": "head_tail", "head": 50}, "head", "not below max_length 48"),
-    ({"strategy": "middle"}, "strategy", "'middle' is not one of"),
-    ({"strategy": "windows", "pool": "median"}, "pool", "'median' is not one of"),
-    ({"strategy": "windows", "max_windows": 0}, "max_windows", "less than the minimum"),
-    ({"strategy": "head_tail", "stride": 8}, "stride", "applies to strategy windows, not head_tail"),
-    ({"head": 8}, "head", "applies to strategy head_tail, not head"),
-])
+
+@pytest.mark.parametrize(
+    "long_text, key, words",
+    [
+        ({"strategy": "windows", "stride": 48}, "stride", "not below the window (max_length 48)"),
+        ({"strategy": "windows", "stride": 60}, "stride", "not below the window"),
+        ({"strategy": "head_tail", "head": 50}, "head", "not below max_length 48"),
+        ({"strategy": "middle"}, "strategy", "'middle' is not one of"),
+        ({"strategy": "windows", "pool": "median"}, "pool", "'median' is not one of"),
+        ({"strategy": "windows", "max_windows": 0}, "max_windows", "less than the minimum"),
+        ({"strategy": "head_tail", "stride": 8}, "stride", "applies to strategy windows, not head_tail"),
+        ({"head": 8}, "head", "applies to strategy head_tail, not head"),
+    ],
+)
 def test_bad_long_text_values_are_one_line_config_errors(long_text, key, words):
     config = tiny_config()
     config["tasks"]["rt_polarity"]["long_text"] = long_text
@@ -292,7 +333,10 @@ def test_bad_long_text_values_are_one_line_config_errors(long_text, key, words):
 def test_a_head_or_stride_beyond_the_room_beside_the_special_tokens_is_refused_at_tokenization():
     longtext.check_settings({"strategy": "head_tail", "head": 46}, 48, (1, 1), "tasks.t.long_text")
     longtext.check_settings({"strategy": "windows", "stride": 46}, 48, (1, 1), "tasks.t.long_text")
-    for settings, key in (({"strategy": "head_tail", "head": 47}, "head"), ({"strategy": "windows", "stride": 47}, "stride")):
+    for settings, key in (
+        ({"strategy": "head_tail", "head": 47}, "head"),
+        ({"strategy": "windows", "stride": 47}, "stride"),
+    ):
         with pytest.raises(UserError, match=rf"^tasks\.t\.long_text\.{key}: .*use {key} <= 46\)$"):
             longtext.check_settings(settings, 48, (1, 1), "tasks.t.long_text")
 
@@ -301,13 +345,22 @@ def test_defaults_and_cache_paths():
     config = tiny_config()
     task = config["tasks"]["rt_polarity"]
     assert study.long_text_params(config, "rt_polarity") == {"strategy": "head"}
-    assert layout.tokenized_task("tiny", "rt_polarity", 48, {"strategy": "head"}) == "results/tokenized/tiny/tasks/rt_polarity.L48"
+    assert (
+        layout.tokenized_task("tiny", "rt_polarity", 48, {"strategy": "head"})
+        == "results/tokenized/tiny/tasks/rt_polarity.L48"
+    )
     task["long_text"] = {"strategy": "windows"}
     study.validate_config(config)
     settings = study.long_text_params(config, "rt_polarity")
-    assert settings == {"strategy": "windows", "stride": 24, "pool": "mean",
-                        "max_windows": study.LONG_TEXT_DEFAULTS["max_windows"]}
-    assert layout.tokenized_task("tiny", "rt_polarity", 48, settings).endswith(f"rt_polarity.L48.windows-s24-n{settings['max_windows']}-mean")
+    assert settings == {
+        "strategy": "windows",
+        "stride": 24,
+        "pool": "mean",
+        "max_windows": defaults.LONG_TEXT_DEFAULTS["max_windows"],
+    }
+    assert layout.tokenized_task("tiny", "rt_polarity", 48, settings).endswith(
+        f"rt_polarity.L48.windows-s24-n{settings['max_windows']}-mean"
+    )
     task["long_text"] = {"strategy": "head_tail"}
     assert study.long_text_params(config, "rt_polarity") == {"strategy": "head_tail", "head": 12}
 
@@ -315,14 +368,35 @@ def test_defaults_and_cache_paths():
 def test_the_example_study_plans_one_tokenization_per_setting(tmp_path):
     """Dry run of config/examples/long_reviews.yaml: eight tasks (six settings and two controls), tokenized
     folders named by their settings, 24 runs."""
-    proc = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
-                           str(REPO / "config/examples/long_reviews.yaml"), "-n", "--cores", "1"], check=False,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            *SNAKEMAKE,
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(REPO / "config/examples/long_reviews.yaml"),
+            "-n",
+            "--cores",
+            "1",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = proc.stdout + proc.stderr
-    counts = {line.split()[0]: int(line.split()[1]) for line in plan.splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in plan.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
     assert counts["tokenize_task"] == 8 and counts["finetune"] == 24 and counts["evaluate"] == 24, plan[-3000:]
-    for folder in ("reviews_head_128.L128", "reviews_head_tail_256.L256.head_tail-h64",
-                   "reviews_windows_128.L128.windows-s64-n4-mean"):
+    for folder in (
+        "reviews_head_128.L128",
+        "reviews_head_tail_256.L256.head_tail-h64",
+        "reviews_windows_128.L128.windows-s64-n4-mean",
+    ):
         assert re.search(rf"results/tokenized/minilm/tasks/{re.escape(folder)}(,|\s|$)", plan), folder

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import make_workdir, minilm_dir, rt_examples, run_snakemake, tiny_config, write_tokenized_task
 
 HIDDEN, LAYERS, INTERMEDIATE = 32, 2, 64
@@ -36,9 +35,19 @@ METHODS = {
     "adapter_houlsby": {"kind": "adapter", "lr": 1e-2, "placement": "houlsby", "reduction_factor": 4},
     "adapter_pfeiffer": {"kind": "adapter", "lr": 1e-2, "placement": "pfeiffer", "reduction_factor": 4},
 }
-TRAIN = {"epochs": 20, "batch_size": 16, "eval_batch_size": 64, "grad_accum": 1, "weight_decay": 0.0,
-         "warmup_ratio": 0.0, "patience": 100, "max_grad_norm": 1.0, "save_steps": 1000,
-         "metric": "macro_f1", "max_length": 48}
+TRAIN = {
+    "epochs": 20,
+    "batch_size": 16,
+    "eval_batch_size": 64,
+    "grad_accum": 1,
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "patience": 100,
+    "max_grad_norm": 1.0,
+    "save_steps": 1000,
+    "metric": "macro_f1",
+    "max_length": 48,
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +63,17 @@ def tiny_task(tmp_path_factory):
     # Encoder weights drawn with std 0.2: at BERT's 0.02 a random 2-layer encoder maps every sentence
     # to nearly the same [CLS] vector (std across sentences ~0.003), and only full fine-tuning learns.
     # The saved config says 0.02, so the freshly initialised head starts small (loss ~ln 2).
-    config = BertConfig(vocab_size=len(tok), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2,
-                        intermediate_size=INTERMEDIATE, max_position_embeddings=64, initializer_range=0.2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        intermediate_size=INTERMEDIATE,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     mlm = BertForMaskedLM(config)
     mlm.config.initializer_range = 0.02
     base = root / "base"
@@ -64,8 +81,9 @@ def tiny_task(tmp_path_factory):
     tok.save_pretrained(base)
 
     df = rt_examples()
-    tokenized = write_tokenized_task(root, {"train": df[:48], "validation": df[48:80], "test": df[80:180]},
-                                     ["neg", "pos"], base, 48)
+    tokenized = write_tokenized_task(
+        root, {"train": df[:48], "validation": df[48:80], "test": df[80:180]}, ["neg", "pos"], base, 48
+    )
     return base, tokenized
 
 
@@ -114,12 +132,15 @@ def trained(tiny_task, runtime, tmp_path_factory):
             ft.save_artifact = keep
             try:
                 start = time.perf_counter()
-                summary = ft.finetune(str(base), str(tokenized), str(out / "run"), str(out / "ckpt"), params, 1, runtime)
+                summary = ft.finetune(
+                    str(base), str(tokenized), str(out / "run"), str(out / "ckpt"), params, 1, runtime
+                )
                 seconds = time.perf_counter() - start
             finally:
                 ft.save_artifact = original
-            cache[name] = Run(name, summary, saved["model"], out / "run", seconds, loss_before,
-                              _train_loss(saved["model"], tokenized))
+            cache[name] = Run(
+                name, summary, saved["model"], out / "run", seconds, loss_before, _train_loss(saved["model"], tokenized)
+            )
         return cache[name]
 
     return get
@@ -155,9 +176,11 @@ def test_method_trains_and_its_artifact_reloads_identically(name, trained, tiny_
     base, tokenized = tiny_task
     run = trained(name)
     log = pd.read_csv(run.out / "log.csv")
-    print(f"{name}: {run.summary['trainable_params']} trainable ({run.summary['trainable_pct']:.2f}%), "
-          f"artifact {run.artifact_bytes} bytes, {run.seconds:.1f}s, train loss {run.loss_before:.4f} -> "
-          f"{run.loss_after:.4f}, by epoch {log['train_loss'].round(3).tolist()}")
+    print(
+        f"{name}: {run.summary['trainable_params']} trainable ({run.summary['trainable_pct']:.2f}%), "
+        f"artifact {run.artifact_bytes} bytes, {run.seconds:.1f}s, train loss {run.loss_before:.4f} -> "
+        f"{run.loss_after:.4f}, by epoch {log['train_loss'].round(3).tolist()}"
+    )
     assert len(log) == TRAIN["epochs"]
     assert run.loss_after < run.loss_before - 0.02, "training loss did not fall"
 
@@ -192,7 +215,9 @@ def test_trainable_count_is_the_libraries_count(name, trained):
     elif kind == "adapter":
         placement = params["placement"]
         layernorms = LAYERS * 2 * (2 * HIDDEN) if placement == "houlsby" else 0
-        expected = adapter_param_count(model.config, params["reduction_factor"], placement) + _head_params() + layernorms
+        expected = (
+            adapter_param_count(model.config, params["reduction_factor"], placement) + _head_params() + layernorms
+        )
         assert by_grad == expected
     else:  # peft's own count
         assert model.get_nb_trainable_parameters() == (summary["trainable_params"], summary["total_params"])
@@ -249,24 +274,35 @@ def test_adalora_prunes_to_its_rank_budget(trained):
 
 
 def _tiny_classifier(kind: str):
-    from transformers import (BertConfig, BertForSequenceClassification, DistilBertConfig,
-                              DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
 
     torch.manual_seed(0)
     if kind == "bert":
-        return BertForSequenceClassification(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
-                                                        num_attention_heads=2, intermediate_size=64))
+        return BertForSequenceClassification(
+            BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+        )
     if kind == "roberta":
-        return RobertaForSequenceClassification(RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
-                                                              num_attention_heads=2, intermediate_size=64))
-    return DistilBertForSequenceClassification(DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=2,
-                                                                hidden_dim=64))
+        return RobertaForSequenceClassification(
+            RobertaConfig(
+                vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+            )
+        )
+    return DistilBertForSequenceClassification(
+        DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    )
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
 @pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])
 def test_adapters_start_as_the_identity_and_train_only_themselves_and_the_head(arch, placement):
-    from dapt.finetune.adapters import Bottleneck, add_adapters, adapter_param_count
+    from dapt.finetune.adapters import Bottleneck, adapter_param_count, add_adapters
 
     model = _tiny_classifier(arch).eval()
     ids = torch.randint(3, 99, (3, 11))
@@ -279,8 +315,9 @@ def test_adapters_start_as_the_identity_and_train_only_themselves_and_the_head(a
     head = {"bert": ("bert.pooler.", "classifier."), "roberta": ("classifier.",)}[arch]
     for n in trainable:
         assert ".adapter." in n or n.startswith(head) or (placement == "houlsby" and "LayerNorm" in n), n
-    assert sum(model.get_parameter(n).numel() for n in trainable if ".adapter." in n) == \
-        adapter_param_count(model.config, 8, placement)
+    assert sum(model.get_parameter(n).numel() for n in trainable if ".adapter." in n) == adapter_param_count(
+        model.config, 8, placement
+    )
     # and the adapters are on the path: perturbing one changes the output
     with torch.no_grad():
         adapters[-1].up.weight.normal_()  # (a constant bias would vanish in the LayerNorm)
@@ -288,8 +325,8 @@ def test_adapters_start_as_the_identity_and_train_only_themselves_and_the_head(a
 
 
 def test_adapters_refuse_other_architectures_clearly():
-    from dapt.finetune.adapters import add_adapters
     from dapt.core.errors import UserError
+    from dapt.finetune.adapters import add_adapters
 
     with pytest.raises(UserError, match="BERT-family.*distilbert"):
         add_adapters(_tiny_classifier("distilbert"))
@@ -480,13 +517,16 @@ def test_adalora_killed_and_resumed_ends_exactly_as_uninterrupted(tiny_task, run
     with pytest.raises(Killed):
         ft.finetune(str(base), str(tokenized), str(tmp_path / "resumed"), str(tmp_path / "c2"), params, 1, runtime)
     monkeypatch.setattr(ft, "after_optimizer_step", original)
-    resumed = ft.finetune(str(base), str(tokenized), str(tmp_path / "resumed"), str(tmp_path / "c2"), params, 1, runtime)
+    resumed = ft.finetune(
+        str(base), str(tokenized), str(tmp_path / "resumed"), str(tmp_path / "c2"), params, 1, runtime
+    )
     assert resumed["train_steps"] == whole["train_steps"] == 18
     assert (tmp_path / "whole" / "log.csv").read_text() == (tmp_path / "resumed" / "log.csv").read_text()
     a = load_file(str(tmp_path / "whole" / "model" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), \
-        [k for k in a if not torch.equal(a[k], b[k])][:3]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), [
+        k for k in a if not torch.equal(a[k], b[k])
+    ][:3]
 
 
 def test_head_store_steps_aside_where_the_head_cannot_read_the_stored_output():
@@ -509,18 +549,21 @@ def test_full_finetuning_in_bf16_is_deterministic_and_resumes_exactly(tiny_task,
     from safetensors.torch import load_file
 
     import dapt.finetune.fine_tuning as ft
-    from dapt.runtime.precision import settings
     from dapt.runtime.context import Runtime
+    from dapt.runtime.precision import settings
 
-    bf16 = Runtime(device=torch.device("cpu"), precision={**settings("bf16", "cpu"), "device_name": "cpu"},
-                   rank=0, world_size=1)
+    bf16 = Runtime(
+        device=torch.device("cpu"), precision={**settings("bf16", "cpu"), "device_name": "cpu"}, rank=0, world_size=1
+    )
     base, tokenized = tiny_task
     params = {**TRAIN, **METHODS["full"], "kind": "full", "epochs": 4}
 
     def run(name: str) -> tuple[str, dict]:
         torch.manual_seed(0)
         ft.finetune(str(base), str(tokenized), str(tmp_path / name), str(tmp_path / f"c-{name}"), params, 1, bf16)
-        return (tmp_path / name / "log.csv").read_text(), load_file(str(tmp_path / name / "model" / "model.safetensors"))
+        return (tmp_path / name / "log.csv").read_text(), load_file(
+            str(tmp_path / name / "model" / "model.safetensors")
+        )
 
     first, again = run("first"), run("again")
 

@@ -23,8 +23,10 @@ def sklearn_metrics(gold: np.ndarray, pred: np.ndarray, labels: list[str]) -> di
         "accuracy": float(accuracy_score(gold, pred)),
         "macro_f1": float(f1_score(gold, pred, labels=ids, average="macro", zero_division=0)),
         "micro_f1": float(f1_score(gold, pred, labels=ids, average="micro", zero_division=0)),
-        "per_class": {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, lab in enumerate(labels)},
+        "per_class": {
+            lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, lab in enumerate(labels)
+        },
         "confusion_matrix": confusion_matrix(gold, pred, labels=ids).tolist(),
         "labels": list(labels),
     }
@@ -69,8 +71,11 @@ def test_batched_scores_equal_single_scores():
     for metric in metrics.METRICS:
         batch = metrics.score_confusion(conf, metric)
         for i in range(len(gold)):
-            expected = f1_score(gold[i], pred[i], labels=[0, 1, 2], average=metric.split("_")[0], zero_division=0) \
-                if metric != "accuracy" else accuracy_score(gold[i], pred[i])
+            expected = (
+                f1_score(gold[i], pred[i], labels=[0, 1, 2], average=metric.split("_")[0], zero_division=0)
+                if metric != "accuracy"
+                else accuracy_score(gold[i], pred[i])
+            )
             assert batch[i] == expected
             assert metrics.score(gold[i], pred[i], 3, metric) == expected
 

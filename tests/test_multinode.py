@@ -32,19 +32,25 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO
-from dapt.runtime import distributed
+from test_ddp import (
+    LOSS_RTOL,
+    assert_same_weights,
+    inputs,  # noqa: F401  (a fixture)
+    run_script,
+)
+from test_slurm import slurm_cluster  # noqa: F401  (a fixture: the single-node test cluster)
+
 from dapt.core.errors import UserError
-from test_ddp import LOSS_RTOL, assert_same_weights, inputs, run_script  # noqa: F401  (inputs: fixture)
-from test_slurm import slurm_cluster  # noqa: F401  (fixture: the single-node test cluster)
+from dapt.runtime import distributed
 
 # scontrol stand-in: logs its arguments; `show hostnames` prints $FAKE_HOSTS, `show job` a node list
 FAKE_SCONTROL = """#!/bin/sh
 echo "$@" >> "$FAKE_SCONTROL_LOG"
 case "$1 $2" in
   "show hostnames") printf '%s\\n' $FAKE_HOSTS ;;
-  "show job") echo "JobId=$4 JobName=pretrain ReqNodeList=(null) ExcNodeList=(null) NodeList=gpu[07-08] BatchHost=gpu07" ;;
+  "show job") echo "JobId=$4 JobName=pretrain ReqNodeList=(null) ExcNodeList=(null)" \\
+    "NodeList=gpu[07-08] BatchHost=gpu07" ;;
   *) exit 1 ;;
 esac
 """
@@ -106,16 +112,42 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
 
 
 def torchrun(nodes: int, per_node: int, endpoint: str, job: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc_per_node",
-            str(per_node), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", job]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        str(nodes),
+        "--nproc_per_node",
+        str(per_node),
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        endpoint,
+        "--rdzv_id",
+        job,
+    ]
 
 
 def test_srun_command_from_the_slurm_node_list(fake_slurm):
     env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-08]"}
     cmd = distributed.multinode_command(2, 8, ["scripts/pretrain.py", "--gpus", "8"], threads=6, env=env)
-    assert cmd == ["srun", "--nodes", "2", "--ntasks", "2", "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
-                   "--cpus-per-task", "6", *torchrun(2, 4, "gpu07:29642", "4242"),  # 29400 + 4242 % 1000
-                   "scripts/pretrain.py", "--gpus", "8"]
+    assert cmd == [
+        "srun",
+        "--nodes",
+        "2",
+        "--ntasks",
+        "2",
+        "--ntasks-per-node",
+        "1",
+        "--kill-on-bad-exit=1",
+        "--cpus-per-task",
+        "6",
+        *torchrun(2, 4, "gpu07:29642", "4242"),  # 29400 + 4242 % 1000
+        "scripts/pretrain.py",
+        "--gpus",
+        "8",
+    ]
     assert (fake_slurm / "scontrol.log").read_text() == "show hostnames gpu[07-08]\n"
     # another port on request; no --cpus-per-task without a thread count
     cmd = distributed.multinode_command(3, 3, ["s.py"], env={**env, "DAPT_RDZV_PORT": "31000"})
@@ -138,14 +170,23 @@ def test_first_host_with_the_real_scontrol(tmp_path, monkeypatch):
     assert distributed.slurm_first_host({"SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "gpu[07-08],cpu1"}) == "gpu07"
 
 
-@pytest.mark.parametrize(("nodes", "n", "env", "where", "says"), [
-    (2, 3, {"SLURM_JOB_ID": "1"}, "resources.gpu", "cannot be split evenly over 2 nodes"),
-    (2, 1, {"SLURM_JOB_ID": "1"}, "resources.gpu", "cannot be split evenly"),
-    (0, 2, {"SLURM_JOB_ID": "1"}, "resources.nodes", "must be 1 or more"),
-    (2, 2, {}, "resources.nodes", "needs a SLURM allocation"),
-    (2, 2, {"SLURM_JOB_ID": "1", "SLURM_STEP_NUM_NODES": "1"}, "resources.nodes", "inside a SLURM job step on 1"),
-    (2, 2, {"SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "a", "DAPT_RDZV_PORT": "x"}, "DAPT_RDZV_PORT", "port number"),
-])
+@pytest.mark.parametrize(
+    ("nodes", "n", "env", "where", "says"),
+    [
+        (2, 3, {"SLURM_JOB_ID": "1"}, "resources.gpu", "cannot be split evenly over 2 nodes"),
+        (2, 1, {"SLURM_JOB_ID": "1"}, "resources.gpu", "cannot be split evenly"),
+        (0, 2, {"SLURM_JOB_ID": "1"}, "resources.nodes", "must be 1 or more"),
+        (2, 2, {}, "resources.nodes", "needs a SLURM allocation"),
+        (2, 2, {"SLURM_JOB_ID": "1", "SLURM_STEP_NUM_NODES": "1"}, "resources.nodes", "inside a SLURM job step on 1"),
+        (
+            2,
+            2,
+            {"SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "a", "DAPT_RDZV_PORT": "x"},
+            "DAPT_RDZV_PORT",
+            "port number",
+        ),
+    ],
+)
 def test_bad_multinode_resources(fake_slurm, nodes, n, env, where, says):
     with pytest.raises(UserError) as err:
         distributed.multinode_command(nodes, n, ["s.py"], env=env)
@@ -165,10 +206,28 @@ def test_single_node_and_child_processes_do_not_launch(monkeypatch):
 def test_several_nodes_outside_slurm_is_one_line_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "LOCAL_RANK"}
     env.update(DAPT_GPU_IDS="")
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain.py"), "--parent", str(tmp_path),
-                           "--blocks", str(tmp_path), "--gpus", "2", "--nodes", "2", "--checkpoints",
-                           str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "pretrain.py"),
+            "--parent",
+            str(tmp_path),
+            "--blocks",
+            str(tmp_path),
+            "--gpus",
+            "2",
+            "--nodes",
+            "2",
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: resources.nodes: nodes=2 needs a SLURM allocation")
     assert not (tmp_path / "out").exists()
@@ -214,19 +273,53 @@ def test_two_nodes_train_like_one_process(inputs, fake_slurm):
     root = inputs["root"]
     blocks = next(p for p in (root / "blocks", root / "blocks.parquet") if p.exists())  # block set, or older file
     mlm = {**inputs["mlm"], "max_steps": 6}  # 3 steps of head warm-up, then 3 of the whole model
-    args = ["--parent", str(root / "headless"), "--blocks", str(blocks), "--stage", "dapt-imdb",
-            "--params", json.dumps(mlm)]
+    args = [
+        "--parent",
+        str(root / "headless"),
+        "--blocks",
+        str(blocks),
+        "--stage",
+        "dapt-imdb",
+        "--params",
+        json.dumps(mlm),
+    ]
     run_script("pretrain.py", root / "one", 1, args)  # one plain process (test_ddp's way of running a script)
 
     out, port, job = root / "nodes2", free_port(), "7"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK", "RANK", "WORLD_SIZE") and not k.startswith("SLURM_")}
-    env.update(DAPT_GPU_IDS="", DAPT_FORCE_CPU_DDP="1", OMP_NUM_THREADS="1",
-               SLURM_JOB_ID=job, SLURM_JOB_NODELIST="node[1-2]", FAKE_HOSTS="127.0.0.1 127.0.0.1",
-               DAPT_RDZV_PORT=str(port))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK", "RANK", "WORLD_SIZE") and not k.startswith("SLURM_")
+    }
+    env.update(
+        DAPT_GPU_IDS="",
+        DAPT_FORCE_CPU_DDP="1",
+        OMP_NUM_THREADS="1",
+        SLURM_JOB_ID=job,
+        SLURM_JOB_NODELIST="node[1-2]",
+        FAKE_HOSTS="127.0.0.1 127.0.0.1",
+        DAPT_RDZV_PORT=str(port),
+    )
     script = str(REPO / "scripts" / "pretrain.py")
-    cmd = [sys.executable, script, *args, "--seed", "1", "--gpus", "2", "--nodes", "2", "--threads", "1",
-           "--precision", "fp32", "--checkpoints", str(root / "nodes2.ckpt"), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        script,
+        *args,
+        "--seed",
+        "1",
+        "--gpus",
+        "2",
+        "--nodes",
+        "2",
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+        "--checkpoints",
+        str(root / "nodes2.ckpt"),
+        "--out",
+        str(out),
+    ]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     log = proc.stdout + proc.stderr
@@ -235,8 +328,21 @@ def test_two_nodes_train_like_one_process(inputs, fake_slurm):
 
     # one srun step, one task per node, each a torchrun agent of the c10d rendezvous
     steps = [json.loads(line) for line in (fake_slurm / "srun.log").read_text().splitlines()]
-    assert steps == [["--nodes", "2", "--ntasks", "2", "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
-                      "--cpus-per-task", "1", *torchrun(2, 1, f"127.0.0.1:{port}", job), *cmd[1:]]]
+    assert steps == [
+        [
+            "--nodes",
+            "2",
+            "--ntasks",
+            "2",
+            "--ntasks-per-node",
+            "1",
+            "--kill-on-bad-exit=1",
+            "--cpus-per-task",
+            "1",
+            *torchrun(2, 1, f"127.0.0.1:{port}", job),
+            *cmd[1:],
+        ]
+    ]
     assert "launching 2 processes on 2 nodes: srun" in log
     starts = [line for line in log.splitlines() if line.startswith("[dapt.job] start")]
     assert len(starts) == 1, starts  # the launcher; the ranks it started log none
@@ -250,8 +356,16 @@ def test_two_nodes_train_like_one_process(inputs, fake_slurm):
     assert not (root / "nodes2.ckpt").exists()
 
     one, two = (pd.read_csv(root / d / "loss.csv") for d in ("one", "nodes2"))
-    print(pd.DataFrame({"step": one["step"], "1 process": one["loss"], "2 nodes": two["loss"],
-                        "rel diff": (two["loss"] - one["loss"]).abs() / one["loss"]}).to_string())
+    print(
+        pd.DataFrame(
+            {
+                "step": one["step"],
+                "1 process": one["loss"],
+                "2 nodes": two["loss"],
+                "rel diff": (two["loss"] - one["loss"]).abs() / one["loss"],
+            }
+        ).to_string()
+    )
     assert len(one) == len(two) == last
     assert list(two["tokens"]) == list(one["tokens"])
     assert two["loss"].to_numpy() == pytest.approx(one["loss"].to_numpy(), rel=LOSS_RTOL)
@@ -279,33 +393,90 @@ def test_srun_step_from_a_real_slurm_batch_job(slurm_cluster, inputs, tmp_path):
     blocks = next(p for p in (root / "blocks", root / "blocks.parquet") if p.exists())
     mlm = {**inputs["mlm"], "max_steps": 6}
     out = tmp_path / "out"
-    argv = [str(REPO / "scripts" / "pretrain.py"), "--parent", str(root / "headless"), "--blocks", str(blocks),
-            "--stage", "dapt-imdb", "--params", json.dumps(mlm), "--seed", "1", "--gpus", "2", "--threads", "1",
-            "--precision", "fp32", "--checkpoints", str(tmp_path / "ckpt"), "--out", str(out)]
+    argv = [
+        str(REPO / "scripts" / "pretrain.py"),
+        "--parent",
+        str(root / "headless"),
+        "--blocks",
+        str(blocks),
+        "--stage",
+        "dapt-imdb",
+        "--params",
+        json.dumps(mlm),
+        "--seed",
+        "1",
+        "--gpus",
+        "2",
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+        "--checkpoints",
+        str(tmp_path / "ckpt"),
+        "--out",
+        str(out),
+    ]
     (tmp_path / "argv.json").write_text(json.dumps(argv))
     job = tmp_path / "job.sh"
     job.write_text(SLURM_JOB.format(python=sys.executable, argv=tmp_path / "argv.json"))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK", "RANK", "WORLD_SIZE") and not k.startswith("SLURM_")}
-    env.update(SLURM_CONF=str(slurm_cluster.slurm_conf), DAPT_GPU_IDS="", DAPT_FORCE_CPU_DDP="1",
-               OMP_NUM_THREADS="1")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK", "RANK", "WORLD_SIZE") and not k.startswith("SLURM_")
+    }
+    env.update(SLURM_CONF=str(slurm_cluster.slurm_conf), DAPT_GPU_IDS="", DAPT_FORCE_CPU_DDP="1", OMP_NUM_THREADS="1")
     t0 = time.monotonic()
-    job_id = subprocess.run(["sbatch", "--parsable", "-N1", "-n1", "-c2", "--mem=4000", "-D", str(tmp_path), "-o",
-                             str(tmp_path / "job.out"), str(job)], capture_output=True, text=True, env=env,
-                            timeout=60, check=True).stdout.strip().split(";")[0]
+    job_id = (
+        subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                "-N1",
+                "-n1",
+                "-c2",
+                "--mem=4000",
+                "-D",
+                str(tmp_path),
+                "-o",
+                str(tmp_path / "job.out"),
+                str(job),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+        .stdout.strip()
+        .split(";")[0]
+    )
     state = ""
     while time.monotonic() - t0 < 600 and state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"):
         time.sleep(1)  # (sbatch --wait polls at growing intervals: seen returning 25 s after the job ended)
-        state = subprocess.run(["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"], capture_output=True,
-                               text=True, env=env, timeout=60).stdout.strip()
+        state = subprocess.run(
+            ["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        ).stdout.strip()
     log = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else ""
     print(f"SLURM job {job_id}: {state} after {time.monotonic() - t0:.1f}s")
     assert state == "COMPLETED", f"{log[-5000:]}\n{slurm_cluster.daemon_logs()}"
     assert f"kept: SLURM_JOB_ID={job_id} \n" in log  # the node list had to come from scontrol show job
     cmd = json.loads(log.split("command: ", 1)[1].splitlines()[0])
     port = distributed.RDZV_BASE_PORT + int(job_id) % 1000
-    assert cmd[:9] == ["srun", "--nodes", "1", "--ntasks", "1", "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
-                       "--cpus-per-task"]
+    assert cmd[:9] == [
+        "srun",
+        "--nodes",
+        "1",
+        "--ntasks",
+        "1",
+        "--ntasks-per-node",
+        "1",
+        "--kill-on-bad-exit=1",
+        "--cpus-per-task",
+    ]
     assert cmd[10:] == [*torchrun(1, 2, f"localhost:{port}", job_id), *argv]  # the test node is "localhost"
     assert log.count("done:") == 2 and {p.name for p in out.iterdir()} == {"model", "loss.csv", "summary.json"}
     summary = json.loads((out / "summary.json").read_text())

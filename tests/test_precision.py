@@ -4,14 +4,14 @@ CPU (both forced each way here, so no AVX2-only machine is needed), the GPU's su
 from __future__ import annotations
 
 import json
-import platform
 import os
+import platform
 
 import pytest
 import torch
 
-from dapt.runtime import precision
 from dapt.core.errors import UserError
+from dapt.runtime import precision
 
 FAST = {"fp32_gflops": 50.0, "bf16_gflops": 120.0, "rows": 256}
 SLOW = {"fp32_gflops": 52.0, "bf16_gflops": 0.6, "rows": 256}
@@ -36,12 +36,15 @@ def force(monkeypatch, native: bool, rates: dict, calls: list | None = None):
     monkeypatch.setattr(precision, "probe_rates", probe)
 
 
-@pytest.mark.parametrize("native, rates, expected", [
-    (True, FAST, "bf16"),     # native and measured faster: bf16
-    (True, SLOW, "fp32"),     # native, but the probe says slower: fp32
-    (False, FAST, "fp32"),    # no native bf16: fp32 without probing
-    (False, SLOW, "fp32"),
-])
+@pytest.mark.parametrize(
+    "native, rates, expected",
+    [
+        (True, FAST, "bf16"),  # native and measured faster: bf16
+        (True, SLOW, "fp32"),  # native, but the probe says slower: fp32
+        (False, FAST, "fp32"),  # no native bf16: fp32 without probing
+        (False, SLOW, "fp32"),
+    ],
+)
 def test_auto_on_cpu_follows_native_support_and_the_probe(monkeypatch, cache, native, rates, expected):
     calls: list = []
     force(monkeypatch, native, rates, calls)
@@ -59,8 +62,10 @@ def test_auto_on_cpu_follows_native_support_and_the_probe(monkeypatch, cache, na
 def test_cpu_model_names_the_x86_family_and_model(tmp_path):
     """A virtual machine may say only "AMD EPYC": family and model tell Zen 3 (25/1) from Zen 4 (25/17)."""
     x86 = tmp_path / "x86"
-    x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
-                   "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 6\nmodel\t\t: 85\nmodel name\t: other\n")
+    x86.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+        "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 6\nmodel\t\t: 85\nmodel name\t: other\n"
+    )
     assert precision.cpu_model(str(x86)) == "AMD EPYC (family 25, model 17)"  # the first processor's block
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n\nModel\t: Raspberry Pi 5\n")
@@ -76,7 +81,7 @@ def test_probe_is_cached_per_cpu_torch_threads_and_shape(monkeypatch, cache, tmp
     first = precision.choose_precision("auto", "cpu", tmp_path / "m")
     again = precision.choose_precision("auto", "cpu", tmp_path / "m")
     assert calls == [(384, 1536)] and first["probe"]["cached"] is False and again["probe"]["cached"] is True
-    key, = json.loads(cache.read_text())
+    (key,) = json.loads(cache.read_text())
     assert precision.cpu_model() in key and torch.__version__ in key and "384x1536" in key
     precision.choose_precision("auto", "cpu")  # another shape (BERT-base's, the default): probed anew
     assert calls == [(384, 1536), (768, 3072)]

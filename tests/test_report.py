@@ -19,13 +19,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from dapt import report
-
+from dapt.core.errors import UserError
+from dapt.core.redact import REDACTED
 from dapt.study import layout
-from dapt.core.redact import REDACTED  # noqa: E402
-from dapt.core.errors import UserError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = ROOT / "scripts" / "report.py"
 FAKE_TOKEN = "hf_FAKEtokenDoNotLeak8c1e2f9a7b"
@@ -69,7 +68,7 @@ def make_study(root: Path) -> dict:
     """Write a fake study in the workflow's layout; return what the test needs to know about it."""
     rng = np.random.default_rng(123)
     truth = {"metrics": [], "bench": {}}
-    for t_i, (task, (labels, metric, shares)) in enumerate(TASKS.items()):
+    for t_i, (task, (labels, _metric, shares)) in enumerate(TASKS.items()):
         k = len(labels)
         gold = rng.choice(k, size=N_TEST, p=shares)
         ids = [f"{task}-{i:04d}" for i in range(N_TEST)]
@@ -83,38 +82,62 @@ def make_study(root: Path) -> dict:
                     probs = _probs(rng, pred, k)
                     run = root / "results" / "evaluate" / task / "minilm" / variant / method / f"seed{seed}"
                     run.mkdir(parents=True)
-                    preds = pd.DataFrame({"id": ids, "gold": [labels[g] for g in gold],
-                                          "predicted": [labels[p] for p in pred]})
+                    preds = pd.DataFrame(
+                        {"id": ids, "gold": [labels[g] for g in gold], "predicted": [labels[p] for p in pred]}
+                    )
                     for j, lab in enumerate(labels):
                         preds[f"p_{lab}"] = probs[:, j]
                     preds.sample(frac=1, random_state=seed).to_csv(run / "predictions.csv", index=False)
                     p, r, f, s = precision_recall_fscore_support(gold, pred, labels=range(k), zero_division=0)
                     chain = "" if variant == "base" else "dapt-imdb"
                     m = {
-                        "task": task, "model": "minilm", "variant": variant, "method": method, "seed": seed,
+                        "task": task,
+                        "model": "minilm",
+                        "variant": variant,
+                        "method": method,
+                        "seed": seed,
                         "accuracy": accuracy_score(gold, pred),
                         "macro_f1": f1_score(gold, pred, average="macro", labels=range(k), zero_division=0),
                         "micro_f1": f1_score(gold, pred, average="micro", labels=range(k), zero_division=0),
-                        "per_class": {str(lab): {"precision": p[j], "recall": r[j], "f1": f[j], "support": int(s[j])}
-                                      for j, lab in enumerate(labels)},
+                        "per_class": {
+                            str(lab): {"precision": p[j], "recall": r[j], "f1": f[j], "support": int(s[j])}
+                            for j, lab in enumerate(labels)
+                        },
                         "confusion_matrix": confusion_matrix(gold, pred, labels=range(k)).tolist(),
-                        "labels": labels, "n_train": 800 + t_i, "n_validation": 100, "n_test": N_TEST,
-                        "train_steps": 150, "epochs_run": 3, "best_epoch": 2 + (seed % 2),
-                        "trainable_params": PARAMS[method], "total_params": TOTAL,
+                        "labels": labels,
+                        "n_train": 800 + t_i,
+                        "n_validation": 100,
+                        "n_test": N_TEST,
+                        "train_steps": 150,
+                        "epochs_run": 3,
+                        "best_epoch": 2 + (seed % 2),
+                        "trainable_params": PARAMS[method],
+                        "total_params": TOTAL,
                         "trainable_pct": 100 * PARAMS[method] / TOTAL,
                         "peak_memory_mb": 900.0 + 10 * seed + (300 if method == "full" else 0),
-                        "artifact_bytes": 1000, "device": "cpu", "precision": "fp32",
-                        "pretrain": {"chain": chain, "steps": 0 if not chain else 60,
-                                     "tokens": 0 if not chain else 122_880},
+                        "artifact_bytes": 1000,
+                        "device": "cpu",
+                        "precision": "fp32",
+                        "pretrain": {
+                            "chain": chain,
+                            "steps": 0 if not chain else 60,
+                            "tokens": 0 if not chain else 122_880,
+                        },
                     }
                     (run / "metrics.json").write_text(json.dumps(m, default=float))
                     truth["metrics"].append(m)
                     log = root / "results" / "finetune" / task / "minilm" / variant / method / f"seed{seed}"
                     log.mkdir(parents=True)
-                    pd.DataFrame({"epoch": [1, 2, 3], "step": [50, 100, 150], "train_loss": [0.7, 0.5, 0.4],
-                                  "val_accuracy": [acc - 0.1, acc - 0.05, acc],
-                                  "val_macro_f1": [acc - 0.12, acc - 0.06, acc - 0.01],
-                                  "lr": [3e-5, 2e-5, 1e-5]}).to_csv(log / "log.csv", index=False)
+                    pd.DataFrame(
+                        {
+                            "epoch": [1, 2, 3],
+                            "step": [50, 100, 150],
+                            "train_loss": [0.7, 0.5, 0.4],
+                            "val_accuracy": [acc - 0.1, acc - 0.05, acc],
+                            "val_macro_f1": [acc - 0.12, acc - 0.06, acc - 0.01],
+                            "lr": [3e-5, 2e-5, 1e-5],
+                        }
+                    ).to_csv(log / "log.csv", index=False)
                     for rule, base_s in (("finetune", 100.0), ("evaluate", 5.0)):
                         wall = base_s + 10 * seed + (50 if method == "full" else 0) + t_i
                         rss = 1500.0 + seed + (500 if method == "full" else 0)
@@ -125,7 +148,8 @@ def make_study(root: Path) -> dict:
     pre.mkdir(parents=True)
     steps = np.arange(1, 61)
     pd.DataFrame({"step": steps, "loss": 4 - np.log(steps) * 0.4, "lr": 5e-5, "tokens": steps * 2048}).to_csv(
-        pre / "loss.csv", index=False)
+        pre / "loss.csv", index=False
+    )
     _write_benchmark(root / "results" / "benchmarks" / "pretrain" / "minilm" / "dapt-imdb.tsv", 321.0, 2500.0)
     truth["bench"][("pretrain",)] = (321.0, 2500.0)
     _write_benchmark(root / "results" / "benchmarks" / "report.tsv", 7.0, 400.0)  # a job without wildcards
@@ -136,9 +160,11 @@ def make_study(root: Path) -> dict:
 def _write_benchmark(path: Path, wall: float, rss: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     h, rem = divmod(int(wall), 3600)
-    path.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-                    f"{wall:.4f}\t{h}:{rem // 60:02d}:{rem % 60:02d}\t{rss:.2f}\t{rss * 2:.2f}\t{rss * 0.9:.2f}"
-                    f"\t{rss * 0.95:.2f}\t0.10\t1.20\t95.00\t{wall * 0.9:.2f}\n")
+    path.write_text(
+        "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+        f"{wall:.4f}\t{h}:{rem // 60:02d}:{rem % 60:02d}\t{rss:.2f}\t{rss * 2:.2f}\t{rss * 0.9:.2f}"
+        f"\t{rss * 0.95:.2f}\t0.10\t1.20\t95.00\t{wall * 0.9:.2f}\n"
+    )
 
 
 def _cli_args(root: Path, out: Path, as_rule: bool = False) -> list[str]:
@@ -151,10 +177,20 @@ def _cli_args(root: Path, out: Path, as_rule: bool = False) -> list[str]:
         bench, config = [str(res / "benchmarks")], json.dumps(CONFIG)
     else:
         bench, config = list(map(str, sorted(res.glob("benchmarks/**/*.tsv")))), str(cfg)
-    return ["--metrics", *map(str, sorted(res.glob("evaluate/*/*/*/*/seed*/metrics.json"))),
-            "--logs", *map(str, sorted(res.glob("finetune/*/*/*/*/seed*/log.csv"))),
-            "--pretrain-logs", *map(str, sorted(res.glob("pretrain/*/*/loss.csv"))),
-            "--benchmarks", *bench, "--config-json", config, "--out", str(out)]
+    return [
+        "--metrics",
+        *map(str, sorted(res.glob("evaluate/*/*/*/*/seed*/metrics.json"))),
+        "--logs",
+        *map(str, sorted(res.glob("finetune/*/*/*/*/seed*/log.csv"))),
+        "--pretrain-logs",
+        *map(str, sorted(res.glob("pretrain/*/*/loss.csv"))),
+        "--benchmarks",
+        *bench,
+        "--config-json",
+        config,
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -163,15 +199,28 @@ def study(tmp_path_factory):
     truth = make_study(root)
     out = root / "results" / "report"
     env = {**os.environ, "HF_TOKEN": FAKE_TOKEN, "DAPT_TEST_MARKER": MARKER}
-    proc = subprocess.run([sys.executable, str(SCRIPT), *_cli_args(root, out, as_rule=True)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *_cli_args(root, out, as_rule=True)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return {"root": root, "out": out, "truth": truth, "stdout": proc.stdout}
 
 
 def _expected_scores(truth: dict) -> pd.DataFrame:
-    rows = [{"task": m["task"], "variant": m["variant"], "method": m["method"], "seed": m["seed"],
-             "score": m[TASKS[m["task"]][1]]} for m in truth["metrics"]]
+    rows = [
+        {
+            "task": m["task"],
+            "variant": m["variant"],
+            "method": m["method"],
+            "seed": m["seed"],
+            "score": m[TASKS[m["task"]][1]],
+        }
+        for m in truth["metrics"]
+    ]
     return pd.DataFrame(rows)
 
 
@@ -201,8 +250,19 @@ def test_the_rule_declares_exactly_the_files_the_report_writes(study, tmp_path):
     """rules/report.smk's outputs (as Snakemake sees them) = what scripts/report.py writes."""
     written = {p.name for p in study["out"].iterdir()}
     assert written == set(layout.REPORT_FILES)
-    proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
-                           "--directory", str(tmp_path), "--summary"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "snakemake"),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--summary",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     declared = [line.split("\t")[0] for line in proc.stdout.splitlines() if line.split("\t")[2:3] == ["report"]]
     # the default study also evaluates robustness: its report adds those files (test_robust.py runs one)
@@ -217,8 +277,19 @@ def test_the_rule_declares_exactly_the_files_the_report_writes(study, tmp_path):
 def test_results_one_row_per_run_with_benchmarks(study):
     res = pd.read_csv(study["out"] / "results.csv")
     assert len(res) == len(TASKS) * len(VARIANTS) * len(METHODS) * len(SEEDS)
-    for col in ("accuracy", "macro_f1", "micro_f1", "per_class.world.f1", "pretrain.chain", "pretrain.tokens",
-                "trainable_params", "n_test", "peak_memory_mb", "finetune_wall_s", "evaluate_max_rss_mb"):
+    for col in (
+        "accuracy",
+        "macro_f1",
+        "micro_f1",
+        "per_class.world.f1",
+        "pretrain.chain",
+        "pretrain.tokens",
+        "trainable_params",
+        "n_test",
+        "peak_memory_mb",
+        "finetune_wall_s",
+        "evaluate_max_rss_mb",
+    ):
         assert col in res.columns, col
     for rec in res.to_dict("records"):
         for rule in ("finetune", "evaluate"):
@@ -265,8 +336,9 @@ def test_best_is_bold_in_markdown_and_latex(study):
         if cells[3] != "seeds":
             continue
         task = cells[0].split(" (")[0]
-        means = {v: exp[(exp.task == task) & (exp.method == cells[2]) & (exp.variant == v)]["score"].mean()
-                 for v in VARIANTS}
+        means = {
+            v: exp[(exp.task == task) & (exp.method == cells[2]) & (exp.variant == v)]["score"].mean() for v in VARIANTS
+        }
         best = max(means, key=means.get)
         assert best == "dapt"  # the fixture makes dapt clearly better
         for v in VARIANTS:
@@ -285,8 +357,15 @@ def test_best_is_bold_in_markdown_and_latex(study):
 
 def _independent_ensemble(root: Path, task: str, variant: str, method: str) -> tuple[np.ndarray, np.ndarray, list]:
     labels = [str(x) for x in TASKS[task][0]]
-    frames = [pd.read_csv(root / "results" / "evaluate" / task / "minilm" / variant / method / f"seed{s}" /
-                          "predictions.csv", dtype={"gold": str}).set_index("id").sort_index() for s in SEEDS]
+    frames = [
+        pd.read_csv(
+            root / "results" / "evaluate" / task / "minilm" / variant / method / f"seed{s}" / "predictions.csv",
+            dtype={"gold": str},
+        )
+        .set_index("id")
+        .sort_index()
+        for s in SEEDS
+    ]
     probs = sum(f[[f"p_{lab}" for lab in labels]].to_numpy() for f in frames) / len(frames)
     gold = frames[0]["gold"].map(labels.index).to_numpy()
     return gold, probs.argmax(axis=1), labels
@@ -411,8 +490,18 @@ def test_plots_written(study, name):
 
 def test_provenance(study):
     prov = json.loads((study["out"] / "provenance.json").read_text())
-    for pkg in ("torch", "transformers", "datasets", "peft", "accelerate", "snakemake", "pandas",
-                "scikit-learn", "numpy", "python"):
+    for pkg in (
+        "torch",
+        "transformers",
+        "datasets",
+        "peft",
+        "accelerate",
+        "snakemake",
+        "pandas",
+        "scikit-learn",
+        "numpy",
+        "python",
+    ):
         assert pkg in prov["packages"]
     assert prov["packages"]["pandas"] == pd.__version__
     assert prov["hardware"]["cpu_count"] == os.cpu_count() and "platform" in prov["hardware"]
@@ -486,8 +575,12 @@ def test_missing_predictions_names_the_file(small_study):
 def test_bad_benchmark_exits_2_naming_the_file(small_study):
     bad = small_study / "results/benchmarks/finetune/topic/minilm/base/full/seed3.tsv"
     bad.write_text("wall\n1\n")
-    proc = subprocess.run([sys.executable, str(SCRIPT), *_cli_args(small_study, small_study / "out"),
-                           "--bootstrap-resamples", "10"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *_cli_args(small_study, small_study / "out"), "--bootstrap-resamples", "10"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert str(bad) in proc.stderr and "Traceback" not in proc.stderr
 
@@ -531,11 +624,11 @@ def test_a_method_on_fewer_variants_leaves_its_cells_empty(small_study):
 def _paper_table(methods=("full",)) -> pd.DataFrame:
     """The `seeds` rows of table.csv for a Table-5-like study: 4 tasks in 2 domains, one micro-F1."""
     rows = []
-    for i, (task, metric) in enumerate((("chemprot", "micro_f1"), ("rct", "micro_f1"), ("ag_news", "macro_f1"),
-                                        ("hyperpartisan", "macro_f1"))):
+    for i, (task, metric) in enumerate(
+        (("chemprot", "micro_f1"), ("rct", "micro_f1"), ("ag_news", "macro_f1"), ("hyperpartisan", "macro_f1"))
+    ):
         for j, method in enumerate(methods):
-            row = {"task": task, "metric": metric, "model": "roberta", "method": method, "row": "seeds",
-                   "n_seeds": 5}
+            row = {"task": task, "metric": metric, "model": "roberta", "method": method, "row": "seeds", "n_seeds": 5}
             for k, v in enumerate(("base", "dapt", "tapt", "dapt_tapt")):
                 row[f"{v}_mean"], row[f"{v}_std"] = 80.0 + i + k * 0.51 - j, 0.1 * (k + 1)
             rows.append(row)
@@ -544,12 +637,21 @@ def _paper_table(methods=("full",)) -> pd.DataFrame:
 
 
 PAPER_CONFIG = {
-    "tasks": {"chemprot": {"domain": "biomed"}, "rct": {"domain": "biomed"}, "hyperpartisan": {"domain": "news"},
-              "ag_news": {"domain": "news"}},
-    "models": {"roberta": {}}, "methods": {"full": {}, "lora": {}},
-    "report": {"labels": {"variants": {"base": "RoBERTa", "dapt": "DAPT", "tapt": "TAPT", "dapt_tapt": "DAPT + TAPT"},
-                          "tasks": {"chemprot": "ChemProt", "rct": "RCT", "ag_news": "AGNews"},
-                          "domains": {"biomed": "BioMed", "news": "News"}}},
+    "tasks": {
+        "chemprot": {"domain": "biomed"},
+        "rct": {"domain": "biomed"},
+        "hyperpartisan": {"domain": "news"},
+        "ag_news": {"domain": "news"},
+    },
+    "models": {"roberta": {}},
+    "methods": {"full": {}, "lora": {}},
+    "report": {
+        "labels": {
+            "variants": {"base": "RoBERTa", "dapt": "DAPT", "tapt": "TAPT", "dapt_tapt": "DAPT + TAPT"},
+            "tasks": {"chemprot": "ChemProt", "rct": "RCT", "ag_news": "AGNews"},
+            "domains": {"biomed": "BioMed", "news": "News"},
+        }
+    },
 }
 
 
@@ -562,7 +664,11 @@ def test_paper_layout_table_reads_like_table_5():
     body = [line for line in lines if line.count("&") == 5 and "$_{" in line]
     # tasks in config order within domains, the domain named on its first row; one rule between domains
     assert [line.split(" & ")[:2] for line in body] == [
-        ["BioMed", "ChemProt"], ["", "RCT"], ["News", "hyperpartisan"], ["", "AGNews"]]
+        ["BioMed", "ChemProt"],
+        ["", "RCT"],
+        ["News", "hyperpartisan"],
+        ["", "AGNews"],
+    ]
     assert lines[lines.index(body[2]) - 1] == "\\midrule" and lines[lines.index(body[1]) - 1] == body[0]
     assert body[0].split(" & ")[2:] == ["80.0$_{0.1}$", "80.5$_{0.2}$", "81.0$_{0.3}$", "\\textbf{81.5}$_{0.4}$ \\\\"]
     assert "\\multicolumn" not in tex  # one model and one method: no block headings
@@ -573,19 +679,26 @@ def test_paper_layout_table_reads_like_table_5():
 
     two = render_paper_latex(_paper_table(("full", "lora")), ["base", "dapt", "tapt", "dapt_tapt"], PAPER_CONFIG)
     heads = [line for line in two.splitlines() if line.startswith("\\multicolumn")]
-    assert heads == ["\\multicolumn{6}{l}{\\textit{roberta, full}} \\\\", "\\multicolumn{6}{l}{\\textit{roberta, lora}} \\\\"]
+    assert heads == [
+        "\\multicolumn{6}{l}{\\textit{roberta, full}} \\\\",
+        "\\multicolumn{6}{l}{\\textit{roberta, lora}} \\\\",
+    ]
     assert sum(line.startswith("BioMed & ChemProt") for line in two.splitlines()) == 2
 
 
 def test_report_labels_must_name_the_studys_things():
     from dapt.study import config as study
 
-    config = {"models": {"m": {"source": {"kind": "local", "path": "m"}}},
-              "tasks": {"t": {"source": {"kind": "local", "path": "t.csv"}, "domain": "bio"}},
-              "corpora": {"bio": {"source": {"kind": "local", "path": "b.txt"}}},
-              "variants": {"base": [], "dapt": ["dapt"]}, "pretrain": {"dapt": {"max_steps": 1}},
-              "methods": {"full": {}}, "seeds": [1],
-              "report": {"labels": {"variants": {"base": "RoBERTa"}, "domains": {"bio": "BioMed"}}}}
+    config = {
+        "models": {"m": {"source": {"kind": "local", "path": "m"}}},
+        "tasks": {"t": {"source": {"kind": "local", "path": "t.csv"}, "domain": "bio"}},
+        "corpora": {"bio": {"source": {"kind": "local", "path": "b.txt"}}},
+        "variants": {"base": [], "dapt": ["dapt"]},
+        "pretrain": {"dapt": {"max_steps": 1}},
+        "methods": {"full": {}},
+        "seeds": [1],
+        "report": {"labels": {"variants": {"base": "RoBERTa"}, "domains": {"bio": "BioMed"}}},
+    }
     study.validate_config(config, "study.yaml")
     config["report"]["labels"]["tasks"] = {"tt": "T"}
     with pytest.raises(UserError, match=r"study.yaml: report.labels.tasks.tt: not one of the study's tasks"):
@@ -597,10 +710,29 @@ def test_report_labels_must_name_the_studys_things():
 
 def test_renderers_format_the_numbers_and_bold_visible_ties():
     """The table holds numbers; bold marks come from them as displayed (80.04 and 80.01 both show 80.0)."""
-    row = {"task": "t", "metric": "macro_f1", "model": "m", "method": "full", "row": "seeds", "n_seeds": "3",
-           "base_mean": 80.04, "base_std": 1.26, "base_n": 3, "dapt_mean": 80.01, "dapt_std": 0.5, "dapt_n": 3,
-           "tapt_mean": float("nan"), "tapt_std": float("nan"), "tapt_n": 0, "p_dapt": 0.5, "p_tapt": float("nan"),
-           "trainable_pct": 100.0, "trainable_params": 1e6, "finetune_wall_s": 12.34, "peak_memory_mb": 900.0}
+    row = {
+        "task": "t",
+        "metric": "macro_f1",
+        "model": "m",
+        "method": "full",
+        "row": "seeds",
+        "n_seeds": "3",
+        "base_mean": 80.04,
+        "base_std": 1.26,
+        "base_n": 3,
+        "dapt_mean": 80.01,
+        "dapt_std": 0.5,
+        "dapt_n": 3,
+        "tapt_mean": float("nan"),
+        "tapt_std": float("nan"),
+        "tapt_n": 0,
+        "p_dapt": 0.5,
+        "p_tapt": float("nan"),
+        "trainable_pct": 100.0,
+        "trainable_params": 1e6,
+        "finetune_wall_s": 12.34,
+        "peak_memory_mb": 900.0,
+    }
     nan = float("nan")
     table = pd.DataFrame([row, {**row, "row": "ensemble", "base_mean": 79.0, "base_std": nan, "dapt_std": nan}])
     variants = ["base", "dapt", "tapt"]
@@ -623,14 +755,27 @@ def test_renderers_format_the_numbers_and_bold_visible_ties():
 def _write_baseline(root: Path, task: str, c: float, scores: dict, n_test: int = N_TEST) -> Path:
     path = root / "results" / "baseline" / task / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"task": task, "method": "tfidf_lr", "C": c, "validation": {"1": 0.5, "10": 0.6},
-                                "n_test": n_test, "n_train": 800, **scores}))
+    path.write_text(
+        json.dumps(
+            {
+                "task": task,
+                "method": "tfidf_lr",
+                "C": c,
+                "validation": {"1": 0.5, "10": 0.6},
+                "n_test": n_test,
+                "n_train": 800,
+                **scores,
+            }
+        )
+    )
     return path
 
 
 def test_baseline_row_beside_the_majority_class(small_study):
-    scores = {"rt_polarity": {"accuracy": 0.71, "macro_f1": 0.6843, "micro_f1": 0.71},
-              "topic": {"accuracy": 0.5512, "macro_f1": 0.4, "micro_f1": 0.5512}}
+    scores = {
+        "rt_polarity": {"accuracy": 0.71, "macro_f1": 0.6843, "micro_f1": 0.71},
+        "topic": {"accuracy": 0.5512, "macro_f1": 0.4, "micro_f1": 0.5512},
+    }
     paths = [str(_write_baseline(small_study, t, c, scores[t])) for t, c in (("rt_polarity", 10.0), ("topic", 0.1))]
     out = small_study / "out"
     _load_script().main([*_cli_args(small_study, out), "--bootstrap-resamples", "50", "--baseline", *paths])

@@ -21,15 +21,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import (
+    EVALUATE,
+    FINETUNE,
+    PRETRAIN,
+    RELIABILITY_RUN,
+    RELIABILITY_TARGETS,
+    assert_same_results,
+    copy_prepared,
+    run_snakemake,
+    snakemake_command,
+)
 
-from conftest import (EVALUATE, FINETUNE, PRETRAIN, RELIABILITY_RUN, RELIABILITY_TARGETS, assert_same_results,
-                      copy_prepared, run_snakemake, snakemake_command)
-from dapt.runtime import checkpoints
 from dapt.core import files
+from dapt.runtime import checkpoints
 from dapt.runtime.checkpoints import checkpoint_step, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.resume
-
 
 
 def kill_after_checkpoint(workdir: Path, ckpt_dir: str, min_step: int, timeout: float = 400) -> int:
@@ -37,8 +45,13 @@ def kill_after_checkpoint(workdir: Path, ckpt_dir: str, min_step: int, timeout: 
     step >= min_step. Returns that step."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     with open(workdir / "killed-run.txt", "ab") as out:
-        proc = subprocess.Popen(snakemake_command(workdir, *RELIABILITY_TARGETS), stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)  # its own process group: Snakemake and its jobs
+        proc = subprocess.Popen(
+            snakemake_command(workdir, *RELIABILITY_TARGETS),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )  # its own process group: Snakemake and its jobs
         trainer = workdir / ckpt_dir / "last" / "trainer.pt"
         deadline = time.monotonic() + timeout
         try:
@@ -104,8 +117,10 @@ def test_sigkill_then_rerun_ends_exactly_as_an_uninterrupted_run(clean_run, reli
     # finished jobs leave no checkpoints, and no temporary files anywhere
     assert [p for p in (workdir / "results/checkpoints").rglob("*") if p.is_file()] == []
     assert [p for p in (workdir / "results").rglob("*.tmp")] == []
-    print(f"kill at pretrain step {killed_pretrain} and finetune step {killed_finetune}, "
-          f"resume: {time.perf_counter() - started:.0f}s")
+    print(
+        f"kill at pretrain step {killed_pretrain} and finetune step {killed_finetune}, "
+        f"resume: {time.perf_counter() - started:.0f}s"
+    )
 
 
 # --------------------------------------------------------------------------------------------

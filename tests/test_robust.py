@@ -15,18 +15,39 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import (
+    REPO,
+    make_workdir,
+    minilm_dir,
+    rt_examples,
+    run_snakemake,
+    tiny_base,
+    tiny_config,
+    write_tokenized_task,
+)
 
-from conftest import (REPO, make_workdir, minilm_dir, rt_examples, run_snakemake, tiny_base, tiny_config,
-                      write_tokenized_task)
-
-TRAIN = {"epochs": 2, "batch_size": 8, "eval_batch_size": 32, "grad_accum": 1, "lr": 3e-3, "weight_decay": 0.0,
-         "warmup_ratio": 0.0, "patience": 10, "max_grad_norm": 1.0, "save_steps": 1000, "metric": "macro_f1",
-         "max_length": 48}
+TRAIN = {
+    "epochs": 2,
+    "batch_size": 8,
+    "eval_batch_size": 32,
+    "grad_accum": 1,
+    "lr": 3e-3,
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "patience": 10,
+    "max_grad_norm": 1.0,
+    "save_steps": 1000,
+    "metric": "macro_f1",
+    "max_length": 48,
+}
 METHODS = {"full": {"kind": "full"}, "lora": {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.1}}
-OPTIONS = {"fgm": {"adversarial": "fgm", "adv_epsilon": 1.0}, "pgd": {"adversarial": "pgd", "adv_epsilon": 1.0,
-                                                                      "adv_alpha": 0.4, "adv_steps": 2},
-           "rdrop": {"rdrop": 1.0}, "label_smoothing": {"label_smoothing": 0.2},
-           "fgm+rdrop": {"adversarial": "fgm", "rdrop": 0.5}}
+OPTIONS = {
+    "fgm": {"adversarial": "fgm", "adv_epsilon": 1.0},
+    "pgd": {"adversarial": "pgd", "adv_epsilon": 1.0, "adv_alpha": 0.4, "adv_steps": 2},
+    "rdrop": {"rdrop": 1.0},
+    "label_smoothing": {"label_smoothing": 0.2},
+    "fgm+rdrop": {"adversarial": "fgm", "rdrop": 0.5},
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +59,9 @@ def tiny_task(tmp_path_factory):
     tok = load_tokenizer(minilm_dir())
     base = tiny_base(root, tok, dropout=0.1, initializer_range=0.02)
     df = rt_examples()
-    tokenized = write_tokenized_task(root, {"train": df[:32], "validation": df[32:64], "test": df[64:124]},
-                                     ["neg", "pos"], base, 48)
+    tokenized = write_tokenized_task(
+        root, {"train": df[:32], "validation": df[32:64], "test": df[64:124]}, ["neg", "pos"], base, 48
+    )
     return base, root / "task", tokenized
 
 
@@ -128,8 +150,8 @@ def test_adversarial_lora_run_trains_and_is_reproducible(tiny_task, runtime, tmp
 
 def test_augmented_rows_train_with_their_labels_and_never_reach_validation(tiny_task, runtime, tmp_path):
     from dapt.data.augment import source_ids, write_augmented
-    from dapt.study.settings import augment_settings
     from dapt.finetune.fine_tuning import load_task, with_copies
+    from dapt.study.settings import augment_settings
 
     base, task_dir, tokenized = tiny_task
     settings = augment_settings({"augment": {"ops": ["swap", "delete", "insert"], "n_aug": 2, "seed": 3}})
@@ -149,7 +171,9 @@ def test_augmented_rows_train_with_their_labels_and_never_reach_validation(tiny_
     combined = with_copies(data.train, str(out), str(tokenized), str(base))
     assert len(combined["label"]) == 3 * len(train)
     assert combined["id"][: len(train)] == data.train["id"]
-    held_out = set(pd.read_parquet(task_dir / "validation.parquet")["id"]) | set(pd.read_parquet(task_dir / "test.parquet")["id"])
+    held_out = set(pd.read_parquet(task_dir / "validation.parquet")["id"]) | set(
+        pd.read_parquet(task_dir / "test.parquet")["id"]
+    )
     assert not held_out & set(source_ids(combined["id"])), "an augmented row comes from validation or test"
     # a learning-curve cut keeps the copies of the rows it keeps, and only those
     half = {k: (v[:10] if isinstance(v, (list, np.ndarray)) else v) for k, v in data.train.items()}
@@ -171,8 +195,19 @@ def test_perturbed_scores_are_per_document_beside_clean_on_the_same_sample(tiny_
         files[op] = str(tmp_path / f"{op}.parquet")
         write_perturbed(task_dir, op, rate, 0, 25, files[op])
     robust = tmp_path / "robustness.json"
-    evaluate_run(str(out / "model"), str(base), str(tokenized), str(out / "train.json"), str(tmp_path / "m.json"),
-                 str(tmp_path / "p.csv"), runtime, {"task": "t"}, 32, files, str(robust))
+    evaluate_run(
+        str(out / "model"),
+        str(base),
+        str(tokenized),
+        str(out / "train.json"),
+        str(tmp_path / "m.json"),
+        str(tmp_path / "p.csv"),
+        runtime,
+        {"task": "t"},
+        32,
+        files,
+        str(robust),
+    )
     scores = json.loads(robust.read_text())
     assert set(scores["perturbations"]) == {"typo", "case"}
     assert scores["clean"]["n"] == scores["perturbations"]["typo"]["n"] == 25
@@ -188,25 +223,30 @@ def test_perturbed_scores_are_per_document_beside_clean_on_the_same_sample(tiny_
     assert scores["perturbations"]["typo"]["changed"] > 15
 
 
-@pytest.mark.parametrize("edit, key", [
-    ({"finetune": {"adv_epsilon": -1.0}}, "finetune.adv_epsilon"),
-    ({"methods": {"lora": {"adversarial": "fgsm"}}}, "methods.lora.adversarial"),
-    ({"robustness": {"perturbations": {"typo": 1.5}}}, "robustness.perturbations.typo"),
-    ({"robustness": {"perturbations": {"typos": 0.1}}}, "robustness.perturbations"),
-    ({"finetune": {"augment": {"ops": ["shuffle"]}}}, "finetune.augment.ops[0]"),
-    ({"finetune": {"augment": {"ops": ["swap"], "rate": 2}}}, "finetune.augment.rate"),
-    ({"finetune": {"label_smoothing": 1.0}}, "finetune.label_smoothing"),
-    ({"finetune": {"augment": {"ops": ["synonym"]}}}, "finetune.augment.ops"),
-])
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        ({"finetune": {"adv_epsilon": -1.0}}, "finetune.adv_epsilon"),
+        ({"methods": {"lora": {"adversarial": "fgsm"}}}, "methods.lora.adversarial"),
+        ({"robustness": {"perturbations": {"typo": 1.5}}}, "robustness.perturbations.typo"),
+        ({"robustness": {"perturbations": {"typos": 0.1}}}, "robustness.perturbations"),
+        ({"finetune": {"augment": {"ops": ["shuffle"]}}}, "finetune.augment.ops[0]"),
+        ({"finetune": {"augment": {"ops": ["swap"], "rate": 2}}}, "finetune.augment.rate"),
+        ({"finetune": {"label_smoothing": 1.0}}, "finetune.label_smoothing"),
+        ({"finetune": {"augment": {"ops": ["synonym"]}}}, "finetune.augment.ops"),
+    ],
+)
 def test_bad_values_are_one_line_config_errors(edit, key):
-    from dapt.study.config import validate_config
     from dapt.core.errors import UserError
+    from dapt.study.config import validate_config
 
     config = tiny_config()
     for section, value in edit.items():
         if isinstance(config.get(section), dict) and section != "robustness":
             for name, spec in value.items():
-                config[section][name] = {**(config[section].get(name) or {}), **spec} if isinstance(spec, dict) else spec
+                config[section][name] = (
+                    {**(config[section].get(name) or {}), **spec} if isinstance(spec, dict) else spec
+                )
         else:
             config[section] = value
     with pytest.raises(UserError) as err:
@@ -222,7 +262,9 @@ def test_schema_lists_the_operations_textops_has():
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
     keys = schema["$defs"]["finetune_keys"]["properties"]
     assert keys["augment"]["properties"]["ops"]["items"]["enum"] == list(AUGMENT_OPS)
-    assert schema["properties"]["robustness"]["properties"]["perturbations"]["propertyNames"]["enum"] == list(PERTURBATIONS)
+    assert schema["properties"]["robustness"]["properties"]["perturbations"]["propertyNames"]["enum"] == list(
+        PERTURBATIONS
+    )
 
 
 def test_robustness_study_runs_through_snakemake(tmp_path):
@@ -231,8 +273,10 @@ def test_robustness_study_runs_through_snakemake(tmp_path):
     config = tiny_config()
     config["variants"] = {"base": []}
     config["seeds"] = [1]
-    config["methods"] = {"full": {"augment": {"ops": ["synonym", "swap"], "n_aug": 1, "rate": 0.3}},
-                         "lora": {"lr": 3.0e-3, "r": 4, "alpha": 8, "adversarial": "fgm", "rdrop": 0.5}}
+    config["methods"] = {
+        "full": {"augment": {"ops": ["synonym", "swap"], "n_aug": 1, "rate": 0.3}},
+        "lora": {"lr": 3.0e-3, "r": 4, "alpha": 8, "adversarial": "fgm", "rdrop": 0.5},
+    }
     config["robustness"] = {"perturbations": {"typo": 0.1, "synonym": 0.3}, "max_examples": 40}
     config["wordnet"] = {"source": {"kind": "local", "path": "wordnet"}}
     work = make_workdir(tmp_path / "study", config)
@@ -244,7 +288,9 @@ def test_robustness_study_runs_through_snakemake(tmp_path):
     log = (work / "results/logs/finetune/rt_polarity/tiny/base/full/seed1.log").read_text()
     assert "augment:" in log
     for method in ("full", "lora"):
-        scores = json.loads((work / f"results/evaluate/rt_polarity/tiny/base/{method}/seed1/robustness.json").read_text())
+        scores = json.loads(
+            (work / f"results/evaluate/rt_polarity/tiny/base/{method}/seed1/robustness.json").read_text()
+        )
         assert set(scores["perturbations"]) == {"typo", "synonym"} and scores["clean"]["n"] == 40
     table = (work / "results/report/robustness.md").read_text()
     assert "typo (0.1)" in table and "synonym (0.3)" in table
@@ -256,9 +302,13 @@ def write_tiny_wordnet(folder):
     """A WordNet data file in the real format, with synsets for words of the test sentences."""
     folder.mkdir(parents=True)
     lines = ["  1 This software and database is being provided to you, the LICENSEE, by Princeton University"]
-    synsets = [("00001740", "00", "a", ["good", "beneficial", "well"]), ("00002098", "00", "a", ["bad", "poor"]),
-               ("00002312", "00", "a", ["funny", "amusing", "comic"]), ("00002527", "00", "a", ["boring", "dull"]),
-               ("00002730", "00", "a", ["great", "outstanding"])]
+    synsets = [
+        ("00001740", "00", "a", ["good", "beneficial", "well"]),
+        ("00002098", "00", "a", ["bad", "poor"]),
+        ("00002312", "00", "a", ["funny", "amusing", "comic"]),
+        ("00002527", "00", "a", ["boring", "dull"]),
+        ("00002730", "00", "a", ["great", "outstanding"]),
+    ]
     for offset, lex, pos, words in synsets:
         lines.append(f"{offset} {lex} {pos} {len(words):02x} " + " ".join(f"{w} 0" for w in words) + " 000 | gloss")
     for name in ("data.adj", "data.noun", "data.verb", "data.adv"):
@@ -272,7 +322,11 @@ def test_robustness_options_sweep_like_any_hyperparameter():
     config["methods"] = {"full": {"rdrop": [0.0, 0.5], "adversarial": ["none", "fgm"]}}
     runs = [r for r in grid.runs(config) if r["variant"] == "base" and r["seed"] == 1]
     names = sorted(r["method"] for r in runs)
-    assert names == ["full-adversarialfgm-rdrop0.0", "full-adversarialfgm-rdrop0.5",
-                     "full-adversarialnone-rdrop0.0", "full-adversarialnone-rdrop0.5"]
+    assert names == [
+        "full-adversarialfgm-rdrop0.0",
+        "full-adversarialfgm-rdrop0.5",
+        "full-adversarialnone-rdrop0.0",
+        "full-adversarialnone-rdrop0.5",
+    ]
     params = grid.run_params(config, "rt_polarity", "full-adversarialfgm-rdrop0.5")
     assert params["adversarial"] == "fgm" and params["rdrop"] == 0.5

@@ -25,7 +25,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import HUB_TOKEN_CANARY, REPO, minilm_dir
 
 SOURCES = sorted([*(REPO / "dapt").glob("*.py"), *(REPO / "scripts").glob("*.py")])
@@ -107,8 +106,13 @@ def test_remote_code_only_when_the_model_config_opts_in(tmp_path, clean_run):
 def test_hub_token_is_never_written(clean_run, reliability_inputs):
     """Both runs had HF_TOKEN set to a canary: no result, log, report or saved config may contain it."""
     canary = HUB_TOKEN_CANARY.encode()
-    files = [p for d in (clean_run, reliability_inputs) for top in ("results", ".snakemake")
-             for p in (d / top).rglob("*") if p.is_file()]
+    files = [
+        p
+        for d in (clean_run, reliability_inputs)
+        for top in ("results", ".snakemake")
+        for p in (d / top).rglob("*")
+        if p.is_file()
+    ]
     assert len(files) > 50
     assert any(p.name == "provenance.json" for p in files) and any(p.suffix == ".log" for p in files)
     leaked = [str(p) for p in files if canary in p.read_bytes()]
@@ -192,7 +196,7 @@ def test_tar_hard_link_out_of_the_archive_is_refused(tmp_path, target):
 
 
 def _load_finetuned():
-    """`load_finetuned` wherever the package keeps it (it moves between dapt.finetune.fine_tuning and dapt.finetune.methods)."""
+    """`load_finetuned` wherever the package keeps it (dapt.finetune.fine_tuning or dapt.finetune.methods)."""
     try:
         from dapt.finetune.methods import load_finetuned
     except ImportError:
@@ -209,8 +213,14 @@ def lora_artifacts(tmp_path_factory) -> tuple[Path, Path, Path]:
 
     root = tmp_path_factory.mktemp("adapters")
     tok = AutoTokenizer.from_pretrained(minilm_dir())
-    config = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     base = root / "base"
     BertForMaskedLM(config).save_pretrained(base)
@@ -271,14 +281,20 @@ class FakeHub:
                 if match := RESOLVE.match(path):
                     self.reply(hub.files.get(match.group(3)), "application/octet-stream")
                 elif REPO_INFO.match(path):
-                    info = {"id": "org/tiny", "sha": HUB_COMMIT, "private": True,
-                            "siblings": [{"rfilename": name} for name in hub.files]}
+                    info = {
+                        "id": "org/tiny",
+                        "sha": HUB_COMMIT,
+                        "private": True,
+                        "siblings": [{"rfilename": name} for name in hub.files],
+                    }
                     self.reply(json.dumps(info).encode(), "application/json")
                 elif match := TREE.match(path):
                     under = (match.group(3) or "").strip("/")
-                    entries = [{"type": "file", "path": name, "size": len(content),
-                                "oid": hashlib.sha1(content).hexdigest()}
-                               for name, content in hub.files.items() if posix_parent(name) == under]
+                    entries = [
+                        {"type": "file", "path": name, "size": len(content), "oid": hashlib.sha1(content).hexdigest()}
+                        for name, content in hub.files.items()
+                        if posix_parent(name) == under
+                    ]
                     self.reply(json.dumps(entries).encode(), "application/json")
                 else:
                     self.reply(None, "")
@@ -342,15 +358,28 @@ def fake_hub():
 def hub_env(hub: FakeHub, home: Path) -> dict[str, str]:
     """The hub client pointed at the fake hub (HF_ENDPOINT is read at import, so only in a subprocess)."""
     env = {k: v for k, v in os.environ.items() if not re.search(r"^HF_|_OFFLINE$", k)}
-    return {**env, "HF_ENDPOINT": hub.url, "HF_TOKEN": HUB_TOKEN_CANARY, "HF_HOME": str(home),
-            "HF_HUB_DISABLE_TELEMETRY": "1"}
+    return {
+        **env,
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": HUB_TOKEN_CANARY,
+        "HF_HOME": str(home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
 
 
 def run_hub_script(script: str, spec: dict, out: str, hub: FakeHub, cwd: Path, *args: str):
-    cmd = [sys.executable, str(REPO / "scripts" / script), "--config-json", json.dumps(spec), "--out", out,
-           "--cache-dir", "results/.cache/downloads", *args]
-    return subprocess.run(cmd, cwd=cwd, env=hub_env(hub, cwd / "hf-home"), capture_output=True, text=True,
-                          timeout=600)
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / script),
+        "--config-json",
+        json.dumps(spec),
+        "--out",
+        out,
+        "--cache-dir",
+        "results/.cache/downloads",
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=cwd, env=hub_env(hub, cwd / "hf-home"), capture_output=True, text=True, timeout=600)
 
 
 def assert_token_nowhere(proc: subprocess.CompletedProcess, hub: FakeHub, folder: Path) -> None:
@@ -361,15 +390,18 @@ def assert_token_nowhere(proc: subprocess.CompletedProcess, hub: FakeHub, folder
     assert [str(p) for p in files if HUB_TOKEN_CANARY.encode() in p.read_bytes()] == []
 
 
-HF_TASK = {"source": {"kind": "hf", "id": "org/tiny", "split": "train", "columns": {"text": "sentence", "label": "sentiment"}},
-           "carve": {"test": 40, "validation": 40}}
+HF_TASK = {
+    "source": {"kind": "hf", "id": "org/tiny", "split": "train", "columns": {"text": "sentence", "label": "sentiment"}},
+    "carve": {"test": 40, "validation": 40},
+}
 
 
 @pytest.mark.parametrize("status", [401, 404])
 def test_hub_dataset_refused_by_the_hub_is_one_error_line_without_the_token(tmp_path, fake_hub, status):
     hub = fake_hub({}, status)
-    proc = run_hub_script("prepare_data.py", HF_TASK, "results/data/tasks/t", hub, tmp_path, "--kind", "task",
-                          "--name", "t")
+    proc = run_hub_script(
+        "prepare_data.py", HF_TASK, "results/data/tasks/t", hub, tmp_path, "--kind", "task", "--name", "t"
+    )
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.stderr.strip().splitlines()[-1] == errors[0] and len(errors) == 1
@@ -380,13 +412,16 @@ def test_hub_dataset_refused_by_the_hub_is_one_error_line_without_the_token(tmp_
 
 def test_hub_dataset_download_keeps_the_token_out_of_every_output(tmp_path, fake_hub):
     hub = fake_hub({"train.csv": (REPO / "tests" / "data" / "rt_sample.csv").read_bytes()})
-    proc = run_hub_script("prepare_data.py", HF_TASK, "results/data/tasks/t", hub, tmp_path, "--kind", "task",
-                          "--name", "t")
+    proc = run_hub_script(
+        "prepare_data.py", HF_TASK, "results/data/tasks/t", hub, tmp_path, "--kind", "task", "--name", "t"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "task t: train 320, validation 40, test 40 rows" in proc.stdout
     summary = json.loads((tmp_path / "results" / "data" / "tasks" / "t" / "summary.json").read_text())
     assert summary["source"]["id"] == "org/tiny"
-    assert any("/resolve/" in path and path.endswith("/train.csv") for method, path, _ in hub.requests if method == "GET")
+    assert any(
+        "/resolve/" in path and path.endswith("/train.csv") for method, path, _ in hub.requests if method == "GET"
+    )
     assert_token_nowhere(proc, hub, tmp_path)
 
 

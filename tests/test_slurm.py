@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import make_workdir, tiny_config
 
 pytestmark = pytest.mark.slurm
@@ -121,8 +120,13 @@ def start_watchdog(state_dir: Path) -> subprocess.Popen:
     that are sent to pytest's process group. The finalizer kills it when it stopped the cluster itself.
     """
     script = f'trap "" INT TERM HUP; read -r _; exec bash {CLUSTER_SH} stop {state_dir} >/dev/null 2>&1'
-    return subprocess.Popen(["bash", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        ["bash", "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -296,8 +300,12 @@ def job_record(log: Path) -> dict:
     starts = JOB_START.findall(text)
     runtimes = RUNTIME.findall(text)
     assert len(starts) == 1 and len(runtimes) == 1, f"{log}: want one start and one runtime line:\n{text[-3000:]}"
-    return {"log": log.name, "text": text, **dict(re.findall(r"(\w+)=(\S+)", starts[0])),
-            "runtime": json.loads(runtimes[0])}
+    return {
+        "log": log.name,
+        "text": text,
+        **dict(re.findall(r"(\w+)=(\S+)", starts[0])),
+        "runtime": json.loads(runtimes[0]),
+    }
 
 
 def slurm_jobs_by_rule(workdir: Path) -> dict[str, set[str]]:
@@ -332,8 +340,14 @@ def test_tiny_study_on_slurm(slurm_cluster, tmp_path):
     # one group job; the classical baseline (TF-IDF + LR, minutes on a large task) is a job of its own.
     by_rule = slurm_jobs_by_rule(workdir)
     print({name: sorted(ids) for name, ids in by_rule.items()})
-    assert set(by_rule) == {"rule_tokenize_corpus", "rule_tokenize_task", "rule_pretrain", "rule_finetune",
-                            "rule_baseline", "group_evaluation"}, by_rule
+    assert set(by_rule) == {
+        "rule_tokenize_corpus",
+        "rule_tokenize_task",
+        "rule_pretrain",
+        "rule_finetune",
+        "rule_baseline",
+        "group_evaluation",
+    }, by_rule
     assert len(by_rule["rule_finetune"]) == 2 and len(by_rule["group_evaluation"]) == 1
 
     logs = workdir / "results" / "logs"
@@ -358,6 +372,7 @@ def test_tiny_study_on_slurm(slurm_cluster, tmp_path):
     assert all(j["runtime"]["threads"] == 1 for j in evaluates)
 
     for variant in ("base", "dapt"):
-        metrics = json.loads((workdir / "results/evaluate/rt_polarity/tiny" / variant / "full/seed1/metrics.json")
-                             .read_text())
+        metrics = json.loads(
+            (workdir / "results/evaluate/rt_polarity/tiny" / variant / "full/seed1/metrics.json").read_text()
+        )
         assert metrics["device"].startswith("cpu (") and metrics["precision"] == "fp32"

@@ -7,17 +7,18 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, minilm_dir
 from safetensors.torch import load_file
 
-from conftest import REPO, minilm_dir
-from dapt.runtime.precision import settings
-from dapt.runtime.optimizer_step import Progress, Stepper, split_micro
 from dapt.runtime.context import Runtime, linear_schedule, make_optimizer
+from dapt.runtime.optimizer_step import Progress, Stepper, split_micro
+from dapt.runtime.precision import settings
 
 
 def runtime(precision: str = "fp32") -> Runtime:
-    return Runtime(device=torch.device("cpu"), precision={**settings(precision, "cpu"), "device_name": "cpu"},
-                   rank=0, world_size=1)
+    return Runtime(
+        device=torch.device("cpu"), precision={**settings(precision, "cpu"), "device_name": "cpu"}, rank=0, world_size=1
+    )
 
 
 def regression(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -39,6 +40,7 @@ def mse_work(model, x, y, rt: Runtime, n: int):
             pred = model(x[rows])
         loss = torch.nn.functional.mse_loss(pred.float(), y[rows], reduction="sum")
         return loss / n, loss.item()
+
     return work
 
 
@@ -72,14 +74,14 @@ def test_fp16_scaler_steps_skips_on_overflow_and_is_checkpointed(tmp_path):
     # backs off until the steps go through
     for step in range(20):
         stepper.step([torch.arange(32)], work, step)
-    assert not torch.equal(before, model.weight) and stepper.scaler.get_scale() < 2.0 ** 16
+    assert not torch.equal(before, model.weight) and stepper.scaler.get_scale() < 2.0**16
     scale = stepper.scaler.get_scale()
     # an absurd scale overflows fp16 gradients: the step is skipped and the scale drops
-    stepper.scaler.update(new_scale=2.0 ** 120)
+    stepper.scaler.update(new_scale=2.0**120)
     kept = model.weight.detach().clone()
     stepper.step([torch.arange(32)], work, 20)
     torch.testing.assert_close(model.weight.detach(), kept, rtol=0, atol=0)
-    assert stepper.scaler.get_scale() < 2.0 ** 120
+    assert stepper.scaler.get_scale() < 2.0**120
     stepper.save(tmp_path, {"step": 2})
     saved = torch.load(tmp_path / "last" / "trainer.pt", weights_only=True)
     assert saved["scaler"]["scale"] == stepper.scaler.get_scale() and scale > 0
@@ -118,8 +120,14 @@ def tiny_mlm(tmp_path_factory):
     root = tmp_path_factory.mktemp("steps")
     tok = load_tokenizer(minilm_dir())
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
     texts = pd.read_json(REPO / "tests" / "data" / "imdb_sample.jsonl", lines=True)
@@ -128,8 +136,19 @@ def tiny_mlm(tmp_path_factory):
     return root
 
 
-MLM = {"batch_size": 8, "grad_accum": 2, "max_steps": 8, "lr": 1e-3, "head_lr": 1e-2, "head_warmup_steps": 3,
-       "warmup_ratio": 0.0, "weight_decay": 0.0, "mlm_probability": 0.15, "save_steps": 2, "max_grad_norm": 1.0}
+MLM = {
+    "batch_size": 8,
+    "grad_accum": 2,
+    "max_steps": 8,
+    "lr": 1e-3,
+    "head_lr": 1e-2,
+    "head_warmup_steps": 3,
+    "warmup_ratio": 0.0,
+    "weight_decay": 0.0,
+    "mlm_probability": 0.15,
+    "save_steps": 2,
+    "max_grad_norm": 1.0,
+}
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
@@ -141,8 +160,16 @@ def test_pretraining_killed_in_the_head_warmup_resumes_exactly(tiny_mlm, tmp_pat
     def run(name: str) -> tuple[str, dict]:
         out = tmp_path / name
         torch.manual_seed(1)  # as setup_runtime does: the new MLM head's initial weights
-        pt.pretrain(str(tiny_mlm / "base"), str(tiny_mlm / "blocks"), str(out), str(tmp_path / f"c-{name}"),
-                    MLM, 1, runtime(precision), "dapt-test")
+        pt.pretrain(
+            str(tiny_mlm / "base"),
+            str(tiny_mlm / "blocks"),
+            str(out),
+            str(tmp_path / f"c-{name}"),
+            MLM,
+            1,
+            runtime(precision),
+            "dapt-test",
+        )
         return (out / "loss.csv").read_text(), load_file(str(out / "model" / "model.safetensors"))
 
     whole_log, whole_weights = run("whole")
@@ -158,8 +185,8 @@ def test_pretraining_killed_in_the_head_warmup_resumes_exactly(tiny_mlm, tmp_pat
 
         def save_then_die(self, ckpt_dir, state, generator=None):
             original(self, ckpt_dir, state, generator)
-            saves.append(state["step"])
-            if state["step"] == kill_at:
+            saves.append(state["step"])  # noqa: B023  (called within this iteration)
+            if state["step"] == kill_at:  # noqa: B023
                 if precision == "fp16":
                     assert "scaler" in torch.load(f"{ckpt_dir}/last/trainer.pt", weights_only=True)
                 raise Killed

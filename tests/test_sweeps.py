@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, make_workdir, run_snakemake, tiny_config
 from sklearn.metrics import accuracy_score, f1_score
 
-from conftest import REPO, make_workdir, run_snakemake, tiny_config
-from dapt.study import config as study
 from dapt import report
-from dapt.study import grid, layout, sweeps
 from dapt.core.errors import UserError
 from dapt.report.selection import COMBINATION, select
+from dapt.study import config as study
+from dapt.study import grid, layout, sweeps
 
 # ------------------------------------------------------------------------------------------------
 # The grid
@@ -31,8 +31,15 @@ def test_a_study_without_lists_keeps_its_runs_names_and_params():
     for path in ("config/config.yaml", "tests/config/tiny.yaml"):
         cfg = study.read_yaml(REPO / path)
         runs = list(grid.runs(cfg))
-        plain = [(t, m, v, meth, s) for t in cfg["tasks"] for m in cfg["models"] for v in cfg["variants"]
-                 for meth in cfg["methods"] if v in study.method_variants(cfg, t, meth) for s in cfg["seeds"]]
+        plain = [
+            (t, m, v, meth, s)
+            for t in cfg["tasks"]
+            for m in cfg["models"]
+            for v in cfg["variants"]
+            for meth in cfg["methods"]
+            if v in study.method_variants(cfg, t, meth)
+            for s in cfg["seeds"]
+        ]
         assert [(r["task"], r["model"], r["variant"], r["method"], r["seed"]) for r in runs] == plain
         for r in runs:
             assert grid.run_params(cfg, r["task"], r["method"]) == study.finetune_params(cfg, r["task"], r["method"])
@@ -43,8 +50,11 @@ def test_a_study_without_lists_keeps_its_runs_names_and_params():
 def _swept_config() -> dict:
     cfg = tiny_config()
     cfg["finetune"]["lr"] = [1.0e-3, 3.0e-3]  # swept for full; lora sets its own lr list
-    cfg["methods"] = {"full": {}, "lora": {"lr": [5.0e-4, 2.0e-5], "r": [4, 16], "alpha": 8},
-                      "head": {"lr": 1.0e-2}}  # a scalar above the finetune list: head is not swept
+    cfg["methods"] = {
+        "full": {},
+        "lora": {"lr": [5.0e-4, 2.0e-5], "r": [4, 16], "alpha": 8},
+        "head": {"lr": 1.0e-2},
+    }  # a scalar above the finetune list: head is not swept
     cfg["variants"] = {"base": [], "tapt": ["tapt"]}
     return cfg
 
@@ -53,9 +63,11 @@ def test_lists_expand_to_named_runs_with_their_values():
     cfg = _swept_config()
     study.validate_config(cfg, "s.yaml")
     names = {m: [s.name for s in grid.method_runs(cfg, "rt_polarity", m)] for m in cfg["methods"]}
-    assert names == {"full": ["full-lr0.001", "full-lr0.003"],
-                     "lora": ["lora-lr0.0005-r4", "lora-lr0.0005-r16", "lora-lr2e-5-r4", "lora-lr2e-5-r16"],
-                     "head": ["head"]}
+    assert names == {
+        "full": ["full-lr0.001", "full-lr0.003"],
+        "lora": ["lora-lr0.0005-r4", "lora-lr0.0005-r16", "lora-lr2e-5-r4", "lora-lr2e-5-r16"],
+        "head": ["head"],
+    }
     runs = list(grid.runs(cfg))
     assert len(runs) == (2 + 4 + 1) * 2 * 2 and len({layout.run_key(r) for r in runs}) == len(runs)
     assert all(re.fullmatch(layout.METHOD_WILDCARD, r["method"]) for r in runs)
@@ -73,18 +85,29 @@ def test_lists_expand_to_named_runs_with_their_values():
     assert [s.name for s in grid.method_runs(cfg, "rt_polarity", "head")] == ["head-lr0.01", "head-lr0.03"]
 
 
-@pytest.mark.parametrize("where, value, message", [
-    (("methods", "lora", "lr"), [], r"s\.yaml: methods\.lora\.lr: an empty list sweeps nothing"),
-    (("methods", "lora", "kind"), ["lora", "adapter"], r"methods\.lora\.kind: cannot be swept: a method has one kind"),
-    (("methods", "lora", "variants"), [["base"], ["tapt"]], r"methods\.lora\.variants: cannot be swept"),
-    (("finetune", "eval_batch_size"), [32, 64], r"finetune\.eval_batch_size: cannot be swept"),
-    (("methods", "lora", "r"), [4, 4], r"methods\.lora\.r\[1\]: 4 is listed twice"),
-    (("methods", "lora", "r"), [4, 0], r"methods\.lora\.r\[1\]: 0 is less than the minimum of 1"),
-    (("finetune", "lr"), [1.0e-3, [2.0e-3]], r"finetune\.lr\[1\]: a sweep is a flat list"),
-    (("tasks", "rt_polarity", "max_examples"), {"train": [50, 50]}, r"max_examples\.train\[1\]: 50 is listed twice"),
-    (("train_sizes",), [], r"s\.yaml: train_sizes: a learning curve needs a non-empty list"),
-    (("train_sizes",), [10, 2.5], r"train_sizes\[1\]: 2\.5 is not a number of training examples"),
-])
+@pytest.mark.parametrize(
+    "where, value, message",
+    [
+        (("methods", "lora", "lr"), [], r"s\.yaml: methods\.lora\.lr: an empty list sweeps nothing"),
+        (
+            ("methods", "lora", "kind"),
+            ["lora", "adapter"],
+            r"methods\.lora\.kind: cannot be swept: a method has one kind",
+        ),
+        (("methods", "lora", "variants"), [["base"], ["tapt"]], r"methods\.lora\.variants: cannot be swept"),
+        (("finetune", "eval_batch_size"), [32, 64], r"finetune\.eval_batch_size: cannot be swept"),
+        (("methods", "lora", "r"), [4, 4], r"methods\.lora\.r\[1\]: 4 is listed twice"),
+        (("methods", "lora", "r"), [4, 0], r"methods\.lora\.r\[1\]: 0 is less than the minimum of 1"),
+        (("finetune", "lr"), [1.0e-3, [2.0e-3]], r"finetune\.lr\[1\]: a sweep is a flat list"),
+        (
+            ("tasks", "rt_polarity", "max_examples"),
+            {"train": [50, 50]},
+            r"max_examples\.train\[1\]: 50 is listed twice",
+        ),
+        (("train_sizes",), [], r"s\.yaml: train_sizes: a learning curve needs a non-empty list"),
+        (("train_sizes",), [10, 2.5], r"train_sizes\[1\]: 2\.5 is not a number of training examples"),
+    ],
+)
 def test_bad_lists_are_one_line_errors(where, value, message):
     cfg = tiny_config()
     node = cfg
@@ -130,8 +153,13 @@ def test_learning_curve_subsets_are_nested_stratified_and_whole_at_full_size():
 
 def test_a_subset_keeps_every_window_of_its_documents():
     doc = np.array([0, 0, 1, 2, 2, 2, 3, 4])
-    examples = {"id": [f"d{d}" for d in doc], "input_ids": [np.arange(i + 1) for i in range(8)],
-                "label": np.array([0, 0, 1, 0, 0, 0, 1, 1]), "doc": doc, "pool": "mean"}
+    examples = {
+        "id": [f"d{d}" for d in doc],
+        "input_ids": [np.arange(i + 1) for i in range(8)],
+        "label": np.array([0, 0, 1, 0, 0, 0, 1, 1]),
+        "doc": doc,
+        "pool": "mean",
+    }
     sub = sweeps.subset_examples(examples, 3, seed=0)
     kept_docs = sorted({int(i[1:]) for i in sub["id"]})
     assert len(kept_docs) == 3
@@ -168,15 +196,36 @@ def _write_run(root: Path, run: dict, gold: np.ndarray, acc: float, val: float |
     ev.mkdir(parents=True)
     ft.mkdir(parents=True)
     p_pos = np.where(pred == 1, 0.8, 0.2)
-    pd.DataFrame({"id": [f"t{i:04d}" for i in range(len(gold))], "gold": [LABELS[g] for g in gold],
-                  "predicted": [LABELS[p] for p in pred], "p_neg": 1 - p_pos, "p_pos": p_pos}).to_csv(
-        ev / "predictions.csv", index=False)
-    m = {**run, "labels": LABELS, "accuracy": accuracy_score(gold, pred), "n_test": len(gold),
-         "macro_f1": f1_score(gold, pred, average="macro"), "micro_f1": f1_score(gold, pred, average="micro"), **extra}
+    pd.DataFrame(
+        {
+            "id": [f"t{i:04d}" for i in range(len(gold))],
+            "gold": [LABELS[g] for g in gold],
+            "predicted": [LABELS[p] for p in pred],
+            "p_neg": 1 - p_pos,
+            "p_pos": p_pos,
+        }
+    ).to_csv(ev / "predictions.csv", index=False)
+    m = {
+        **run,
+        "labels": LABELS,
+        "accuracy": accuracy_score(gold, pred),
+        "n_test": len(gold),
+        "macro_f1": f1_score(gold, pred, average="macro"),
+        "micro_f1": f1_score(gold, pred, average="micro"),
+        **extra,
+    }
     (ev / "metrics.json").write_text(json.dumps(m))
     vals = [np.nan, np.nan] if val is None else [val - 0.05, val]
-    pd.DataFrame({"epoch": [1, 2], "step": [10, 20], "train_loss": [0.6, 0.5], "val_accuracy": vals,
-                  "val_macro_f1": vals, "lr": [1e-3, 0.0]}).to_csv(ft / "log.csv", index=False)
+    pd.DataFrame(
+        {
+            "epoch": [1, 2],
+            "step": [10, 20],
+            "train_loss": [0.6, 0.5],
+            "val_accuracy": vals,
+            "val_macro_f1": vals,
+            "lr": [1e-3, 0.0],
+        }
+    ).to_csv(ft / "log.csv", index=False)
     return m
 
 
@@ -201,8 +250,13 @@ def make_sweep_study(root: Path, val: dict = VAL, skip: tuple = ()) -> dict:
 def _report(root: Path, config: dict) -> Path:
     out = root / "out"
     res = root / "results"
-    report.write_report(sorted(res.glob("evaluate/**/metrics.json")), out, config,
-                        log_paths=sorted(res.glob("finetune/**/log.csv")), n_resamples=200)
+    report.write_report(
+        sorted(res.glob("evaluate/**/metrics.json")),
+        out,
+        config,
+        log_paths=sorted(res.glob("finetune/**/log.csv")),
+        n_resamples=200,
+    )
     return out
 
 
@@ -215,8 +269,10 @@ def test_selection_chooses_on_validation_and_reports_that_combinations_test_scor
     for variant in ("base", "tapt"):
         chosen = [test[variant, "lora-lr0.001-r16", s] for s in SEEDS]  # best validation, worst test
         assert seeds.loc["lora", f"{variant}_mean"] == pytest.approx(100 * np.mean(chosen))
-        best_test = max(np.mean([test[variant, m, s] for s in SEEDS]) for m in
-                        ("lora-lr0.001-r8", "lora-lr0.001-r16", "lora-lr0.002-r8", "lora-lr0.002-r16"))
+        best_test = max(
+            np.mean([test[variant, m, s] for s in SEEDS])
+            for m in ("lora-lr0.001-r8", "lora-lr0.001-r16", "lora-lr0.002-r8", "lora-lr0.002-r16")
+        )
         assert 100 * best_test > seeds.loc["lora", f"{variant}_mean"] + 20  # the adversarial test score was not used
     assert seeds.loc["lora", "chosen"] == "lr=0.001, r=16"
     assert pd.isna(seeds.loc["full", "chosen"]) and seeds.loc["full", "base_n"] == 3
@@ -238,9 +294,22 @@ def test_selection_chooses_on_validation_and_reports_that_combinations_test_scor
 
 def test_select_reads_validation_only():
     """select() is given no test score, and a test column it is given does not change the choice."""
-    rows = [{"task": "t", "model": "m", "variant": "base", "base_method": "lora", "size_key": 0, "setting": f"r={r}",
-             "setting_rank": i, "seed": s, "val_score": v, "score": t}
-            for i, (r, v, t) in enumerate([(4, 0.6, 0.99), (8, 0.9, 0.1)]) for s in (1, 2)]
+    rows = [
+        {
+            "task": "t",
+            "model": "m",
+            "variant": "base",
+            "base_method": "lora",
+            "size_key": 0,
+            "setting": f"r={r}",
+            "setting_rank": i,
+            "seed": s,
+            "val_score": v,
+            "score": t,
+        }
+        for i, (r, v, t) in enumerate([(4, 0.6, 0.99), (8, 0.9, 0.1)])
+        for s in (1, 2)
+    ]
     frame = pd.DataFrame(rows)
     chosen = select(frame[[*COMBINATION, "seed", "val_score"]])
     assert list(chosen.loc[chosen["chosen"], "setting"]) == ["r=8"]
@@ -259,8 +328,12 @@ def test_a_tie_goes_to_the_combination_listed_first_and_is_said(tmp_path):
 
 def test_a_combination_with_a_missing_or_failed_run_is_not_chosen_and_is_said(tmp_path):
     make_sweep_study(tmp_path, skip=((1, 2),))  # the best-validation combination lost seed 2
-    log = tmp_path / "results/finetune" / layout.run_key(
-        {"task": "rt", "model": "m", "variant": "base", "method": "lora-lr0.002-r8", "seed": 3}) / "log.csv"
+    log = (
+        tmp_path
+        / "results/finetune"
+        / layout.run_key({"task": "rt", "model": "m", "variant": "base", "method": "lora-lr0.002-r8", "seed": 3})
+        / "log.csv"
+    )
     pd.read_csv(log).assign(val_macro_f1=np.nan, val_accuracy=np.nan).to_csv(log, index=False)  # a failed run
     out = _report(tmp_path, SWEEP_CONFIG)
     sweep = pd.read_csv(out / "sweep.csv").set_index(["variant", "setting"])
@@ -280,11 +353,17 @@ def test_learning_curve_report(tmp_path):
     for r in grid.runs(cfg):
         size = grid.run_spec(cfg, "rt", r["method"]).train_size
         scores.setdefault((r["variant"], size), []).append(
-            _write_run(tmp_path, r, gold, acc[r["variant"], size], 0.7, rng, n_train=size)["macro_f1"])
+            _write_run(tmp_path, r, gold, acc[r["variant"], size], 0.7, rng, n_train=size)["macro_f1"]
+        )
     out = _report(tmp_path, cfg)
     assert {p.name for p in out.iterdir()} == {f.name for f in layout.report_list(curves=True)}
     curve = pd.read_csv(out / "learning_curve.csv")
-    assert list(zip(curve["variant"], curve["train_size"])) == [("base", 40), ("base", 200), ("tapt", 40), ("tapt", 200)]
+    assert list(zip(curve["variant"], curve["train_size"])) == [
+        ("base", 40),
+        ("base", 200),
+        ("tapt", 40),
+        ("tapt", 200),
+    ]
     for rec in curve.to_dict("records"):
         s = scores[rec["variant"], rec["train_size"]]
         assert rec["mean"] == pytest.approx(100 * np.mean(s)) and rec["std"] == pytest.approx(100 * np.std(s, ddof=1))
@@ -316,5 +395,7 @@ def test_a_swept_study_plans_one_job_per_combination_with_its_values(tmp_path):
     assert found == {"full-lr0.001": 1e-3, "full-lr0.003": 3e-3, "lora": 3e-3}
     proc = run_snakemake(workdir, "--summary")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    declared = {Path(line.split("\t")[0]).name for line in proc.stdout.splitlines() if line.split("\t")[2:3] == ["report"]}
+    declared = {
+        Path(line.split("\t")[0]).name for line in proc.stdout.splitlines() if line.split("\t")[2:3] == ["report"]
+    }
     assert declared == {f.name for f in layout.report_list(sweeps=True)}

@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from dapt.data import prepare as data, readers as tables
 from dapt.core.errors import UserError
+from dapt.data import prepare as data
+from dapt.data import readers as tables
 
 MEMBER = "FinancialPhraseBank-v1.0/Sentences_50Agree.txt"
 # latin-1 bytes: é (0xe9) and 0x85, which str.splitlines would take for a line break (U+0085)
@@ -41,8 +42,16 @@ def phrasebank_zip(lines: list[str], newline: str = "\r\n") -> bytes:
 def url_source(tmp_path: Path, archive: bytes, **keys) -> dict:
     path = tmp_path / "FinancialPhraseBank-v1.0.zip"
     path.write_bytes(archive)
-    return {"kind": "url", "url": path.as_uri(), "sha256": hashlib.sha256(archive).hexdigest(), "member": MEMBER,
-            "encoding": "latin-1", "sep": "@", "columns": {"text": 0, "label": 1}, **keys}
+    return {
+        "kind": "url",
+        "url": path.as_uri(),
+        "sha256": hashlib.sha256(archive).hexdigest(),
+        "member": MEMBER,
+        "encoding": "latin-1",
+        "sep": "@",
+        "columns": {"text": 0, "label": 1},
+        **keys,
+    }
 
 
 def test_sentence_at_label_lines_split_at_the_last_at(tmp_path):
@@ -93,10 +102,24 @@ def test_prepare_script_reports_a_bad_line_in_one_line(tmp_path):
     """What a Snakemake job's log ends with: one line naming the archive member and line, exit 2."""
     source = url_source(tmp_path, phrasebank_zip([LINES[0], "no label here"]))
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "prepare_data.py"), "--kind", "task", "--name", "fpb",
-         "--config-json", json.dumps({"source": source, "carve": {"test": 1}}), "--out", str(tmp_path / "out"),
-         "--cache-dir", str(tmp_path / "cache")],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "prepare_data.py"),
+            "--kind",
+            "task",
+            "--name",
+            "fpb",
+            "--config-json",
+            json.dumps({"source": source, "carve": {"test": 1}}),
+            "--out",
+            str(tmp_path / "out"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr

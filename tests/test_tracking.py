@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, make_workdir, run_snakemake, tiny_config
 
 from dapt.runtime import tracking
@@ -25,11 +24,14 @@ def use(monkeypatch, backends: dict, job: str = "finetune", tags: dict = TAGS) -
 
 def test_jobs_without_tracking_import_no_client():
     """What a job imports is a measured cost: without DAPT_TRACKING, logging is a no-op that imports nothing."""
-    code = ("import os, sys; os.environ.pop('DAPT_TRACKING', None); import dapt.finetune.fine_tuning, dapt.pretrain.pretraining; "
-            "from dapt import tracking; tracking.log_run({'lr': 1}, {'loss': [(1, 0.5)]}, {'f1': 0.7}); "
-            "tracking.log_finetune({'params': {}}, [[1, 3, 0.5, 0.6, 0.6, 1e-4]], "
-            "['epoch', 'step', 'train_loss', 'val_accuracy', 'val_macro_f1', 'lr']); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'wandb')))")
+    code = (
+        "import os, sys; os.environ.pop('DAPT_TRACKING', None); "
+        "import dapt.finetune.fine_tuning, dapt.pretrain.pretraining; "
+        "from dapt.runtime import tracking; tracking.log_run({'lr': 1}, {'loss': [(1, 0.5)]}, {'f1': 0.7}); "
+        "tracking.log_finetune({'params': {}}, [[1, 3, 0.5, 0.6, 0.6, 1e-4]], "
+        "['epoch', 'step', 'train_loss', 'val_accuracy', 'val_macro_f1', 'lr']); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'wandb')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
@@ -50,8 +52,10 @@ def test_a_tracker_that_is_down_is_one_warning_line(monkeypatch, capsys):
 def test_a_client_that_is_not_installed_is_one_warning_line(backend, monkeypatch, capsys, tmp_path):
     for name in [m for m in sys.modules if m.split(".")[0] == backend] + [backend]:
         monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
-    spec = {"mlflow": {"tracking_uri": (tmp_path / "mlruns").as_uri()},
-            "wandb": {"project": "p", "mode": "offline", "dir": str(tmp_path)}}[backend]
+    spec = {
+        "mlflow": {"tracking_uri": (tmp_path / "mlruns").as_uri()},
+        "wandb": {"project": "p", "mode": "offline", "dir": str(tmp_path)},
+    }[backend]
     use(monkeypatch, {backend: spec})
     tracking.log_run({"lr": 1e-4}, {}, {"best_validation": 0.7})
     lines = capsys.readouterr().out.splitlines()
@@ -70,8 +74,15 @@ def test_a_diverged_run_is_logged_as_such(monkeypatch, tmp_path):
     from mlflow.tracking import MlflowClient
 
     use(monkeypatch, {"mlflow": {"tracking_uri": (tmp_path / "mlruns").as_uri()}})
-    summary = {"params": {"lr": 1e6}, "status": "diverged", "diverged_step": 3, "best_validation": -1.0,
-               "best_epoch": 0, "epochs_run": 0, "train_steps": 2}
+    summary = {
+        "params": {"lr": 1e6},
+        "status": "diverged",
+        "diverged_step": 3,
+        "best_validation": -1.0,
+        "best_epoch": 0,
+        "epochs_run": 0,
+        "train_steps": 2,
+    }
     tracking.log_finetune(summary, [], ["epoch", "step", "train_loss", "val_accuracy", "val_macro_f1", "lr"])
     client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -104,11 +115,13 @@ def wandb_runs(root: Path) -> list[dict]:
                 run["config"] = {u.key: json.loads(u.value_json) for u in record.run.config.update}
                 run.update(tags=list(record.run.tags), group=record.run.run_group, job_type=record.run.job_type)
             elif kind == "summary":
-                run["summary"].update({u.key or "/".join(u.nested_key): json.loads(u.value_json)
-                                       for u in record.summary.update})
+                run["summary"].update(
+                    {u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in record.summary.update}
+                )
             elif kind == "history":
-                run["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                                       for i in record.history.item})
+                run["history"].append(
+                    {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                )
         runs.append(run)
     return runs
 
@@ -140,10 +153,16 @@ def tracked_study(tmp_path_factory):
     """The tiny study cut to TAPT + full fine-tuning, seed 1, tracked by MLflow (file store) and W&B (offline)."""
     root = tmp_path_factory.mktemp("tracked")
     config = tiny_config()
-    config.update(variants={"tapt": ["tapt"]}, methods={"full": {}}, seeds=[1],
-                  finetune={**config["finetune"], "epochs": 2},
-                  tracking={"mlflow": {"tracking_uri": (root / "mlruns").as_uri()},
-                            "wandb": {"project": "dapt-test", "mode": "offline", "dir": str(root)}})
+    config.update(
+        variants={"tapt": ["tapt"]},
+        methods={"full": {}},
+        seeds=[1],
+        finetune={**config["finetune"], "epochs": 2},
+        tracking={
+            "mlflow": {"tracking_uri": (root / "mlruns").as_uri()},
+            "wandb": {"project": "dapt-test", "mode": "offline", "dir": str(root)},
+        },
+    )
     workdir = make_workdir(root / "study", config)
     proc = run_snakemake(workdir, env={"WANDB_MODE": "offline", "WANDB_DIR": str(root), "WANDB_SILENT": "true"})
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -161,15 +180,22 @@ def test_every_job_is_one_mlflow_run_with_params_curves_and_metrics(tracked_stud
     assert sorted(runs) == ["finetune", "pretrain"] and len(client.search_runs([experiment.experiment_id])) == 2
     ft, pt = runs["finetune"], runs["pretrain"]
     assert {k: ft.data.tags[k] for k in ("study", "task", "model", "variant", "method", "seed")} == {
-        "study": "study", "task": "rt_polarity", "model": "tiny", "variant": "tapt", "method": "full", "seed": "1"}
+        "study": "study",
+        "task": "rt_polarity",
+        "model": "tiny",
+        "variant": "tapt",
+        "method": "full",
+        "seed": "1",
+    }
     assert ft.info.run_name == "finetune rt_polarity/tiny/tapt/full/seed1" and ft.info.status == "FINISHED"
     train = json.loads((workdir / "results/finetune/rt_polarity/tiny/tapt/full/seed1/train.json").read_text())
     assert float(ft.data.params["lr"]) == train["params"]["lr"] and ft.data.params["kind"] == "full"
     assert ft.data.metrics["best_validation"] == pytest.approx(train["best_validation"])
     curve = client.get_metric_history(ft.info.run_id, "val_macro_f1")
     log = (workdir / "results/finetune/rt_polarity/tiny/tapt/full/seed1/log.csv").read_text().splitlines()[1:]
-    assert [(m.step, round(m.value, 6)) for m in curve] == [(int(r.split(",")[1]), round(float(r.split(",")[4]), 6))
-                                                           for r in log]
+    assert [(m.step, round(m.value, 6)) for m in curve] == [
+        (int(r.split(",")[1]), round(float(r.split(",")[4]), 6)) for r in log
+    ]
     assert pt.data.tags["chain"] == "tapt-rt_polarity" and pt.data.tags["model"] == "tiny"
     summary = json.loads((workdir / "results/pretrain/tiny/tapt-rt_polarity/summary.json").read_text())
     assert len(client.get_metric_history(pt.info.run_id, "mlm_loss")) == summary["steps"]
@@ -186,11 +212,14 @@ def test_every_job_is_one_wandb_offline_run(tracked_study):
     assert ft["config"]["lr"] == train["params"]["lr"] and ft["config"]["tag.task"] == "rt_polarity"
     assert ft["summary"]["best_validation"] == pytest.approx(train["best_validation"])
     log = (workdir / "results/finetune/rt_polarity/tiny/tapt/full/seed1/log.csv").read_text().splitlines()[1:]
-    assert [(row["_step"], round(row["val_macro_f1"], 6)) for row in ft["history"]] == \
-        [(int(r.split(",")[1]), round(float(r.split(",")[4]), 6)) for r in log]
+    assert [(row["_step"], round(row["val_macro_f1"], 6)) for row in ft["history"]] == [
+        (int(r.split(",")[1]), round(float(r.split(",")[4]), 6)) for r in log
+    ]
     summary = json.loads((workdir / "results/pretrain/tiny/tapt-rt_polarity/summary.json").read_text())
     assert [row["_step"] for row in pt["history"]] == list(range(1, summary["steps"] + 1))
-    assert pt["summary"]["final_loss"] == pytest.approx(summary["final_loss"]) and "chain:tapt-rt_polarity" in pt["tags"]
+    assert (
+        pt["summary"]["final_loss"] == pytest.approx(summary["final_loss"]) and "chain:tapt-rt_polarity" in pt["tags"]
+    )
 
 
 def test_turning_tracking_off_reruns_no_training_job(tracked_study):

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, minilm_dir
-from dapt.study import config as study
+
 from dapt.core.errors import UserError
-from dapt.runtime.batching import bucketed_batches, length_sorted_batches
+from dapt.data.model_store import load_tokenizer
 from dapt.finetune.metrics import compute_metrics
 from dapt.pretrain.mlm import MaskedOnlyMLM, mask_tokens
 from dapt.pretrain.pretraining import save_mlm_checkpoint
-from dapt.data.model_store import load_tokenizer
+from dapt.runtime.batching import bucketed_batches, length_sorted_batches
+from dapt.study import config as study
 from dapt.tokenize.blocks import pack_blocks
 from dapt.tokenize.tasks import tokenize_examples
 
@@ -24,6 +24,7 @@ DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
 # --- config ---------------------------------------------------------------------------------
+
 
 def test_chain_names_share_stages_across_variants():
     assert study.chain_for(DEFAULT, "base", "rt") == ""
@@ -59,6 +60,7 @@ def test_default_config_is_valid_and_bad_ones_name_the_key():
 
 # --- tokenization -----------------------------------------------------------------------------
 
+
 def test_pack_blocks_concatenates_and_counts_the_rest():
     blocks, rest = pack_blocks([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 4)
     assert blocks.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]] and rest == 1
@@ -74,13 +76,14 @@ def test_truncation_keeps_the_closing_token_and_is_counted():
 
 # --- batching ---------------------------------------------------------------------------------
 
+
 def test_bucketed_batches_cover_every_example_once_and_reduce_padding():
     lengths = np.random.default_rng(0).integers(5, 60, size=500)
     batches = bucketed_batches(lengths, 16, torch.Generator().manual_seed(0))
     assert sorted(np.concatenate(batches).tolist()) == list(range(500))
     padded = sum(len(b) * lengths[b].max() for b in batches)
     random_order = np.random.default_rng(1).permutation(500)
-    padded_random = sum(16 * lengths[random_order[i:i + 16]].max() for i in range(0, 500, 16))
+    padded_random = sum(16 * lengths[random_order[i : i + 16]].max() for i in range(0, 500, 16))
     assert padded < 0.8 * padded_random
     again = bucketed_batches(lengths, 16, torch.Generator().manual_seed(0))
     assert all((a == b).all() for a, b in zip(batches, again))
@@ -97,6 +100,7 @@ def test_metrics_match_sklearn_definitions():
 
 
 # --- masked language modelling ---------------------------------------------------------------
+
 
 def test_masking_follows_bert_and_spares_special_tokens():
     ids = torch.randint(1000, 2000, (64, 128))
@@ -119,8 +123,9 @@ def _tiny_bert(tmp_path, with_pooler_value: float = 0.5):
 
     tok = load_tokenizer(minilm_dir())
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64)
+    cfg = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
     base = BertModel(cfg)
     torch.nn.init.constant_(base.pooler.dense.weight, with_pooler_value)
     parent = tmp_path / "parent"
@@ -135,8 +140,14 @@ def test_masked_only_loss_equals_the_full_vocabulary_loss(tmp_path):
     parent, tok = _tiny_bert(tmp_path)
     model = AutoModelForMaskedLM.from_pretrained(parent).eval()
     ids = torch.randint(1000, 2000, (4, 32))
-    inputs, labels = mask_tokens(ids, torch.zeros_like(ids, dtype=torch.bool), 0.15, tok.mask_token_id,
-                                 len(tok), torch.Generator().manual_seed(1))
+    inputs, labels = mask_tokens(
+        ids,
+        torch.zeros_like(ids, dtype=torch.bool),
+        0.15,
+        tok.mask_token_id,
+        len(tok),
+        torch.Generator().manual_seed(1),
+    )
     ours = MaskedOnlyMLM(model)(inputs, labels)
     reference = model(input_ids=inputs, labels=labels).loss
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)

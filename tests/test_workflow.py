@@ -9,11 +9,14 @@ import time
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import run_snakemake, tiny_config
 
-RUN_DIRS = [f"rt_polarity/tiny/{v}/{m}/seed{s}" for v in ("base", "dapt", "tapt", "dapt_tapt")
-            for m in ("full", "lora") for s in (1, 2)]
+RUN_DIRS = [
+    f"rt_polarity/tiny/{v}/{m}/seed{s}"
+    for v in ("base", "dapt", "tapt", "dapt_tapt")
+    for m in ("full", "lora")
+    for s in (1, 2)
+]
 
 
 def test_every_run_has_metrics_and_predictions(tiny_study):

@@ -30,7 +30,9 @@ def prepare_wordnet(dict_dir: str | Path, out: str | Path) -> dict:
 
     synonyms = load_wordnet_synonyms(dict_dir)
     if not synonyms:
-        raise UserError(f"{dict_dir}", "no WordNet data.* files with synonyms found", "point wordnet.source at a dict folder")
+        raise UserError(
+            f"{dict_dir}", "no WordNet data.* files with synonyms found", "point wordnet.source at a dict folder"
+        )
     write_json(out, {lemma: list(words) for lemma, words in sorted(synonyms.items())})
     return {"lemmas": len(synonyms)}
 
@@ -66,8 +68,14 @@ def write_augmented(task_dir: str | Path, settings: dict, out: str | Path, synon
     rows = []
     for source, text in copies:
         k = count[source] = count.get(source, 0) + 1
-        rows.append({"id": f"{train['id'].iat[source]}{COPY_MARK}{k}", "text": text, "label": train["label"].iat[source],
-                     "changed": text != texts[source]})
+        rows.append(
+            {
+                "id": f"{train['id'].iat[source]}{COPY_MARK}{k}",
+                "text": text,
+                "label": train["label"].iat[source],
+                "changed": text != texts[source],
+            }
+        )
     table = pd.DataFrame(rows, columns=["id", "text", "label", "changed"])
     with atomic_path(out) as tmp:
         table.to_parquet(tmp, index=False)
@@ -81,8 +89,15 @@ def test_sample(n_rows: int, max_examples: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_rows, size=max_examples, replace=False))
 
 
-def write_perturbed(task_dir: str | Path, op: str, rate: float, seed: int, max_examples: int | None, out: str | Path,
-                    synonyms_json: str | None = None) -> dict:
+def write_perturbed(
+    task_dir: str | Path,
+    op: str,
+    rate: float,
+    seed: int,
+    max_examples: int | None,
+    out: str | Path,
+    synonyms_json: str | None = None,
+) -> dict:
     """One perturbed copy of the test split (or of its seeded sample); ids and labels are the originals'."""
     from dapt.data.textops import perturb
 

@@ -251,7 +251,6 @@ def trusts_remote_code(model_dir: str | os.PathLike) -> bool:
     return bool(source_json.is_file() and read_json(source_json).get("trust_remote_code", False))
 
 
-
 def _some(values: Any, n: int = 3) -> str:
     values = [str(v) for v in values]
     return (", ".join(values[:n]) + (f" (+{len(values) - n})" if len(values) > n else "")) or "none"

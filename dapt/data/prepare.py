@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from dapt.core.errors import UserError, some
 from dapt.core.files import atomic_path
 from dapt.core.redact import public_spec
+from dapt.data.readers import iter_source, load_source
 from dapt.data.sources import DEFAULT_CACHE_DIR, describe_source, required
 from dapt.data.splits import (
     SPLITS,
@@ -34,7 +35,6 @@ from dapt.data.splits import (
     class_counts,
     shared_texts,
 )
-from dapt.data.readers import iter_source, load_source
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,10 @@ def prepare_corpus(
     checks = CorpusChecks(describe_source(source), f"{where}.source")
     schema = pa.schema([("id", pa.string()), ("text", pa.string())])
     with atomic_path(out_path) as tmp:
-        with contextlib.closing(iter_source(source, f"{where}.source", cache_dir, id_prefix=name)) as chunks, \
-                pq.ParquetWriter(tmp, schema) as writer:
+        with (
+            contextlib.closing(iter_source(source, f"{where}.source", cache_dir, id_prefix=name)) as chunks,
+            pq.ParquetWriter(tmp, schema) as writer,
+        ):
             for chunk in chunks:
                 chunk = chunk if limit is None else chunk.head(limit - checks.rows)
                 checks.add(chunk)
@@ -90,8 +92,11 @@ class CorpusChecks:
         if self.empty_count:
             more = self.empty_count - len(self.empty)
             ids = ", ".join(self.empty) + (f", ... ({more} more)" if more else "")  # as errors.some writes them
-            raise UserError(self.origin, f"{self.empty_count} of {self.rows} rows have an empty text (ids: {ids})",
-                            f"remove those rows or check {self.where}.columns.text")
+            raise UserError(
+                self.origin,
+                f"{self.empty_count} of {self.rows} rows have an empty text (ids: {ids})",
+                f"remove those rows or check {self.where}.columns.text",
+            )
         hashes = np.sort(np.concatenate(self.hashes))
         suspects = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
         if not suspects:
@@ -106,8 +111,11 @@ class CorpusChecks:
                     seen.add(i)
         if duplicated:
             examples = some(dict.fromkeys(duplicated))  # each once, in order
-            raise UserError(self.origin, f"{len(duplicated)} duplicate ids (e.g. {examples})",
-                            f"map {self.where}.columns.id to a unique column, or leave it out to number the rows")
+            raise UserError(
+                self.origin,
+                f"{len(duplicated)} duplicate ids (e.g. {examples})",
+                f"map {self.where}.columns.id to a unique column, or leave it out to number the rows",
+            )
 
 
 def prepare_task(
@@ -141,9 +149,7 @@ def prepare_task(
     return summary
 
 
-def _task_summary(
-    spec: dict, name: str, splits: dict[str, pd.DataFrame], labels: list[str], split_seed: int
-) -> dict:
+def _task_summary(spec: dict, name: str, splits: dict[str, pd.DataFrame], labels: list[str], split_seed: int) -> dict:
     """What summary.json records about a prepared task: sizes, classes, overlaps, public sources."""
     sources = {"source": spec["source"]} if "source" in spec else {"sources": spec["sources"]}
     return {

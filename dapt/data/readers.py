@@ -210,9 +210,16 @@ def _format_chunks(path: Path, fmt: str, encoding: str, source: dict, origin: st
     """`_read_format`, `rows` rows at a time (txt: lines split as str.splitlines splits them)."""
     if fmt in ("csv", "tsv"):
         header = 0 if source.get("header", True) else None
-        with pd.read_csv(path, sep="," if fmt == "csv" else "\t",
-                         quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE, header=header,
-                         encoding=encoding, dtype=str, keep_default_na=False, chunksize=rows) as reader:
+        with pd.read_csv(
+            path,
+            sep="," if fmt == "csv" else "\t",
+            quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
+            header=header,
+            encoding=encoding,
+            dtype=str,
+            keep_default_na=False,
+            chunksize=rows,
+        ) as reader:
             yield from reader
     elif fmt == "parquet":
         import pyarrow.parquet as pq
@@ -236,8 +243,14 @@ def _table_format(path: Path, source: dict, where: str) -> str:
 
 
 def normalise(
-    raw: pd.DataFrame, columns: dict, where: str, origin: str, id_prefix: str, with_label: bool,
-    first_row: int = 0, check: bool = True,
+    raw: pd.DataFrame,
+    columns: dict,
+    where: str,
+    origin: str,
+    id_prefix: str,
+    with_label: bool,
+    first_row: int = 0,
+    check: bool = True,
 ) -> pd.DataFrame:
     """Map the user's columns to id/text/label strings and refuse empty texts or labels, duplicate ids.
 

@@ -25,10 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dapt.data.archives import take_member
 from dapt.core.errors import UserError
 from dapt.core.files import sha256_file
 from dapt.core.redact import redact_url
+from dapt.data.archives import take_member
 
 logger = logging.getLogger(__name__)
 

@@ -40,9 +40,7 @@ def carve_missing_splits(
     return {split: splits[split] for split in SPLITS}
 
 
-def cap_splits(
-    splits: dict[str, pd.DataFrame], max_examples: dict, where: str, seed: int
-) -> dict[str, pd.DataFrame]:
+def cap_splits(splits: dict[str, pd.DataFrame], max_examples: dict, where: str, seed: int) -> dict[str, pd.DataFrame]:
     """Keep a stratified subsample of each split that has a `max_examples` cap (smaller studies)."""
     for split, cap in max_examples.items():
         n = row_count(cap, len(splits[split]), f"{where}.max_examples.{split}")

@@ -27,9 +27,9 @@ MERGEABLE = ("lora", "adalora", "ia3")
 INPUT_FILE = "dapt_input.json"
 REFUSED = {
     "prefix": "prefix tuning feeds trained past key/values into every attention layer, which a stock "
-              "transformers classifier (and its ONNX graph) has no input for",
+    "transformers classifier (and its ONNX graph) has no input for",
     "prompt": "prompt tuning prepends trained virtual-token embeddings to the input, which a stock "
-              "transformers classifier (and its ONNX graph) cannot take",
+    "transformers classifier (and its ONNX graph) cannot take",
 }
 
 ADAPTER_CODE = '''"""Bottleneck adapters (dapt-workflow's `adapter` method) on a stock BERT-family classifier."""
@@ -99,8 +99,11 @@ def check_run(artifact_dir: str | Path) -> dict:
     """The run's method.json; a clear error if the folder is not a finished fine-tuning artifact."""
     artifact = Path(artifact_dir)
     if not (artifact / "method.json").is_file():
-        raise UserError(str(artifact), "not a fine-tuned run (no method.json)",
-                        "fine-tune the run first (snakemake results/finetune/<run>/model)")
+        raise UserError(
+            str(artifact),
+            "not a fine-tuned run (no method.json)",
+            "fine-tune the run first (snakemake results/finetune/<run>/model)",
+        )
     return read_json(artifact / "method.json")
 
 
@@ -112,8 +115,11 @@ def plain_model(artifact_dir: str, base_dir: str, labels: list[str]):
     kind = info["method"]["kind"]
     reason = exportable(kind)
     if reason:
-        raise UserError(f"{artifact_dir}: method {kind}", f"cannot be exported: {reason}",
-                        "deploy a full, head, lora, adalora, ia3 or adapter run")
+        raise UserError(
+            f"{artifact_dir}: method {kind}",
+            f"cannot be exported: {reason}",
+            "deploy a full, head, lora, adalora, ia3 or adapter run",
+        )
     model, _ = load_finetuned(artifact_dir, base_dir, labels)
     if kind in MERGEABLE:
         _unwrap_saved_modules(model)
@@ -163,8 +169,9 @@ def read_input_settings(folder: str | Path) -> dict:
     spec = field("(top level)", spec, isinstance(spec, dict), "a mapping")
     field("max_length", spec.get("max_length"), _positive_int(spec.get("max_length")), "a positive integer")
     lt = field("long_text", spec.get("long_text"), isinstance(spec.get("long_text"), dict), "a mapping")
-    strategy = field("long_text.strategy", lt.get("strategy"), lt.get("strategy") in STRATEGIES,
-                     f"one of {', '.join(STRATEGIES)}")
+    strategy = field(
+        "long_text.strategy", lt.get("strategy"), lt.get("strategy") in STRATEGIES, f"one of {', '.join(STRATEGIES)}"
+    )
     for key in STRATEGY_KEYS[strategy]:
         value = lt.get(key)
         if key == "pool":
@@ -181,8 +188,14 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def export_run(artifact_dir: str, base_dir: str, labels: list[str], out_dir: str | Path, context: dict | None = None,
-               tokenized_dir: str | Path | None = None) -> dict:
+def export_run(
+    artifact_dir: str,
+    base_dir: str,
+    labels: list[str],
+    out_dir: str | Path,
+    context: dict | None = None,
+    tokenized_dir: str | Path | None = None,
+) -> dict:
     """Write the self-contained folder (safetensors, config with id2label, tokenizer) atomically; with the
     run's `tokenized_dir`, also how its task read a text (`INPUT_FILE`, the tokenizer's model_max_length)."""
     from dapt.data.model_store import load_tokenizer
@@ -200,7 +213,12 @@ def export_run(artifact_dir: str, base_dir: str, labels: list[str], out_dir: str
             _set_model_max_length(tmp, reading["max_length"])
         if kind == "adapter":
             _add_adapter_code(tmp, info["method"])
-        meta = {"method": info["method"], "labels": labels, "run": context or {}, "needs_remote_code": kind == "adapter"}
+        meta = {
+            "method": info["method"],
+            "labels": labels,
+            "run": context or {},
+            "needs_remote_code": kind == "adapter",
+        }
         write_json(tmp / "deploy.json", meta)
     return meta
 
@@ -216,8 +234,10 @@ def _set_model_max_length(folder: Path, max_length: int) -> None:
 def _add_adapter_code(folder: Path, method: dict) -> None:
     (folder / "modeling_dapt_adapter.py").write_text(ADAPTER_CODE, encoding="utf-8")
     cfg = read_json(folder / "config.json")
-    cfg["dapt_adapter"] = {"placement": method.get("placement", "pfeiffer"),
-                           "reduction_factor": method.get("reduction_factor", 16)}
+    cfg["dapt_adapter"] = {
+        "placement": method.get("placement", "pfeiffer"),
+        "reduction_factor": method.get("reduction_factor", 16),
+    }
     cfg["auto_map"] = {"AutoModelForSequenceClassification": "modeling_dapt_adapter.DaptAdapterModel"}
     write_json(folder / "config.json", cfg)
 

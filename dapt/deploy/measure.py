@@ -60,7 +60,8 @@ def load_logits_fn(fmt: str, path: str | Path, threads: int):
             torch.set_num_threads(threads)
         meta = read_json(Path(path) / "deploy.json") if (Path(path) / "deploy.json").is_file() else {}
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), trust_remote_code=meta.get("needs_remote_code", False)).eval()
+            str(path), trust_remote_code=meta.get("needs_remote_code", False)
+        ).eval()
         use_types = "token_type_ids" in inspect.signature(model.forward).parameters
 
         def run(ids, mask):
@@ -69,6 +70,7 @@ def load_logits_fn(fmt: str, path: str | Path, threads: int):
                 if use_types:
                     kw["token_type_ids"] = torch.zeros_like(kw["input_ids"])
                 return model(**kw).logits.float().numpy()
+
         return run
     from dapt.deploy.onnx import OnnxClassifier
 
@@ -76,8 +78,9 @@ def load_logits_fn(fmt: str, path: str | Path, threads: int):
     return OnnxClassifier(onnx_path, threads=threads).logits
 
 
-def measure_in_process(fmt: str, path: str, input_ids: list[np.ndarray], pad_id: int, threads: int,
-                       latency_texts: int) -> dict:
+def measure_in_process(
+    fmt: str, path: str, input_ids: list[np.ndarray], pad_id: int, threads: int, latency_texts: int
+) -> dict:
     """Run in the measuring process: probabilities at batch 32 (timed), then batch-1 latency."""
     from dapt.deploy.onnx import softmax
 
@@ -85,7 +88,7 @@ def measure_in_process(fmt: str, path: str, input_ids: list[np.ndarray], pad_id:
     fn(*pad(input_ids[:2], pad_id))  # warm-up (first-call allocations, lazy init)
     probs, start = [], time.perf_counter()
     for i in range(0, len(input_ids), THROUGHPUT_BATCH):
-        probs.append(softmax(fn(*pad(input_ids[i:i + THROUGHPUT_BATCH], pad_id))))
+        probs.append(softmax(fn(*pad(input_ids[i : i + THROUGHPUT_BATCH], pad_id))))
     elapsed = time.perf_counter() - start
     lat = []
     for seq in input_ids[:latency_texts]:
@@ -94,13 +97,25 @@ def measure_in_process(fmt: str, path: str, input_ids: list[np.ndarray], pad_id:
         fn(ids, mask)
         lat.append(time.perf_counter() - t)
     lat_ms = np.asarray(lat) * 1000
-    return {"probs": np.concatenate(probs), "throughput_per_s": len(input_ids) / elapsed,
-            "latency_p50_ms": float(np.percentile(lat_ms, 50)), "latency_p95_ms": float(np.percentile(lat_ms, 95)),
-            "latency_texts": len(lat), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "probs": np.concatenate(probs),
+        "throughput_per_s": len(input_ids) / elapsed,
+        "latency_p50_ms": float(np.percentile(lat_ms, 50)),
+        "latency_p95_ms": float(np.percentile(lat_ms, 95)),
+        "latency_texts": len(lat),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
-def measure_format(fmt: str, path: str | Path, input_ids: list[np.ndarray], pad_id: int, threads: int,
-                   latency_texts: int, fresh_process: bool = True) -> dict:
+def measure_format(
+    fmt: str,
+    path: str | Path,
+    input_ids: list[np.ndarray],
+    pad_id: int,
+    threads: int,
+    latency_texts: int,
+    fresh_process: bool = True,
+) -> dict:
     """Measure one format, in a fresh spawned process (its own peak memory) unless told otherwise."""
     args = (fmt, str(path), input_ids, pad_id, threads, latency_texts)
     if not fresh_process:
@@ -111,13 +126,19 @@ def measure_format(fmt: str, path: str | Path, input_ids: list[np.ndarray], pad_
         return pool.apply(measure_in_process, args)
 
 
-def measure_all(paths: dict[str, str | Path], tokenized_dir: str | Path, threads: int, latency_texts: int,
-                fresh_process: bool = True, context: dict | None = None) -> list[dict]:
+def measure_all(
+    paths: dict[str, str | Path],
+    tokenized_dir: str | Path,
+    threads: int,
+    latency_texts: int,
+    fresh_process: bool = True,
+    context: dict | None = None,
+) -> list[dict]:
     """One row per format (in `paths`' order, PyTorch first if present): quality and its difference to
     PyTorch, size, peak memory, latency, throughput, threads."""
     from dapt.core.files import read_json
-    from dapt.tokenize.longtext import per_document
     from dapt.finetune.metrics import compute_metrics
+    from dapt.tokenize.longtext import per_document
     from dapt.tokenize.tasks import read_examples
 
     tokenized_dir = Path(tokenized_dir)
@@ -132,15 +153,25 @@ def measure_all(paths: dict[str, str | Path], tokenized_dir: str | Path, threads
         _, gold, probs = per_document(test, m.pop("probs"))  # a windowed task: one prediction per document
         pred = probs.argmax(1)
         scores = compute_metrics(gold, pred, labels)
-        row = {**(context or {}), "format": fmt, "macro_f1": scores["macro_f1"], "accuracy": scores["accuracy"],
-               "size_mb": size_bytes(fmt, path) / 1e6, "threads": threads, "n_test": len(pred), **m}
+        row = {
+            **(context or {}),
+            "format": fmt,
+            "macro_f1": scores["macro_f1"],
+            "accuracy": scores["accuracy"],
+            "size_mb": size_bytes(fmt, path) / 1e6,
+            "threads": threads,
+            "n_test": len(pred),
+            **m,
+        }
         if fmt == "pytorch":
             ref = (probs, pred, scores["macro_f1"], row["size_mb"])
         if ref is not None:
-            row.update(f1_diff_vs_pytorch=scores["macro_f1"] - ref[2],
-                       agreement_vs_pytorch=float((pred == ref[1]).mean()),
-                       max_prob_diff_vs_pytorch=float(np.abs(probs - ref[0]).max()),
-                       size_ratio_vs_pytorch=row["size_mb"] / ref[3])
+            row.update(
+                f1_diff_vs_pytorch=scores["macro_f1"] - ref[2],
+                agreement_vs_pytorch=float((pred == ref[1]).mean()),
+                max_prob_diff_vs_pytorch=float(np.abs(probs - ref[0]).max()),
+                size_ratio_vs_pytorch=row["size_mb"] / ref[3],
+            )
         rows.append(row)
     return rows
 
@@ -155,8 +186,11 @@ def check_reading(paths: dict[str, str | Path], tokenized_dir: Path) -> None:
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
         recorded = read_input_settings(folder)
         if recorded and recorded != want:
-            raise UserError(str(folder / INPUT_FILE), f"records {recorded}, but the test split in {tokenized_dir} "
-                            f"was tokenized with {want}", "re-export the run from this task (snakemake deploy)")
+            raise UserError(
+                str(folder / INPUT_FILE),
+                f"records {recorded}, but the test split in {tokenized_dir} was tokenized with {want}",
+                "re-export the run from this task (snakemake deploy)",
+            )
 
 
 def _pad_id(path: str | Path) -> int:

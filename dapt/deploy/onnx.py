@@ -39,13 +39,16 @@ def export_onnx(folder: str | Path, out_dir: str | Path, opset: int = DEFAULT_OP
     """`out_dir/model.onnx` (dynamic batch and sequence axes) plus the folder's tokenizer and config."""
     import torch
 
-    from dapt.deploy.export import copy_serving_files
     from dapt.data.model_store import load_tokenizer
+    from dapt.deploy.export import copy_serving_files
 
     top = runtime_max_opset()
     if not 14 <= opset <= top:
-        raise UserError(f"deploy.opset: {opset}", f"the installed torch {torch.__version__} and onnx export "
-                        f"opsets 14..{top}", f"set deploy.opset between 14 and {top}")
+        raise UserError(
+            f"deploy.opset: {opset}",
+            f"the installed torch {torch.__version__} and onnx export opsets 14..{top}",
+            f"set deploy.opset between 14 and {top}",
+        )
     model = _load_plain(folder)
     names = graph_inputs(folder)
     tok = load_tokenizer(folder)
@@ -58,8 +61,17 @@ def export_onnx(folder: str | Path, out_dir: str | Path, opset: int = DEFAULT_OP
             # the TorchScript exporter's deprecation notice and tracer notes on shape checks that are
             # constant for a text classifier (the mask is as long as the ids); the graph is checked below
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (), str(tmp / "model.onnx"), kwargs=kwargs, input_names=names,
-                              output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+            torch.onnx.export(
+                model,
+                (),
+                str(tmp / "model.onnx"),
+                kwargs=kwargs,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=axes,
+                opset_version=opset,
+                dynamo=False,
+            )
         copy_serving_files(Path(folder), tmp)
         OnnxClassifier(tmp / "model.onnx", threads=1)  # the runtime must load what was written
     return Path(out_dir) / "model.onnx"
@@ -69,10 +81,14 @@ def _load_plain(folder: str | Path):
     """The exported folder as a model, loaded the way a user would (eager attention traces cleanly)."""
     from transformers import AutoModelForSequenceClassification
 
-    remote = read_json(Path(folder) / "deploy.json").get("needs_remote_code", False) \
-        if (Path(folder) / "deploy.json").is_file() else False
-    return AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=remote,
-                                                              attn_implementation="eager").eval()
+    remote = (
+        read_json(Path(folder) / "deploy.json").get("needs_remote_code", False)
+        if (Path(folder) / "deploy.json").is_file()
+        else False
+    )
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(folder), trust_remote_code=remote, attn_implementation="eager"
+    ).eval()
 
 
 #: Where the branches below come from. ONNX Runtime's quantization guide
@@ -124,8 +140,14 @@ def int8_settings_for(machine: str, flags: set[str] | frozenset[str]) -> dict:
         isa, reduce_range, decided = f"unknown ({machine or 'machine not reported'})", True, []
     # 7-bit weights lost 2.55 macro-F1 points on the default task's full run (one bench run); one scale per output
     # channel won them back (-0.20), ORT's guide's remedy for an accuracy drop, on the same U8S8 kernels
-    return {"isa": isa, "weight_type": "QInt8", "per_channel": reduce_range, "reduce_range": reduce_range,
-            "machine": machine, "decided_by": decided}
+    return {
+        "isa": isa,
+        "weight_type": "QInt8",
+        "per_channel": reduce_range,
+        "reduce_range": reduce_range,
+        "machine": machine,
+        "decided_by": decided,
+    }
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
@@ -155,8 +177,13 @@ def quantize_int8(onnx_dir: str | Path, out_dir: str | Path, settings: dict | No
     src = Path(onnx_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        quantize_dynamic(str(src / "model.onnx"), str(tmp / "model.onnx"), per_channel=settings["per_channel"],
-                         reduce_range=settings["reduce_range"], weight_type=getattr(QuantType, settings["weight_type"]))
+        quantize_dynamic(
+            str(src / "model.onnx"),
+            str(tmp / "model.onnx"),
+            per_channel=settings["per_channel"],
+            reduce_range=settings["reduce_range"],
+            weight_type=getattr(QuantType, settings["weight_type"]),
+        )
         for f in src.iterdir():
             if f.is_file() and f.name != "model.onnx":
                 shutil.copy2(f, tmp / f.name)
@@ -182,8 +209,11 @@ class OnnxClassifier:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001  (ORT raises its own exception types)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(str(path), f"ONNX Runtime {ort.__version__} cannot load it: {first[:300]}",
-                            "export with an opset this runtime supports (deploy.opset)") from None
+            raise UserError(
+                str(path),
+                f"ONNX Runtime {ort.__version__} cannot load it: {first[:300]}",
+                "export with an opset this runtime supports (deploy.opset)",
+            ) from None
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -37,8 +37,11 @@ def read_texts(source: str | None, column: str | None) -> list[str]:
         except Exception as err:  # noqa: BLE001  (pandas' parser errors)
             raise UserError(where, f"not a readable CSV ({str(err).splitlines()[0] if str(err) else err})") from None
         if column not in df.columns:
-            raise UserError(where, f"no column '{column}' (columns: {', '.join(map(str, df.columns))})",
-                            "name the text column with --column")
+            raise UserError(
+                where,
+                f"no column '{column}' (columns: {', '.join(map(str, df.columns))})",
+                "name the text column with --column",
+            )
         texts = df[column].tolist()
     else:
         texts = [line for line in raw.splitlines() if line.strip()]
@@ -50,12 +53,13 @@ def read_texts(source: str | None, column: str | None) -> list[str]:
 class Predictor:
     """Tokenizer + model of an export (PyTorch folder or ONNX); `predict_proba(texts)`."""
 
-    def __init__(self, model: str, threads: int = 0, max_length: int | None = None,
-                 long_text: dict | None = None) -> None:
+    def __init__(
+        self, model: str, threads: int = 0, max_length: int | None = None, long_text: dict | None = None
+    ) -> None:
         """`max_length` and `long_text` (resolved, `dapt.study.config.resolve_long_text`): None takes the
         export's recorded ones (`dapt_input.json`), or, without it, head at the model's limit."""
-        from dapt.deploy.export import INPUT_FILE, read_input_settings
         from dapt.core.files import read_json
+        from dapt.deploy.export import INPUT_FILE, read_input_settings
         from dapt.tokenize.tasks import position_limit
 
         path = Path(model)
@@ -64,9 +68,13 @@ class Predictor:
         self.onnx = path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file())
         folder = path.parent if path.is_file() else path
         if not (folder / "config.json").is_file():
-            raise UserError(model, "no config.json beside the model (labels unknown)", "give a folder written by the deploy step")
+            raise UserError(
+                model, "no config.json beside the model (labels unknown)", "give a folder written by the deploy step"
+            )
         cfg = read_json(folder / "config.json")
-        self.labels = [cfg.get("id2label", {}).get(str(i), f"LABEL_{i}") for i in range(len(cfg.get("id2label", {})) or 2)]
+        self.labels = [
+            cfg.get("id2label", {}).get(str(i), f"LABEL_{i}") for i in range(len(cfg.get("id2label", {})) or 2)
+        ]
         self.recorded = read_input_settings(folder)
         self.recorded_in = folder / INPUT_FILE
         from transformers import AutoTokenizer
@@ -77,14 +85,19 @@ class Predictor:
             raise UserError(str(folder), f"no usable tokenizer ({str(err).splitlines()[0][:200]})") from None
         # an export with dapt_input.json set the tokenizer's model_max_length to the task's: not a limit then
         tok_limit = None if self.recorded else self.tokenizer.model_max_length
-        limits = [n for n in (max_length or self.recorded.get("max_length"), position_limit(folder), tok_limit)
-                  if n and n < 100_000]
+        limits = [
+            n
+            for n in (max_length or self.recorded.get("max_length"), position_limit(folder), tok_limit)
+            if n and n < 100_000
+        ]
         self.max_length = min(limits) if limits else 512
         from dapt.deploy.measure import load_logits_fn
 
         fmt = "onnx" if self.onnx else "pytorch"
         if not self.onnx and not list(folder.glob("*.safetensors")):
-            raise UserError(model, "no safetensors weights and no model.onnx", "give a folder written by the deploy step")
+            raise UserError(
+                model, "no safetensors weights and no model.onnx", "give a folder written by the deploy step"
+            )
         self.logits = load_logits_fn(fmt, path if self.onnx else folder, threads or 0)
         self.long_text = None
         self.use(long_text or self.recorded.get("long_text") or {"strategy": "head"})
@@ -100,15 +113,20 @@ class Predictor:
             return self._predict_long(texts, batch_size)
         out = []
         for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="np")
+            enc = self.tokenizer(
+                texts[i : i + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="np",
+            )
             out.append(softmax(self.logits(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))))
         return np.concatenate(out)
 
     def _predict_long(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Rows cut as the task's tokenization cut them; a text's windows pooled into one row."""
-        from dapt.tokenize import longtext
         from dapt.deploy.onnx import softmax
+        from dapt.tokenize import longtext
 
         specials = longtext.special_counts(self.tokenizer)
         longtext.check_settings(self.long_text, self.max_length, specials, "--long-text")
@@ -117,11 +135,11 @@ class Predictor:
         pad = self.tokenizer.pad_token_id or 0
         out = []
         for i in range(0, len(rows), batch_size):
-            part = rows[i:i + batch_size]
+            part = rows[i : i + batch_size]
             ids = np.full((len(part), max(map(len, part))), pad, dtype=np.int64)
             mask = np.zeros_like(ids)
             for r, row in enumerate(part):
-                ids[r, :len(row)], mask[r, :len(row)] = row, 1
+                ids[r, : len(row)], mask[r, : len(row)] = row, 1
             out.append(softmax(self.logits(ids, mask)))
         probs = np.concatenate(out)
         if self.long_text["strategy"] != "windows":
@@ -150,12 +168,17 @@ def choose_reading(args: argparse.Namespace, predictor: Predictor) -> tuple[dict
         settings, source = {"strategy": "head"}, f"the default (no {predictor.recorded_in.name} beside the model)"
     for key, flag in FLAG_KEYS:
         if key in flags and key not in STRATEGY_KEYS[settings["strategy"]]:
-            raise UserError(flag, f"applies to another strategy than {settings['strategy']} (from {source})",
-                            "set --long-text to the strategy it belongs to, or drop it")
+            raise UserError(
+                flag,
+                f"applies to another strategy than {settings['strategy']} (from {source})",
+                "set --long-text to the strategy it belongs to, or drop it",
+            )
     length = "--max-length" if args.max_length else (where if predictor.recorded else "the model's limit")
     shown = ", ".join(f"{k} {settings[k]}" for k in STRATEGY_KEYS[settings["strategy"]] if k in settings)
-    line = (f"dapt.deploy.predict: reading texts with max_length {predictor.max_length} (from {length}) and long_text "
-            f"{settings['strategy']}{f' ({shown})' if shown else ''} (from {source})")
+    line = (
+        f"dapt.deploy.predict: reading texts with max_length {predictor.max_length} (from {length}) and long_text "
+        f"{settings['strategy']}{f' ({shown})' if shown else ''} (from {source})"
+    )
     return settings, line
 
 
@@ -176,13 +199,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", help="CSV file to write (default: stdout)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
-    p.add_argument("--max-length", type=int, help="tokens per model row (default: the export's dapt_input.json, else the model's limit)")
-    p.add_argument("--long-text", choices=["head", "head_tail", "windows"],
-                   help="how a longer text is read (default: the export's dapt_input.json, else head)")
-    p.add_argument("--head", type=int, help="head_tail: tokens from the start (default: recorded, or a quarter of max-length)")
-    p.add_argument("--stride", type=int, help="windows: tokens between window starts (default: recorded, or half of max-length)")
-    p.add_argument("--pool", choices=["mean", "max"], help="windows: how a text's windows are pooled (default: recorded, or mean)")
-    p.add_argument("--max-windows", type=int, help="windows: at most this many per text (default: recorded, or dapt.study.config's)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        help="tokens per model row (default: the export's dapt_input.json, else the model's limit)",
+    )
+    p.add_argument(
+        "--long-text",
+        choices=["head", "head_tail", "windows"],
+        help="how a longer text is read (default: the export's dapt_input.json, else head)",
+    )
+    p.add_argument(
+        "--head", type=int, help="head_tail: tokens from the start (default: recorded, or a quarter of max-length)"
+    )
+    p.add_argument(
+        "--stride", type=int, help="windows: tokens between window starts (default: recorded, or half of max-length)"
+    )
+    p.add_argument(
+        "--pool", choices=["mean", "max"], help="windows: how a text's windows are pooled (default: recorded, or mean)"
+    )
+    p.add_argument(
+        "--max-windows",
+        type=int,
+        help="windows: at most this many per text (default: recorded, or dapt.study.config's)",
+    )
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")

@@ -8,12 +8,21 @@ from dapt.core.files import atomic_path, read_json, write_text
 
 FORMAT_NAMES = {"pytorch": "PyTorch fp32", "onnx": "ONNX fp32", "onnx_int8": "ONNX int8"}
 COLUMNS = [  # (key, header, format)
-    ("task", "task", "{}"), ("method", "method", "{}"), ("variant", "variant", "{}"), ("seed", "seed", "{}"),
-    ("format", "format", "{}"), ("macro_f1", "macro-F1", "{:.1f}"), ("f1_diff_vs_pytorch", "Δ F1", "{:+.2f}"),
-    ("accuracy", "accuracy", "{:.1f}"), ("agreement_vs_pytorch", "same label", "{:.1%}"),
-    ("size_mb", "size MB", "{:.1f}"), ("size_ratio_vs_pytorch", "size ratio", "{:.0%}"),
-    ("peak_rss_mb", "peak MB", "{:.0f}"), ("latency_p50_ms", "p50 ms (b1)", "{:.2f}"),
-    ("latency_p95_ms", "p95 ms (b1)", "{:.2f}"), ("throughput_per_s", "texts/s (b32)", "{:.1f}"),
+    ("task", "task", "{}"),
+    ("method", "method", "{}"),
+    ("variant", "variant", "{}"),
+    ("seed", "seed", "{}"),
+    ("format", "format", "{}"),
+    ("macro_f1", "macro-F1", "{:.1f}"),
+    ("f1_diff_vs_pytorch", "Δ F1", "{:+.2f}"),
+    ("accuracy", "accuracy", "{:.1f}"),
+    ("agreement_vs_pytorch", "same label", "{:.1%}"),
+    ("size_mb", "size MB", "{:.1f}"),
+    ("size_ratio_vs_pytorch", "size ratio", "{:.0%}"),
+    ("peak_rss_mb", "peak MB", "{:.0f}"),
+    ("latency_p50_ms", "p50 ms (b1)", "{:.2f}"),
+    ("latency_p95_ms", "p95 ms (b1)", "{:.2f}"),
+    ("throughput_per_s", "texts/s (b32)", "{:.1f}"),
     ("threads", "threads", "{}"),
 ]
 PERCENT_POINTS = ("macro_f1", "accuracy", "f1_diff_vs_pytorch")
@@ -46,32 +55,57 @@ def write_tables(rows: list[dict], settings: list[dict], out: Path) -> None:
     with atomic_path(out / "deploy.csv") as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     header = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    lines = ["# Deployment formats (test split)", "", header,
-             "| " + " | ".join("---" if k in ("task", "method", "variant", "format") else "--:" for k, _, _ in COLUMNS) + " |"]
+    lines = [
+        "# Deployment formats (test split)",
+        "",
+        header,
+        "| "
+        + " | ".join("---" if k in ("task", "method", "variant", "format") else "--:" for k, _, _ in COLUMNS)
+        + " |",
+    ]
     lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
-    lines += ["", "macro-F1, accuracy and Δ F1 (against the run's PyTorch export) in points ×100; size: the weight "
-              "files on disk; peak MB: peak RSS of a fresh process serving only that format; latency: model call "
-              "at batch 1 over the first test texts (same token ids for every format), throughput at batch 32 over "
-              "the whole test split."]
+    lines += [
+        "",
+        "macro-F1, accuracy and Δ F1 (against the run's PyTorch export) in points ×100; size: the weight "
+        "files on disk; peak MB: peak RSS of a fresh process serving only that format; latency: model call "
+        "at batch 1 over the first test texts (same token ids for every format), throughput at batch 32 over "
+        "the whole test split.",
+    ]
     for s in settings:
         rt, q = s["runtime"], s["int8"]
-        line = (f"{s.get('task')}/{s.get('method')} ({s.get('variant')}, seed {s.get('seed')}): measured on {rt.get('cpu')}, "
-                f"torch {rt.get('torch')}, transformers {rt.get('transformers')}, onnx {rt.get('onnx')}, "
-                f"onnxruntime {rt.get('onnxruntime')}, opset {s.get('opset')}")
+        line = (
+            f"{s.get('task')}/{s.get('method')} ({s.get('variant')}, seed {s.get('seed')}): "
+            f"measured on {rt.get('cpu')}, "
+            f"torch {rt.get('torch')}, transformers {rt.get('transformers')}, onnx {rt.get('onnx')}, "
+            f"onnxruntime {rt.get('onnxruntime')}, opset {s.get('opset')}"
+        )
         if q:
-            line += (f"; int8: ONNX Runtime dynamic quantization for {q['isa']}, weights {q['weight_type']}, "
-                     f"per_channel={q['per_channel']}, reduce_range={q['reduce_range']}")
+            line += (
+                f"; int8: ONNX Runtime dynamic quantization for {q['isa']}, weights {q['weight_type']}, "
+                f"per_channel={q['per_channel']}, reduce_range={q['reduce_range']}"
+            )
             if q.get("decided_by") is not None:  # exports before the record named the deciding CPU flags lack it
                 line += f" (decided by {q.get('machine')}: {', '.join(q['decided_by']) or 'no CPU flags'})"
         lines.append(line + ".")
     write_text(out / "deploy.md", "\n".join(lines) + "\n")
     esc = lambda t: t.replace("%", r"\%").replace("_", r"\_").replace("Δ", r"$\Delta$")  # noqa: E731
-    tex = [r"\begin{table}[t]", r"\centering\small", r"\begin{tabular}{" + "l" * 5 + "r" * (len(COLUMNS) - 5) + "}",
-           r"\toprule", " & ".join(esc(h) for _, h, _ in COLUMNS) + r" \\", r"\midrule"]
+    tex = [
+        r"\begin{table}[t]",
+        r"\centering\small",
+        r"\begin{tabular}{" + "l" * 5 + "r" * (len(COLUMNS) - 5) + "}",
+        r"\toprule",
+        " & ".join(esc(h) for _, h, _ in COLUMNS) + r" \\",
+        r"\midrule",
+    ]
     tex += [" & ".join(esc(cell(r, k, f)) for k, _, f in COLUMNS) + r" \\" for r in rows]
-    tex += [r"\bottomrule", r"\end{tabular}",
-            r"\caption{Deployment formats of the best run per task and method (test split): quality, size, "
-            r"peak memory, latency at batch 1, throughput at batch 32.}", r"\label{tab:deploy}", r"\end{table}"]
+    tex += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\caption{Deployment formats of the best run per task and method (test split): quality, size, "
+        r"peak memory, latency at batch 1, throughput at batch 32.}",
+        r"\label{tab:deploy}",
+        r"\end{table}",
+    ]
     write_text(out / "deploy.tex", "\n".join(tex) + "\n")
 
 
@@ -86,8 +120,14 @@ def plot(rows: list[dict], path: Path) -> None:
     methods = sorted({r["method"] for r in rows})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     for r in rows:
-        ax.scatter(r["latency_p50_ms"], 100 * r["macro_f1"], marker=markers.get(r["format"], "x"),
-                   color=colors[r["method"]], s=20 + 3 * r["size_mb"] ** 0.8, alpha=0.8)
+        ax.scatter(
+            r["latency_p50_ms"],
+            100 * r["macro_f1"],
+            marker=markers.get(r["format"], "x"),
+            color=colors[r["method"]],
+            s=20 + 3 * r["size_mb"] ** 0.8,
+            alpha=0.8,
+        )
     for m in methods:
         ax.scatter([], [], color=colors[m], label=m)
     for f, mk in markers.items():

@@ -93,8 +93,9 @@ def _text_keys(args: tuple, kwargs: dict) -> list[bytes]:
     if ids is None:
         raise ValueError("the encoder cache needs input_ids")
     mask = torch.ones_like(ids) if mask is None else mask
-    return [hashlib.blake2b(row[m.bool()].cpu().numpy().tobytes(), digest_size=16).digest()
-            for row, m in zip(ids, mask)]
+    return [
+        hashlib.blake2b(row[m.bool()].cpu().numpy().tobytes(), digest_size=16).digest() for row, m in zip(ids, mask)
+    ]
 
 
 def store_frozen_encoder(model: nn.Module, texts: list, pad_id: int, runtime, batch_size: int):
@@ -177,16 +178,22 @@ def encoder_layers(model: nn.Module) -> list[nn.Module]:
         for i, layer in enumerate(layers):
             for path in ("attention.output", "output"):
                 sub = layer.get_submodule(path) if _has(layer, path) else None
-                if sub is None or not all(hasattr(sub, a) for a in ("dense", "dropout", "LayerNorm")) \
-                        or not isinstance(sub.dense, nn.Linear) or not isinstance(sub.dropout, nn.Dropout):
+                if (
+                    sub is None
+                    or not all(hasattr(sub, a) for a in ("dense", "dropout", "LayerNorm"))
+                    or not isinstance(sub.dense, nn.Linear)
+                    or not isinstance(sub.dropout, nn.Dropout)
+                ):
                     problem = f"layer {i} has no BERT-style '{path}' (dense, dropout, LayerNorm)"
                     break
             if problem:
                 break
     if problem:
-        raise UserError("methods: kind adapter",
-                        f"bottleneck adapters support BERT-family encoders only; model type '{model_type}' has {problem}",
-                        "use a BERT/RoBERTa-style model, or a peft method (lora, adalora, ia3, prefix, prompt)")
+        raise UserError(
+            "methods: kind adapter",
+            f"bottleneck adapters support BERT-family encoders only; model type '{model_type}' has {problem}",
+            "use a BERT/RoBERTa-style model, or a peft method (lora, adalora, ia3, prefix, prompt)",
+        )
     return list(layers)
 
 
@@ -198,8 +205,9 @@ def _has(module: nn.Module, path: str) -> bool:
         return False
 
 
-def add_adapters(model: nn.Module, reduction_factor: float = 16, placement: str = "pfeiffer",
-                 train_layernorm: bool | None = None) -> nn.Module:
+def add_adapters(
+    model: nn.Module, reduction_factor: float = 16, placement: str = "pfeiffer", train_layernorm: bool | None = None
+) -> nn.Module:
     """Insert bottleneck adapters in place and set what trains; returns the model."""
     if placement not in PLACEMENTS:
         raise UserError("methods: placement", f"unknown adapter placement '{placement}'", "houlsby or pfeiffer")

@@ -8,18 +8,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dapt.runtime.batching import collate, length_sorted_batches
 from dapt.core.errors import DIVERGED, diverged
 from dapt.core.files import atomic_path, read_json, write_json
 from dapt.finetune.metrics import compute_metrics
+from dapt.runtime.batching import collate, length_sorted_batches
 
 #: What metrics.json carries over from the run's train.json.
-TRAIN_KEYS = ("n_train", "n_validation", "train_steps", "epochs_run", "best_epoch", "trainable_params", "total_params",
-              "trainable_pct", "peak_memory_mb", "device", "precision", "pretrain", "truncated")
+TRAIN_KEYS = (
+    "n_train",
+    "n_validation",
+    "train_steps",
+    "epochs_run",
+    "best_epoch",
+    "trainable_params",
+    "total_params",
+    "trainable_pct",
+    "peak_memory_mb",
+    "device",
+    "precision",
+    "pretrain",
+    "truncated",
+)
 
 
 @torch.inference_mode()
-def predict_proba(model: torch.nn.Module, input_ids: list[np.ndarray], pad_id: int, runtime, batch_size: int = 128) -> np.ndarray:
+def predict_proba(
+    model: torch.nn.Module, input_ids: list[np.ndarray], pad_id: int, runtime, batch_size: int = 128
+) -> np.ndarray:
     was_training = model.training
     model.eval()
     out = [None] * len(input_ids)
@@ -44,14 +59,24 @@ def write_predictions(path: str | Path, ids: list[str], gold: np.ndarray, probs:
         df.to_csv(tmp, index=False)
 
 
-def evaluate_run(artifact_dir: str, base_dir: str, tokenized_dir: str, train_json: str, out_metrics: str,
-                 out_predictions: str, runtime, context: dict, batch_size: int, perturbed: dict | None = None,
-                 out_robustness: str | None = None) -> dict:
+def evaluate_run(
+    artifact_dir: str,
+    base_dir: str,
+    tokenized_dir: str,
+    train_json: str,
+    out_metrics: str,
+    out_predictions: str,
+    runtime,
+    context: dict,
+    batch_size: int,
+    perturbed: dict | None = None,
+    out_robustness: str | None = None,
+) -> dict:
     """Predict the test split with a run's artifact; write predictions.csv and metrics.json (the test
     metrics, what the run rests on from its train.json, and how this evaluation ran), and with
     `perturbed` (name -> perturbed test file) robustness.json (`score_perturbed`)."""
-    from dapt.tokenize.longtext import per_document
     from dapt.finetune.methods import load_finetuned
+    from dapt.tokenize.longtext import per_document
     from dapt.tokenize.tasks import read_examples
 
     labels = read_json(Path(tokenized_dir) / "labels.json")
@@ -65,31 +90,46 @@ def evaluate_run(artifact_dir: str, base_dir: str, tokenized_dir: str, train_jso
     ids, gold, probs = per_document(test, probs)
     metrics = compute_metrics(gold, probs.argmax(1), labels)
     artifact_bytes = sum(f.stat().st_size for f in Path(artifact_dir).rglob("*") if f.is_file())
-    result = {**context, **metrics, "n_test": len(gold), "artifact_bytes": artifact_bytes,
-              **{k: train_info[k] for k in TRAIN_KEYS},
-              "precision_reason": train_info.get("precision_reason", ""),
-              "evaluation": {**runtime.describe(), "batch_size": batch_size}}
+    result = {
+        **context,
+        **metrics,
+        "n_test": len(gold),
+        "artifact_bytes": artifact_bytes,
+        **{k: train_info[k] for k in TRAIN_KEYS},
+        "precision_reason": train_info.get("precision_reason", ""),
+        "evaluation": {**runtime.describe(), "batch_size": batch_size},
+    }
     # data issues that are counted, not fixed: texts repeated across splits (truncation: from train.json)
     stats = read_json(Path(tokenized_dir) / "stats.json")
     result["texts_shared_across_splits"] = stats.get("texts_shared_across_splits", {})
     if "long_text" in stats:
         result.update(long_text=stats["long_text"], test_rows=len(test["label"]))
     if out_robustness:
-        scores = score_perturbed(model, pad_id, base_dir, tokenized_dir, perturbed or {}, runtime, batch_size,
-                                 dict(zip(ids, probs)), labels)
+        scores = score_perturbed(
+            model, pad_id, base_dir, tokenized_dir, perturbed or {}, runtime, batch_size, dict(zip(ids, probs)), labels
+        )
         write_json(out_robustness, {**context, **scores})
     write_predictions(out_predictions, ids, gold, probs, labels)
     write_json(out_metrics, result)
     return result
 
 
-def score_perturbed(model, pad_id: int, base_dir: str, tokenized_dir: str, perturbed: dict, runtime, batch_size: int,
-                    clean: dict, labels: list[str]) -> dict:
+def score_perturbed(
+    model,
+    pad_id: int,
+    base_dir: str,
+    tokenized_dir: str,
+    perturbed: dict,
+    runtime,
+    batch_size: int,
+    clean: dict,
+    labels: list[str],
+) -> dict:
     """Metrics on each perturbed test set (`dapt.data.augment.write_perturbed`), and the clean metrics on the
     same documents (a sample of the test split, if the study perturbs one), so that each drop compares
     like with like. Documents, not windows, are scored, as for the clean test set."""
-    from dapt.tokenize.longtext import per_document
     from dapt.data.model_store import load_tokenizer
+    from dapt.tokenize.longtext import per_document
     from dapt.tokenize.tasks import tokenize_like
 
     out: dict = {"perturbations": {}}
@@ -100,8 +140,11 @@ def score_perturbed(model, pad_id: int, base_dir: str, tokenized_dir: str, pertu
         rows = tokenize_like(path, tokenized_dir, tokenizer)
         ids, gold, probs = per_document(rows, predict_proba(model, rows["input_ids"], pad_id, runtime, batch_size))
         changed = read_changed(path)
-        out["perturbations"][name] = {**compute_metrics(gold, probs.argmax(1), labels), "n": len(gold),
-                                      "changed": changed}
+        out["perturbations"][name] = {
+            **compute_metrics(gold, probs.argmax(1), labels),
+            "n": len(gold),
+            "changed": changed,
+        }
         if "clean" not in out:
             clean_probs = np.stack([clean[i] for i in ids])
             out["clean"] = {**compute_metrics(gold, clean_probs.argmax(1), labels), "n": len(gold)}
@@ -115,13 +158,25 @@ def read_changed(path: str) -> int:
     return int(sum(pq.read_table(path, columns=["changed"]).column("changed").to_pylist()))
 
 
-def record_diverged(train_info: dict, labels: list[str], context: dict, out_metrics: str, out_predictions: str,
-                    out_robustness: str | None) -> dict:
+def record_diverged(
+    train_info: dict,
+    labels: list[str],
+    context: dict,
+    out_metrics: str,
+    out_predictions: str,
+    out_robustness: str | None,
+) -> dict:
     """A run whose training diverged (`on_divergence: record`) has nothing to predict with: its
     outputs say so (metrics.json `status: diverged` and the error, no scores; predictions.csv with
     its header only), so the report can list it as failed instead of the study stopping here."""
-    result = {**context, "status": DIVERGED, "error": train_info["error"], "labels": labels,
-              **{k: train_info[k] for k in TRAIN_KEYS}, "diverged_step": train_info["diverged_step"]}
+    result = {
+        **context,
+        "status": DIVERGED,
+        "error": train_info["error"],
+        "labels": labels,
+        **{k: train_info[k] for k in TRAIN_KEYS},
+        "diverged_step": train_info["diverged_step"],
+    }
     if out_robustness:
         write_json(out_robustness, {**context, "status": DIVERGED})
     write_predictions(out_predictions, [], np.zeros(0, dtype=int), np.zeros((0, len(labels))), labels)

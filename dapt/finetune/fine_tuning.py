@@ -2,7 +2,8 @@
 
 Batches are length-bucketed (shuffled chunks sorted by length) and padded per batch, so short texts
 cost short sequences. A task cut into windows (`dapt.tokenize.longtext`) trains on every window with its
-document's label and validates per document, its windows' probabilities pooled. The best epoch on the validation metric is kept, and what is saved is what the
+document's label and validates per document, its windows' probabilities pooled. The best epoch on the
+validation metric is kept, and what is saved is what the
 method trains (`dapt.finetune.methods`). The optimizer step, its checkpoints and the progress lines are
 `dapt.runtime.optimizer_step`, shared with pretraining; what is fine-tuning's own is here: the classification loss,
 validation at each epoch's end, early stopping and the best epoch.
@@ -19,22 +20,39 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from dapt.runtime.batching import bucketed_batches, collate, rank_share
-from dapt.runtime.checkpoints import clear_checkpoints
-from dapt.study.config import FINETUNE_DEFAULTS
-from dapt.runtime.distributed import all_reduce_sums
 from dapt.core.errors import Diverged, UserError, diverged
-from dapt.finetune.evaluation import predict_proba
 from dapt.core.files import atomic_path, read_json, write_json
-from dapt.tokenize.longtext import n_documents, per_document
-from dapt.finetune.methods import (after_optimizer_step, apply_method, load_classifier, method_penalty, method_state,
-                          resume_method, save_artifact)
+from dapt.finetune.evaluation import predict_proba
+from dapt.finetune.methods import (
+    after_optimizer_step,
+    apply_method,
+    load_classifier,
+    method_penalty,
+    method_state,
+    resume_method,
+    save_artifact,
+)
 from dapt.finetune.metrics import compute_metrics
 from dapt.finetune.regularizers import EmbeddingNoise, changes_encoder_input, robust_loss, robust_settings
+from dapt.runtime.batching import bucketed_batches, collate, rank_share
+from dapt.runtime.checkpoints import clear_checkpoints
+from dapt.runtime.context import (
+    Runtime,
+    Timer,
+    check_finite,
+    count_params,
+    linear_schedule,
+    make_optimizer,
+    peak_memory_mb,
+    trainable_state,
+    unwrap,
+)
+from dapt.runtime.distributed import all_reduce_sums
 from dapt.runtime.optimizer_step import Progress, Stepper, split_micro
-from dapt.tokenize.tasks import read_examples
 from dapt.runtime.tracking import log_finetune
-from dapt.runtime.context import Runtime, Timer, check_finite, count_params, linear_schedule, make_optimizer, peak_memory_mb, trainable_state, unwrap
+from dapt.study.defaults import FINETUNE_DEFAULTS
+from dapt.tokenize.longtext import n_documents, per_document
+from dapt.tokenize.tasks import read_examples
 
 LOG_COLUMNS = ["epoch", "step", "train_loss", "val_accuracy", "val_macro_f1", "lr"]
 
@@ -55,8 +73,12 @@ def load_task(tokenized_dir: str | Path, base_dir: str | Path) -> TaskData:
     from dapt.data.model_store import load_tokenizer
 
     tok_dir = Path(tokenized_dir)
-    return TaskData(labels=read_json(tok_dir / "labels.json"), train=read_examples(tok_dir / "train.parquet"),
-                    val=read_examples(tok_dir / "validation.parquet"), pad_id=load_tokenizer(base_dir).pad_token_id)
+    return TaskData(
+        labels=read_json(tok_dir / "labels.json"),
+        train=read_examples(tok_dir / "train.parquet"),
+        val=read_examples(tok_dir / "validation.parquet"),
+        pad_id=load_tokenizer(base_dir).pad_token_id,
+    )
 
 
 def new_state() -> dict:
@@ -83,9 +105,15 @@ class FineTuning:
         self.train_model = self.model
         if runtime.world_size > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
-        self.stepper = Stepper(runtime, self.train_model, self.model.parameters, params["max_grad_norm"],
-                               f"finetune {params['kind']}", lambda step: after_optimizer_step(self.model, params, step),
-                               check_loss=False)
+        self.stepper = Stepper(
+            runtime,
+            self.train_model,
+            self.model.parameters,
+            params["max_grad_norm"],
+            f"finetune {params['kind']}",
+            lambda step: after_optimizer_step(self.model, params, step),
+            check_loss=False,
+        )
         optimizer = make_optimizer(list(self.model.named_parameters()), params["lr"], params["weight_decay"])
         self.stepper.use(optimizer, linear_schedule(optimizer, int(params["warmup_ratio"] * self.total), self.total))
         self.state = new_state()
@@ -108,8 +136,15 @@ class FineTuning:
         device, train = self.runtime.device, self.data.train
         ids, mask = collate(train["input_ids"], part, self.data.pad_id)
         labels = torch.from_numpy(train["label"][part]).to(device)
-        objective, loss = robust_loss(self._forward(self.train_model), ids.to(device), mask.to(device), labels,
-                                      self.params, self.noise, self._forward(self.model))
+        objective, loss = robust_loss(
+            self._forward(self.train_model),
+            ids.to(device),
+            mask.to(device),
+            labels,
+            self.params,
+            self.noise,
+            self._forward(self.model),
+        )
         objective = (objective + method_penalty(self.model, self.params)) * len(part) * weight
         value = loss.item() * len(part) * weight / self.runtime.world_size
         return objective, value if math.isfinite(objective.item()) else math.nan  # train_step checks it
@@ -118,6 +153,7 @@ class FineTuning:
         def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             with self.runtime.autocast():
                 return model(input_ids=ids, attention_mask=mask).logits
+
         return forward
 
     def train_step(self, idx: np.ndarray) -> float:
@@ -132,18 +168,30 @@ class FineTuning:
     def end_epoch(self, timer: Timer) -> None:
         """Validate, log the epoch, keep its weights if they are the best so far."""
         state, metric = self.state, self.params["metric"]
-        probs = predict_proba(self.model, self.data.val["input_ids"], self.data.pad_id, self.runtime,
-                              self.params["eval_batch_size"])
+        probs = predict_proba(
+            self.model, self.data.val["input_ids"], self.data.pad_id, self.runtime, self.params["eval_batch_size"]
+        )
         _, gold, probs = per_document(self.data.val, probs)  # windows: one prediction per document
         scores = compute_metrics(gold, probs.argmax(1), self.data.labels)
         epoch = -(-state["step"] // self.steps_per_epoch)
         losses = state["losses"]
         state["epochs_run"] = epoch
-        state["log"].append([epoch, state["step"], float(np.mean(losses)) if losses else float("nan"),
-                             scores["accuracy"], scores["macro_f1"], self.stepper.scheduler.get_last_lr()[0]])
+        state["log"].append(
+            [
+                epoch,
+                state["step"],
+                float(np.mean(losses)) if losses else float("nan"),
+                scores["accuracy"],
+                scores["macro_f1"],
+                self.stepper.scheduler.get_last_lr()[0],
+            ]
+        )
         if self.runtime.is_main:
-            print(f"epoch {epoch} step {state['step']}/{self.total} train_loss {state['log'][-1][2]:.4f} "
-                  f"val_{metric} {scores[metric]:.4f} ({timer.seconds():.0f}s)", flush=True)
+            print(
+                f"epoch {epoch} step {state['step']}/{self.total} train_loss {state['log'][-1][2]:.4f} "
+                f"val_{metric} {scores[metric]:.4f} ({timer.seconds():.0f}s)",
+                flush=True,
+            )
         losses.clear()
         if scores[metric] > state["best"]:
             state.update(best=scores[metric], best_epoch=epoch, bad_epochs=0)
@@ -166,12 +214,14 @@ class FineTuning:
         state, params = self.state, self.params
         timer = self.timer = Timer()
         timer.start -= state.get("seconds", 0.0)  # time spent before a kill counts too
-        progress = Progress(self.total, state["step"], every=max(1, self.steps_per_epoch // 10),
-                            enabled=self.runtime.is_main)
+        progress = Progress(
+            self.total, state["step"], every=max(1, self.steps_per_epoch // 10), enabled=self.runtime.is_main
+        )
         while state["step"] < self.total and state["bad_epochs"] < params["patience"]:
             epoch, offset = divmod(state["step"], self.steps_per_epoch)
-            order = bucketed_batches(self.data.lengths, params["batch_size"],
-                                     torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            order = bucketed_batches(
+                self.data.lengths, params["batch_size"], torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            )
             for idx in order[offset:]:
                 if state["step"] >= self.total:
                     break
@@ -182,8 +232,9 @@ class FineTuning:
                 end_of_epoch = state["step"] % self.steps_per_epoch == 0 or state["step"] == self.total
                 if end_of_epoch:
                     self.end_epoch(timer)
-                if self.runtime.is_main and Stepper.checkpoint_due(state["step"], self.total, params["save_steps"],
-                                                                   end_of_epoch):
+                if self.runtime.is_main and Stepper.checkpoint_due(
+                    state["step"], self.total, params["save_steps"], end_of_epoch
+                ):
                     self.save_checkpoint(timer)
                 if state["bad_epochs"] >= params["patience"]:
                     break
@@ -196,9 +247,18 @@ class FineTuning:
             unwrap(self.model).load_state_dict(load_file(str(best)), strict=False)
 
 
-def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, params: dict, seed: int,
-             runtime: Runtime, pretrain_info: dict | None = None, augmented: str | None = None,
-             on_divergence: str = "fail") -> dict:
+def finetune(
+    base_dir: str,
+    tokenized_dir: str,
+    out_dir: str,
+    ckpt_dir: str,
+    params: dict,
+    seed: int,
+    runtime: Runtime,
+    pretrain_info: dict | None = None,
+    augmented: str | None = None,
+    on_divergence: str = "fail",
+) -> dict:
     """Fine-tune one run, resuming from its checkpoint if there is one; write model/, log.csv and
     train.json to `out_dir` (rank 0) and return the summary. `augmented`: the run's augmented
     training rows (`dapt.data.augment`), added to the training split. `on_divergence: record` writes a
@@ -211,8 +271,12 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
     if params.get("train_size"):  # a learning-curve point: a nested subset of the training split
         from dapt.study.sweeps import subset_examples
 
-        data = TaskData(data.labels, subset_examples(data.train, params["train_size"], params["train_subset_seed"]),
-                        data.val, data.pad_id)
+        data = TaskData(
+            data.labels,
+            subset_examples(data.train, params["train_size"], params["train_subset_seed"]),
+            data.val,
+            data.pad_id,
+        )
     if augmented:
         data = TaskData(data.labels, with_copies(data.train, augmented, tokenized_dir, base_dir), data.val, data.pad_id)
         print(f"augment: {len(data.lengths)} training rows with the augmented copies of {augmented}", flush=True)
@@ -222,8 +286,9 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
     if params["kind"] == "head" and runtime.world_size == 1 and not changes_encoder_input(params):
         from dapt.finetune.adapters import store_frozen_encoder
 
-        restore_encoder = store_frozen_encoder(run.model, [data.train["input_ids"], data.val["input_ids"]],
-                                               data.pad_id, runtime, params["eval_batch_size"])
+        restore_encoder = store_frozen_encoder(
+            run.model, [data.train["input_ids"], data.val["input_ids"]], data.pad_id, runtime, params["eval_batch_size"]
+        )
         print(f"head: encoder outputs {'stored once' if restore_encoder else 'recomputed every step'}", flush=True)
     failure: dict = {}
     try:
@@ -250,28 +315,43 @@ def finetune(base_dir: str, tokenized_dir: str, out_dir: str, ckpt_dir: str, par
 def with_copies(train: dict, augmented: str, tokenized_dir: str, base_dir: str) -> dict:
     """The training rows plus the augmented copies of those among them (after a learning curve's cut)."""
     from dapt.data.augment import source_ids
-    from dapt.tokenize.longtext import document_index
     from dapt.data.model_store import load_tokenizer
+    from dapt.tokenize.longtext import document_index
     from dapt.tokenize.tasks import tokenize_like
 
     copies = tokenize_like(augmented, tokenized_dir, load_tokenizer(base_dir))
     keep = np.flatnonzero(np.isin(source_ids(copies["id"]), list(set(train["id"]))))
     ids = list(train["id"]) + [copies["id"][i] for i in keep]
-    return {**train, "id": ids, "input_ids": list(train["input_ids"]) + [copies["input_ids"][i] for i in keep],
-            "label": np.concatenate([train["label"], copies["label"][keep]]),
-            "doc": document_index(ids) if train["pool"] else np.arange(len(ids))}
+    return {
+        **train,
+        "id": ids,
+        "input_ids": list(train["input_ids"]) + [copies["input_ids"][i] for i in keep],
+        "label": np.concatenate([train["label"], copies["label"][keep]]),
+        "doc": document_index(ids) if train["pool"] else np.arange(len(ids)),
+    }
 
 
 def make_summary(run: FineTuning, seconds: float, pretrain_info: dict | None, stats: dict) -> dict:
     state = run.state
     long_text = {"long_text": stats["long_text"], "train_rows": len(run.data.lengths)} if "long_text" in stats else {}
-    return {"n_train": n_documents(run.data.train), "n_validation": n_documents(run.data.val), "train_steps": state["step"],
-            "epochs_run": state["epochs_run"], "best_epoch": state["best_epoch"], "best_validation": state["best"],
-            "trainable_params": run.trainable, "total_params": run.total_params,
-            "trainable_pct": 100.0 * run.trainable / run.total_params,
-            "peak_memory_mb": peak_memory_mb(run.runtime.device), "seconds": seconds, "pretrain": pretrain_info or {},
-            "params": run.params, **run.runtime.describe(),
-            "truncated": {s: stats[s]["truncated"] for s in ("train", "validation", "test")}, **long_text}
+    return {
+        "n_train": n_documents(run.data.train),
+        "n_validation": n_documents(run.data.val),
+        "train_steps": state["step"],
+        "epochs_run": state["epochs_run"],
+        "best_epoch": state["best_epoch"],
+        "best_validation": state["best"],
+        "trainable_params": run.trainable,
+        "total_params": run.total_params,
+        "trainable_pct": 100.0 * run.trainable / run.total_params,
+        "peak_memory_mb": peak_memory_mb(run.runtime.device),
+        "seconds": seconds,
+        "pretrain": pretrain_info or {},
+        "params": run.params,
+        **run.runtime.describe(),
+        "truncated": {s: stats[s]["truncated"] for s in ("train", "validation", "test")},
+        **long_text,
+    }
 
 
 def write_outputs(run: FineTuning, summary: dict, out: Path) -> None:

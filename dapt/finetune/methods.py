@@ -10,14 +10,27 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dapt.study.config import PEFT_KINDS
 from dapt.core.errors import UserError
 from dapt.core.files import atomic_path, read_json, write_json
 from dapt.runtime.context import trainable_state, unwrap
+from dapt.study.defaults import PEFT_KINDS
 
-METHOD_KEYS = ("kind", "r", "alpha", "dropout", "target_modules", "num_virtual_tokens", "reduction_factor", "placement",
-               "train_layernorm", "target_r", "tinit_ratio", "tfinal_ratio", "orth_reg_weight", "prefix_projection")
-
+METHOD_KEYS = (
+    "kind",
+    "r",
+    "alpha",
+    "dropout",
+    "target_modules",
+    "num_virtual_tokens",
+    "reduction_factor",
+    "placement",
+    "train_layernorm",
+    "target_r",
+    "tinit_ratio",
+    "tfinal_ratio",
+    "orth_reg_weight",
+    "prefix_projection",
+)
 
 
 def load_classifier(model_dir: str, labels: list[str], trust: bool | None = None):
@@ -30,8 +43,13 @@ def load_classifier(model_dir: str, labels: list[str], trust: bool | None = None
     model_dir = str(model_dir)
     remote = trusts_remote_code(model_dir) if trust is None else trust
     return AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={l: i for i, l in enumerate(labels)}, use_safetensors=True, trust_remote_code=remote)
+        model_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        use_safetensors=True,
+        trust_remote_code=remote,
+    )
 
 
 def _position_budget(model: torch.nn.Module) -> int | None:
@@ -57,8 +75,13 @@ def peft_config(model: torch.nn.Module, params: dict):
     extra = ["pooler"] if f"{model.base_model_prefix}.pooler" in head_module_names(model) else None
     common = dict(task_type=task, modules_to_save=extra)
     if kind == "lora":
-        return peft.LoraConfig(**common, r=params.get("r", 8), lora_alpha=params.get("alpha", 16),
-                               lora_dropout=params.get("dropout", 0.1), target_modules=params.get("target_modules"))
+        return peft.LoraConfig(
+            **common,
+            r=params.get("r", 8),
+            lora_alpha=params.get("alpha", 16),
+            lora_dropout=params.get("dropout", 0.1),
+            target_modules=params.get("target_modules"),
+        )
     if kind == "adalora":
         total = params.get("total_steps")
         if not total:
@@ -72,21 +95,33 @@ def peft_config(model: torch.nn.Module, params: dict):
         tfinal = int(params.get("tfinal_ratio", 0.2) * total)
         if tinit >= total - tfinal:
             tinit, tfinal = 0, 0
-        return peft.AdaLoraConfig(**common, init_r=init_r, target_r=target_r, lora_alpha=params.get("alpha", 32),
-                                  lora_dropout=params.get("dropout", 0.1), total_step=total, tinit=tinit,
-                                  tfinal=tfinal, deltaT=1, orth_reg_weight=params.get("orth_reg_weight", 0.5),
-                                  target_modules=params.get("target_modules"))
+        return peft.AdaLoraConfig(
+            **common,
+            init_r=init_r,
+            target_r=target_r,
+            lora_alpha=params.get("alpha", 32),
+            lora_dropout=params.get("dropout", 0.1),
+            total_step=total,
+            tinit=tinit,
+            tfinal=tfinal,
+            deltaT=1,
+            orth_reg_weight=params.get("orth_reg_weight", 0.5),
+            target_modules=params.get("target_modules"),
+        )
     if kind == "ia3":
         return peft.IA3Config(**common, target_modules=params.get("target_modules"))
     tokens = params.get("num_virtual_tokens", 20)
     budget = _position_budget(model)
     if budget is not None and params.get("max_length", 0) + tokens > budget:
-        raise UserError(f"methods: kind {kind}",
-                        f"max_length {params.get('max_length')} + {tokens} virtual tokens exceed the model's "
-                        f"{budget} positions", "lower the task's max_length or num_virtual_tokens")
+        raise UserError(
+            f"methods: kind {kind}",
+            f"max_length {params.get('max_length')} + {tokens} virtual tokens exceed the model's {budget} positions",
+            "lower the task's max_length or num_virtual_tokens",
+        )
     if kind == "prefix":
-        return peft.PrefixTuningConfig(**common, num_virtual_tokens=tokens,
-                                       prefix_projection=params.get("prefix_projection", False))
+        return peft.PrefixTuningConfig(
+            **common, num_virtual_tokens=tokens, prefix_projection=params.get("prefix_projection", False)
+        )
     return peft.PromptTuningConfig(**common, num_virtual_tokens=tokens)
 
 
@@ -102,8 +137,12 @@ def apply_method(model: torch.nn.Module, params: dict) -> torch.nn.Module:
     if kind == "adapter":
         from dapt.finetune.adapters import add_adapters
 
-        return add_adapters(model, params.get("reduction_factor", 16), params.get("placement", "pfeiffer"),
-                            params.get("train_layernorm"))
+        return add_adapters(
+            model,
+            params.get("reduction_factor", 16),
+            params.get("placement", "pfeiffer"),
+            params.get("train_layernorm"),
+        )
     if kind in PEFT_KINDS:
         import peft
 
@@ -143,8 +182,9 @@ def method_state(model: torch.nn.Module, params: dict) -> dict:
     if params["kind"] != "adalora":
         return {}
     allocator = unwrap(model).base_model.rankallocator
-    return {key: {n: t.detach().to("cpu", copy=True) for n, t in getattr(allocator, key).items()}
-            for key in ALLOCATOR_STATE}
+    return {
+        key: {n: t.detach().to("cpu", copy=True) for n, t in getattr(allocator, key).items()} for key in ALLOCATOR_STATE
+    }
 
 
 def resume_method(model: torch.nn.Module, params: dict, saved: dict | None = None) -> None:
@@ -157,7 +197,9 @@ def resume_method(model: torch.nn.Module, params: dict, saved: dict | None = Non
     peft_model = unwrap(model)
     peft_model.peft_config["default"].rank_pattern = {
         name: (p.detach() != 0).view(-1).tolist()
-        for name, p in peft_model.base_model.model.named_parameters() if ".lora_E.default" in name}
+        for name, p in peft_model.base_model.model.named_parameters()
+        if ".lora_E.default" in name
+    }
     if saved:
         allocator = peft_model.base_model.rankallocator
         devices = {n: p.device for n, p in peft_model.base_model.model.named_parameters()}
@@ -189,8 +231,14 @@ def save_artifact(model: torch.nn.Module, params: dict, labels: list[str], out_d
             model.save_pretrained(tmp)
         else:  # head, adapter: only what was trained
             save_file(trainable_state(model, only_trainable=True), str(tmp / "trainable.safetensors"))
-        write_json(tmp / "method.json", {"method": {k: params[k] for k in METHOD_KEYS if k in params},
-                                         "labels": labels, "total_steps": params.get("total_steps")})
+        write_json(
+            tmp / "method.json",
+            {
+                "method": {k: params[k] for k in METHOD_KEYS if k in params},
+                "labels": labels,
+                "total_steps": params.get("total_steps"),
+            },
+        )
 
 
 def load_finetuned(artifact_dir: str, base_dir: str, labels: list[str]) -> tuple[torch.nn.Module, int]:
@@ -218,8 +266,11 @@ def load_finetuned(artifact_dir: str, base_dir: str, labels: list[str]) -> tuple
         unexpected = sorted(set(weights) - set(model.state_dict()))
         missing = sorted(expected - set(weights))
         if unexpected or missing:
-            raise UserError(str(artifact), "the artifact does not fit its method: "
-                            f"{len(missing)} trained weights missing (e.g. {missing[:2]}), "
-                            f"{len(unexpected)} unknown (e.g. {unexpected[:2]})")
+            raise UserError(
+                str(artifact),
+                "the artifact does not fit its method: "
+                f"{len(missing)} trained weights missing (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unknown (e.g. {unexpected[:2]})",
+            )
         model.load_state_dict(weights, strict=False)
     return model.eval(), pad_id

@@ -37,8 +37,12 @@ def per_class(conf: np.ndarray) -> dict[str, np.ndarray]:
     conf = np.asarray(conf, dtype=float)
     tp = np.diagonal(conf, axis1=-2, axis2=-1)
     true_sum, pred_sum = conf.sum(axis=-1), conf.sum(axis=-2)
-    return {"precision": _divide(tp, pred_sum), "recall": _divide(tp, true_sum),
-            "f1": _divide(2 * tp, true_sum + pred_sum), "support": true_sum}
+    return {
+        "precision": _divide(tp, pred_sum),
+        "recall": _divide(tp, true_sum),
+        "f1": _divide(2 * tp, true_sum + pred_sum),
+        "support": true_sum,
+    }
 
 
 def score_confusion(conf: np.ndarray, metric: str) -> np.ndarray:
@@ -69,9 +73,15 @@ def compute_metrics(gold: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -
     pc = per_class(conf)
     return {
         **{m: float(score_confusion(conf, m)) for m in METRICS},
-        "per_class": {lab: {"precision": float(pc["precision"][i]), "recall": float(pc["recall"][i]),
-                                 "f1": float(pc["f1"][i]), "support": int(conf[i].sum())}
-                      for i, lab in enumerate(labels)},
+        "per_class": {
+            lab: {
+                "precision": float(pc["precision"][i]),
+                "recall": float(pc["recall"][i]),
+                "f1": float(pc["f1"][i]),
+                "support": int(conf[i].sum()),
+            }
+            for i, lab in enumerate(labels)
+        },
         "confusion_matrix": conf.tolist(),
         "labels": list(labels),
     }

@@ -9,7 +9,7 @@ normalised per example; PGD (Madry et al., 2018) takes `adv_steps` steps of leng
 each projected back onto the `adv_epsilon` ball. The objective is the clean loss plus the loss at
 the perturbed embeddings, as in both papers' text recipes. R-Drop (Liang et al., 2021) runs the
 batch twice in one forward (two dropout masks) and adds `rdrop` x the symmetric KL divergence of
-the two predictions. Every option is off by default (`dapt.study.config.ROBUST_DEFAULTS`).
+the two predictions. Every option is off by default (`dapt.study.defaults.ROBUST_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from dapt.study.config import ROBUST_DEFAULTS
+from dapt.study.defaults import ROBUST_DEFAULTS
 
 #: The gradient towards the perturbation is taken of the loss times this (its direction is what counts):
 #: fp16 activations would otherwise round small gradients to zero.
@@ -83,16 +83,24 @@ def _project(delta: torch.Tensor, epsilon: float) -> torch.Tensor:
 def symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """R-Drop's regulariser: (KL(p_a || p_b) + KL(p_b || p_a)) / 2, averaged over the batch."""
     la, lb = F.log_softmax(a, dim=-1), F.log_softmax(b, dim=-1)
-    return 0.5 * (F.kl_div(lb, la, log_target=True, reduction="batchmean")
-                  + F.kl_div(la, lb, log_target=True, reduction="batchmean"))
+    return 0.5 * (
+        F.kl_div(lb, la, log_target=True, reduction="batchmean")
+        + F.kl_div(la, lb, log_target=True, reduction="batchmean")
+    )
 
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def robust_loss(forward: Forward, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, params: dict,
-                noise: EmbeddingNoise | None = None, perturbed_forward: Forward | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def robust_loss(
+    forward: Forward,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    params: dict,
+    noise: EmbeddingNoise | None = None,
+    perturbed_forward: Forward | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(training objective, clean classification loss) of one micro-batch.
 
     `forward(ids, mask)` returns logits (under autocast); `noise` hooks the model it runs (needed

@@ -51,7 +51,9 @@ def run_baseline(task_dir: str | Path, metric: str, c_grid: tuple[float, ...] = 
     start = time.perf_counter()
     task_dir = Path(task_dir)
     if not (task_dir / "labels.json").is_file():
-        raise UserError(str(task_dir / "labels.json"), "missing: not a prepared task folder", "run the prepare_task rule first")
+        raise UserError(
+            str(task_dir / "labels.json"), "missing: not a prepared task folder", "run the prepare_task rule first"
+        )
     labels = [str(x) for x in read_json(task_dir / "labels.json")]
     index = {lab: i for i, lab in enumerate(labels)}
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (_read_split(task_dir, s, index) for s in SPLITS)
@@ -66,11 +68,22 @@ def run_baseline(task_dir: str | Path, metric: str, c_grid: tuple[float, ...] = 
             best = (c, model)
     c, model = best
     test_metrics = compute_metrics(y_test, model.predict(test_features), labels)
-    return {"method": "tfidf_lr", "metric": metric, "C": c, "score": test_metrics[metric], **test_metrics,
-            "validation": {f"{k:g}": v for k, v in validation.items()}, "best_validation": validation[c],
-            "n_train": len(y_train), "n_validation": len(y_val), "n_test": len(y_test),
-            "n_features": len(vectorizer.vocabulary_), "ngram_range": list(NGRAMS),
-            "seconds": time.perf_counter() - start, "sklearn": sklearn_version}
+    return {
+        "method": "tfidf_lr",
+        "metric": metric,
+        "C": c,
+        "score": test_metrics[metric],
+        **test_metrics,
+        "validation": {f"{k:g}": v for k, v in validation.items()},
+        "best_validation": validation[c],
+        "n_train": len(y_train),
+        "n_validation": len(y_val),
+        "n_test": len(y_test),
+        "n_features": len(vectorizer.vocabulary_),
+        "ngram_range": list(NGRAMS),
+        "seconds": time.perf_counter() - start,
+        "sklearn": sklearn_version,
+    }
 
 
 def write_baseline(task_dir: str | Path, task: str, metric: str, out: str | Path) -> dict:

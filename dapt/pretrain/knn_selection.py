@@ -76,8 +76,9 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms == 0, 1, norms)
 
 
-def nearest(queries: np.ndarray, docs: np.ndarray, k: int, doc_batch: int = 4096,
-            query_batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def nearest(
+    queries: np.ndarray, docs: np.ndarray, k: int, doc_batch: int = 4096, query_batch: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest documents by cosine similarity of in-memory vectors, `doc_batch` documents at a time."""
     found = NearestDocs(unit_rows(queries), k, query_batch)
     docs = unit_rows(docs)
@@ -104,8 +105,9 @@ class Encoder:
         from dapt.data.model_store import load_tokenizer, trusts_remote_code
 
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = AutoModel.from_pretrained(str(model_dir), use_safetensors=True,
-                                               trust_remote_code=trusts_remote_code(model_dir))
+        self.model = AutoModel.from_pretrained(
+            str(model_dir), use_safetensors=True, trust_remote_code=trusts_remote_code(model_dir)
+        )
         self.model.to(runtime.device).eval()
         self.runtime, self.max_length, self.batch_size = runtime, max_length, batch_size
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -159,8 +161,16 @@ def read_texts(path: str | Path) -> list[str]:
 # --- the selection step -----------------------------------------------------------------------
 
 
-def select(task_dir: str | Path, corpus: str | Path, model_dir: str | Path, k: int, out: str | Path,
-           params: dict, runtime: Any, where: str = "variants") -> dict:
+def select(
+    task_dir: str | Path,
+    corpus: str | Path,
+    model_dir: str | Path,
+    k: int,
+    out: str | Path,
+    params: dict,
+    runtime: Any,
+    where: str = "variants",
+) -> dict:
     """Choose each training example's k nearest corpus documents; write the selection folder `out`
     (atomically) and return its summary. `params`: dapt.study.config.knn_params."""
     timer = time.perf_counter()
@@ -176,22 +186,34 @@ def select(task_dir: str | Path, corpus: str | Path, model_dir: str | Path, k: i
         found.add(encode(chunk))
         print(f"embedded {found.seen} corpus documents ({time.perf_counter() - timer:.0f}s)", flush=True)
     if found.seen < k:
-        raise UserError(where, f"k = {k} but corpus {Path(corpus).stem} has only {found.seen} documents",
-                        "use a smaller k")
+        raise UserError(
+            where, f"k = {k} but corpus {Path(corpus).stem} has only {found.seen} documents", "use a smaller k"
+        )
     neighbours, sims = found.result()
     docs, hits = selected_documents(neighbours)
     texts = _gather(corpus, docs, params["chunk_docs"])
     table, dropped = _tapt_texts(queries, docs, hits, texts)
     summary = {
-        "corpus": Path(corpus).stem, "k": k, "encoder": Path(model_dir).name, "queries": len(queries),
-        "corpus_documents": found.seen, "pairs": int(neighbours.size), "selected": int(len(docs)),
-        "selected_fraction": len(docs) / found.seen, "duplicates_dropped": dropped,
-        "documents_written": int((table["source"] == "corpus").sum()), "texts": len(table),
+        "corpus": Path(corpus).stem,
+        "k": k,
+        "encoder": Path(model_dir).name,
+        "queries": len(queries),
+        "corpus_documents": found.seen,
+        "pairs": int(neighbours.size),
+        "selected": int(len(docs)),
+        "selected_fraction": len(docs) / found.seen,
+        "duplicates_dropped": dropped,
+        "documents_written": int((table["source"] == "corpus").sum()),
+        "texts": len(table),
         "characters": {s: int(table.loc[table["source"] == s, "text"].str.len().sum()) for s in ("task", "corpus")},
         "similarity": {"nearest_mean": float(sims[:, 0].mean()), "kth_mean": float(sims[:, -1].mean())},
         "hits": {"max": int(hits.max()), "median": float(np.median(hits))},
-        "embedding": {"pooling": "mean", "normalized": True, "max_length": params["max_length"],
-                      "precision": runtime.describe()["precision"]},
+        "embedding": {
+            "pooling": "mean",
+            "normalized": True,
+            "max_length": params["max_length"],
+            "precision": runtime.describe()["precision"],
+        },
         "examples": _examples(queries, neighbours, sims, docs, texts),
         "seconds": time.perf_counter() - timer,
     }
@@ -228,12 +250,20 @@ def _tapt_texts(queries: list[str], docs: np.ndarray, hits: np.ndarray, texts: d
     return table, dropped
 
 
-def _examples(queries: list[str], neighbours: np.ndarray, sims: np.ndarray, docs: np.ndarray,
-              texts: dict[int, str]) -> list[dict]:
+def _examples(
+    queries: list[str], neighbours: np.ndarray, sims: np.ndarray, docs: np.ndarray, texts: dict[int, str]
+) -> list[dict]:
     """A few training examples (evenly spaced) with their nearest document, shortened."""
     picks = sorted({int(i) for i in np.linspace(0, len(queries) - 1, min(EXAMPLES, len(queries)))})
-    return [{"query": _snippet(queries[i]), "document": int(neighbours[i, 0]), "similarity": round(float(sims[i, 0]), 4),
-             "neighbour": _snippet(texts[int(neighbours[i, 0])])} for i in picks]
+    return [
+        {
+            "query": _snippet(queries[i]),
+            "document": int(neighbours[i, 0]),
+            "similarity": round(float(sims[i, 0]), 4),
+            "neighbour": _snippet(texts[int(neighbours[i, 0])]),
+        }
+        for i in picks
+    ]
 
 
 def _snippet(text: str) -> str:
@@ -245,8 +275,14 @@ def _write(out: str | Path, table: Any, neighbours: np.ndarray, sims: np.ndarray
     import pandas as pd
 
     q, k = neighbours.shape
-    pairs = pd.DataFrame({"query": np.repeat(np.arange(q), k), "rank": np.tile(np.arange(1, k + 1), q),
-                          "doc": neighbours.ravel(), "similarity": sims.ravel()})
+    pairs = pd.DataFrame(
+        {
+            "query": np.repeat(np.arange(q), k),
+            "rank": np.tile(np.arange(1, k + 1), q),
+            "doc": neighbours.ravel(),
+            "similarity": sims.ravel(),
+        }
+    )
     with atomic_path(out) as tmp:
         tmp.mkdir()
         table.to_parquet(tmp / "train.parquet", index=False)

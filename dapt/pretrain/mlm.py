@@ -12,15 +12,23 @@ import torch
 import torch.nn.functional as F
 
 
-def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, probability: float, mask_id: int,
-                vocab_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    input_ids: torch.Tensor,
+    special: torch.Tensor,
+    probability: float,
+    mask_id: int,
+    vocab_size: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's dynamic masking: pick `probability` of the non-special tokens; 80% [MASK], 10% random, 10% kept."""
-    return apply_masking(input_ids, special, masking_draws(input_ids.shape, vocab_size, generator), probability,
-                         mask_id)
+    return apply_masking(
+        input_ids, special, masking_draws(input_ids.shape, vocab_size, generator), probability, mask_id
+    )
 
 
-def masking_draws(shape: tuple[int, ...] | torch.Size, vocab_size: int,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def masking_draws(
+    shape: tuple[int, ...] | torch.Size, vocab_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The random numbers masking a global batch takes, in the stream's order: which positions,
     what becomes of them, the random replacement ids. Every rank draws the whole batch's (one
     stream for any number of processes) and applies its own rows of them."""
@@ -29,8 +37,9 @@ def masking_draws(shape: tuple[int, ...] | torch.Size, vocab_size: int,
     return chosen, action, torch.randint(vocab_size, shape, generator=generator)
 
 
-def apply_masking(input_ids: torch.Tensor, special: torch.Tensor, draws: tuple[torch.Tensor, ...],
-                  probability: float, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_masking(
+    input_ids: torch.Tensor, special: torch.Tensor, draws: tuple[torch.Tensor, ...], probability: float, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and labels (-100 where not masked) of some rows, from those rows' draws."""
     pick, action, random_ids = draws
     labels = input_ids.clone()

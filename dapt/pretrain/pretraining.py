@@ -23,17 +23,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dapt.runtime.distributed import all_reduce_sums
 from dapt.core.errors import UserError
 from dapt.core.files import atomic_path, read_json, write_json
-from dapt.tokenize.blocks import read_blocks
-from dapt.runtime.checkpoints import checkpoint_step, clear_checkpoints
-from dapt.study.config import MLM_DEFAULTS
-from dapt.pretrain.mlm import MaskedOnlyMLM, apply_masking, masking_draws
 from dapt.data.model_store import TOKENIZER_FILES
+from dapt.pretrain.mlm import MaskedOnlyMLM, apply_masking, masking_draws
+from dapt.runtime.checkpoints import checkpoint_step, clear_checkpoints
+from dapt.runtime.context import Runtime, Timer, count_params, linear_schedule, make_optimizer, peak_memory_mb, unwrap
+from dapt.runtime.distributed import all_reduce_sums
 from dapt.runtime.optimizer_step import Progress, Stepper, split_micro
 from dapt.runtime.tracking import log_pretrain
-from dapt.runtime.context import Runtime, Timer, count_params, linear_schedule, make_optimizer, peak_memory_mb, unwrap
+from dapt.study.defaults import MLM_DEFAULTS
+from dapt.tokenize.blocks import read_blocks
 
 
 def head_parameter_names(model: torch.nn.Module, missing: set[str]) -> set[str]:
@@ -99,8 +99,9 @@ def load_model(parent: Path, runtime: Runtime) -> tuple[torch.nn.Module, set[str
 
     trust = trusts_remote_code(parent)  # only if the model's config entry opted in
     tokenizer = load_tokenizer(parent)
-    model, info = AutoModelForMaskedLM.from_pretrained(str(parent), output_loading_info=True, use_safetensors=True,
-                                                       trust_remote_code=trust)
+    model, info = AutoModelForMaskedLM.from_pretrained(
+        str(parent), output_loading_info=True, use_safetensors=True, trust_remote_code=trust
+    )
     model.to(runtime.device).train()
     if runtime.device.type == "cpu":
         # with dropout, SDPA falls back to its unfused math path on a CPU, which adds masking passes and
@@ -112,21 +113,33 @@ def load_model(parent: Path, runtime: Runtime) -> tuple[torch.nn.Module, set[str
 class Pretraining:
     """One MLM stage: phases (head warm-up, then everything), global batches, masking stream."""
 
-    def __init__(self, model: torch.nn.Module, new_head: set[str], data: MLMData, params: dict, seed: int,
-                 runtime: Runtime, stage: str):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        new_head: set[str],
+        data: MLMData,
+        params: dict,
+        seed: int,
+        runtime: Runtime,
+        stage: str,
+    ):
         self.model, self.new_head, self.data, self.params = model, new_head, data, params
         self.seed, self.runtime, self.stage = seed, runtime, stage
         n, batch = len(data.blocks), params["batch_size"]
         if batch < runtime.world_size:
-            raise UserError("pretrain.batch_size", f"{batch} is smaller than the {runtime.world_size} processes",
-                            "raise the batch size or use fewer GPUs")
+            raise UserError(
+                "pretrain.batch_size",
+                f"{batch} is smaller than the {runtime.world_size} processes",
+                "raise the batch size or use fewer GPUs",
+            )
         self.steps_per_epoch = max(1, n // batch)
         self.total = params.get("max_steps") or math.ceil(params.get("epochs", 1) * self.steps_per_epoch)
         self.head_steps = min(params["head_warmup_steps"], self.total - 1) if new_head else 0
         self.wrapped: torch.nn.Module = MaskedOnlyMLM(model)
         if runtime.world_size > 1:
-            self.wrapped = torch.nn.parallel.DistributedDataParallel(self.wrapped,
-                                                                     find_unused_parameters=self.head_steps > 0)
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                self.wrapped, find_unused_parameters=self.head_steps > 0
+            )
         self.stepper = Stepper(runtime, self.wrapped, model.parameters, params["max_grad_norm"], f"pretrain {stage}")
         # One masking stream for the whole global batch, the same in every rank: N processes mask exactly
         # what one process would, so the run does not depend on the number of GPUs (and a resumed rank
@@ -177,10 +190,12 @@ class Pretraining:
         mine = torch.arange(len(idx))[runtime.rank :: runtime.world_size]  # this rank's rows
         ids, special = data.rows(idx[mine])
         draws = masking_draws(idx.shape + data.blocks.shape[1:], data.vocab_size, self.masking)
-        inputs, labels = apply_masking(ids, special, tuple(d[mine] for d in draws), params["mlm_probability"],
-                                       data.mask_id)
-        counts = all_reduce_sums({"masked": int((labels != -100).sum()), "tokens": int((~special).sum())},
-                                 runtime.device)  # of the global batch
+        inputs, labels = apply_masking(
+            ids, special, tuple(d[mine] for d in draws), params["mlm_probability"], data.mask_id
+        )
+        counts = all_reduce_sums(
+            {"masked": int((labels != -100).sum()), "tokens": int((~special).sum())}, runtime.device
+        )  # of the global batch
         masked = max(1, int(counts["masked"]))
         local = torch.arange(len(mine))
 
@@ -222,8 +237,17 @@ def read_data(blocks_path: str, tokenizer) -> MLMData:
     return MLMData(read_blocks(blocks_path), special_ids, tokenizer.mask_token_id, len(tokenizer))
 
 
-def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, params: dict, seed: int,
-             runtime: Runtime, stage: str = "", parent_summary: str = "") -> dict:
+def pretrain(
+    parent_dir: str,
+    blocks_path: str,
+    out_dir: str,
+    ckpt_dir: str,
+    params: dict,
+    seed: int,
+    runtime: Runtime,
+    stage: str = "",
+    parent_summary: str = "",
+) -> dict:
     """Run one MLM stage from `parent_dir` on packed blocks; write model/, loss.csv, summary.json.
     `parent_summary`: the parent stage's summary.json, if the parent was pretrained (chain totals)."""
     missing = sorted(set(MLM_DEFAULTS) - {"max_length"} - set(params))
@@ -235,15 +259,28 @@ def pretrain(parent_dir: str, blocks_path: str, out_dir: str, ckpt_dir: str, par
     run = Pretraining(model, new_head, data, params, seed, runtime, stage)
     log, tokens, seconds = run.run(ckpt_dir)
     _, total_params = count_params(model)
-    summary = {"stage": stage, "steps": run.total, "head_warmup_steps": run.head_steps,
-               "new_head_parameters": sorted(new_head), "blocks": len(data.blocks),
-               "block_length": data.blocks.shape[1], "tokens": tokens, "seconds": seconds, "final_loss": log[-1][1],
-               "first_loss": log[0][1], "parameters": total_params, "peak_memory_mb": peak_memory_mb(runtime.device),
-               **runtime.describe()}
+    summary = {
+        "stage": stage,
+        "steps": run.total,
+        "head_warmup_steps": run.head_steps,
+        "new_head_parameters": sorted(new_head),
+        "blocks": len(data.blocks),
+        "block_length": data.blocks.shape[1],
+        "tokens": tokens,
+        "seconds": seconds,
+        "final_loss": log[-1][1],
+        "first_loss": log[0][1],
+        "parameters": total_params,
+        "peak_memory_mb": peak_memory_mb(runtime.device),
+        **runtime.describe(),
+    }
     # totals over the whole chain (parent stages included), for the report's "what it rests on"
     earlier = read_json(parent_summary) if parent_summary else {}
-    summary.update(chain=Path(out_dir).name, total_steps=earlier.get("total_steps", 0) + run.total,
-                   total_tokens=earlier.get("total_tokens", 0) + tokens)
+    summary.update(
+        chain=Path(out_dir).name,
+        total_steps=earlier.get("total_steps", 0) + run.total,
+        total_tokens=earlier.get("total_tokens", 0) + tokens,
+    )
     if runtime.is_main:
         out = Path(out_dir)
         save_mlm_checkpoint(model, parent, parent, out / "model")

@@ -34,21 +34,23 @@ from typing import Any
 import pandas as pd
 
 from dapt.core import files
-
-from dapt.study import grid
 from dapt.core.errors import UserError
-from dapt.finetune.metrics import METRICS, score, score_confusion
 from dapt.core.redact import scrub, secret_values
+from dapt.finetune.metrics import METRICS, score, score_confusion
 from dapt.report.baseline import read_baselines
 from dapt.report.curves import curve_table, plot_curves, render_curves
 from dapt.report.design import baseline_variant, ordered, task_metric
-from dapt.report.ensembles import build_ensembles, ensemble_predictions, group_labels, load_run_predictions, \
-    majority_baselines
-from dapt.report.failures import (failed_notes, mark_failed, missing_notes, missing_runs, split_failed,
-                                  without_failed)
+from dapt.report.ensembles import (
+    build_ensembles,
+    ensemble_predictions,
+    group_labels,
+    load_run_predictions,
+    majority_baselines,
+)
+from dapt.report.failures import failed_notes, mark_failed, missing_notes, missing_runs, split_failed, without_failed
 from dapt.report.inputs import read_benchmarks, read_finetune_logs, read_metrics, read_pretrain_logs
-from dapt.report.latex import render_latex, render_paper_latex
 from dapt.report.knn import knn_notes
+from dapt.report.latex import render_latex, render_paper_latex
 from dapt.report.notes import NOTES_TITLE, build_notes
 from dapt.report.plots import plot_f1_vs_params, plot_finetune_curves, plot_mlm_loss, plot_scores, save_figure
 from dapt.report.provenance import provenance
@@ -59,25 +61,46 @@ from dapt.report.runtime import render_runtime, runtime_table
 from dapt.report.selection import render_sweep, select_runs, sweep_csv, view_logs
 from dapt.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_bootstrap, significance
 from dapt.report.table import build_table
+from dapt.study import grid
 
 __all__ = [
-    "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "METRICS", "baseline_variant", "build_ensembles", "build_report",
-    "build_results", "build_table", "ensemble_predictions", "majority_baselines", "ordered", "paired_bootstrap",
-    "render_latex", "render_markdown", "render_paper_latex", "score", "score_confusion", "significance",
-    "task_metric", "write_report",
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "METRICS",
+    "baseline_variant",
+    "build_ensembles",
+    "build_report",
+    "build_results",
+    "build_table",
+    "ensemble_predictions",
+    "majority_baselines",
+    "ordered",
+    "paired_bootstrap",
+    "render_latex",
+    "render_markdown",
+    "render_paper_latex",
+    "score",
+    "score_confusion",
+    "significance",
+    "task_metric",
+    "write_report",
 ]
 
 Content = str | pd.DataFrame | Callable[[], Any]  # text, a CSV table, or a function making a figure
 
 
-def _predictions_of(metrics_paths: Sequence[str | os.PathLike],
-                    prediction_paths: Sequence[str | os.PathLike] | None) -> dict[str, str]:
+def _predictions_of(
+    metrics_paths: Sequence[str | os.PathLike], prediction_paths: Sequence[str | os.PathLike] | None
+) -> dict[str, str]:
     """predictions.csv of each run, keyed by its metrics path (default: the file next to it)."""
     if prediction_paths is None:
         prediction_paths = [Path(p).parent / "predictions.csv" for p in metrics_paths]
     if len(prediction_paths) != len(metrics_paths):
-        raise UserError("--predictions", f"{len(prediction_paths)} files for {len(metrics_paths)} metrics files",
-                        "give one predictions.csv per metrics.json, in the same order")
+        raise UserError(
+            "--predictions",
+            f"{len(prediction_paths)} files for {len(metrics_paths)} metrics files",
+            "give one predictions.csv per metrics.json, in the same order",
+        )
     return {str(m): str(p) for m, p in zip(metrics_paths, prediction_paths)}
 
 
@@ -126,13 +149,24 @@ def build_report(
     runtime = runtime_table(benchmarks)
     runtime_md = render_runtime(runtime)
     pt_logs = read_pretrain_logs(pretrain_log_paths)
-    prov = provenance(config, all_results, {
-        "metrics": len(metrics_paths), "failed_runs": len(failed), "missing_runs": len(missing), "finetune_logs": len(log_paths),
-        "pretrain_logs": len(pretrain_log_paths), "benchmarks": len(benchmarks),
-        "bootstrap_resamples": n_resamples, "bootstrap_seed": bootstrap_seed})
+    prov = provenance(
+        config,
+        all_results,
+        {
+            "metrics": len(metrics_paths),
+            "failed_runs": len(failed),
+            "missing_runs": len(missing),
+            "finetune_logs": len(log_paths),
+            "pretrain_logs": len(pretrain_log_paths),
+            "benchmarks": len(benchmarks),
+            "bootstrap_resamples": n_resamples,
+            "bootstrap_seed": bootstrap_seed,
+        },
+    )
     contents = {
-        "table.md": render_markdown(table, variants, baseline_variant(config, variants), notes, runtime_md,
-                                    n_resamples, bootstrap_seed),
+        "table.md": render_markdown(
+            table, variants, baseline_variant(config, variants), notes, runtime_md, n_resamples, bootstrap_seed
+        ),
         "table.csv": table_csv(table, variants),
         "table.tex": render_latex(table, variants, n_resamples, bootstrap_seed),
         "table_paper.tex": render_paper_latex(table, variants, view),
@@ -155,12 +189,22 @@ def build_report(
         contents.update({"sweep.csv": sweep, "sweep.md": render_sweep(sweep)})
     if config.get("robustness"):
         robust = robustness_table(results, read_robustness(robustness_paths), view)
-        contents.update({"robustness.csv": robust, "robustness.md": render_robustness(robust),
-                         "robustness.png": lambda: plot_robustness(robust)})
+        contents.update(
+            {
+                "robustness.csv": robust,
+                "robustness.md": render_robustness(robust),
+                "robustness.png": lambda: plot_robustness(robust),
+            }
+        )
     if sized:
         curves = curve_table(results, config)
-        contents.update({"learning_curve.csv": curves, "learning_curve.md": render_curves(curves),
-                         "learning_curve.png": lambda: plot_curves(curves)})
+        contents.update(
+            {
+                "learning_curve.csv": curves,
+                "learning_curve.md": render_curves(curves),
+                "learning_curve.png": lambda: plot_curves(curves),
+            }
+        )
     return contents
 
 
@@ -168,13 +212,16 @@ def _display_order(config: Mapping, results: pd.DataFrame) -> list[str]:
     """The tables' method names in config order, each method's training sizes smallest first."""
     methods = list(config.get("methods") or {})
     names = results.drop_duplicates("method")
-    rank = {m: (methods.index(b) if b in methods else len(methods), -1 if pd.isna(n) else int(n))
-            for m, b, n in zip(names["method"], names["base_method"], names["train_size"])}
+    rank = {
+        m: (methods.index(b) if b in methods else len(methods), -1 if pd.isna(n) else int(n))
+        for m, b, n in zip(names["method"], names["base_method"], names["train_size"])
+    }
     return sorted(rank, key=rank.get)
 
 
-def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike, config: Mapping | None = None,
-                 **inputs: Any) -> dict[str, Path]:
+def write_report(
+    metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike, config: Mapping | None = None, **inputs: Any
+) -> dict[str, Path]:
     """Read every input, then write all report files into `out` (each atomically); `inputs` are
     build_report's keyword arguments.
 

@@ -14,8 +14,22 @@ from dapt.finetune.metrics import METRICS
 from dapt.report.design import task_metric
 from dapt.report.inputs import read_json_object
 
-BASELINE_COLUMNS = ["task", "metric", "method", "C", "score", *METRICS, "best_validation", "validation", "n_train",
-                    "n_validation", "n_test", "n_features", "seconds", "path"]
+BASELINE_COLUMNS = [
+    "task",
+    "metric",
+    "method",
+    "C",
+    "score",
+    *METRICS,
+    "best_validation",
+    "validation",
+    "n_train",
+    "n_validation",
+    "n_test",
+    "n_features",
+    "seconds",
+    "path",
+]
 REQUIRED = ("task", "C", "validation", "n_test", *METRICS)
 
 
@@ -45,11 +59,22 @@ def read_baselines(paths: Sequence[str | os.PathLike], results: pd.DataFrame, co
         metric = task_metric(config, task)
         runs = results[results["task"] == task] if len(results) else results
         if "n_test" in runs and len(runs) and (pd.to_numeric(runs["n_test"], errors="coerce") != data["n_test"]).any():
-            raise UserError(str(path), f"scored on {data['n_test']} test examples, the runs of {task} on "
-                                       f"{sorted(set(runs['n_test']))}", "re-run the baseline rule on the same data")
-        rows.append({**{k: data.get(k) for k in BASELINE_COLUMNS}, "task": task, "metric": metric,
-                     "method": baseline_label(float(data["C"])), "score": float(data[metric]),
-                     "validation": json.dumps(data["validation"]), "path": str(path)})
+            raise UserError(
+                str(path),
+                f"scored on {data['n_test']} test examples, the runs of {task} on {sorted(set(runs['n_test']))}",
+                "re-run the baseline rule on the same data",
+            )
+        rows.append(
+            {
+                **{k: data.get(k) for k in BASELINE_COLUMNS},
+                "task": task,
+                "metric": metric,
+                "method": baseline_label(float(data["C"])),
+                "score": float(data[metric]),
+                "validation": json.dumps(data["validation"]),
+                "path": str(path),
+            }
+        )
     table = pd.DataFrame(rows, columns=BASELINE_COLUMNS)
     if table["task"].duplicated().any():
         raise UserError("--baseline", f"tasks {sorted(set(table.loc[table['task'].duplicated(), 'task']))} given twice")

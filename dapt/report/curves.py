@@ -17,8 +17,19 @@ import pandas as pd
 from dapt.report.design import ordered
 from dapt.report.formatting import fmt_score, md_table
 
-CURVE_COLUMNS = ["task", "metric", "model", "variant", "method", "train_size", "n_train", "n_seeds", "mean", "std",
-                 "setting"]
+CURVE_COLUMNS = [
+    "task",
+    "metric",
+    "model",
+    "variant",
+    "method",
+    "train_size",
+    "n_train",
+    "n_seeds",
+    "mean",
+    "std",
+    "setting",
+]
 CURVE_INTRO = (
     "# Learning curves\n\n"
     "Test-set task metric ×100 (mean ± sample standard deviation over seeds) against the number of "
@@ -40,17 +51,37 @@ def curve_table(selected: pd.DataFrame, config: Mapping) -> pd.DataFrame:
     keys = ["task", "model", "variant", "base_method", "train_size"]
     for key, g in runs.groupby(keys, sort=False):
         s = g["score"].astype(float)
-        rows.append({"task": key[0], "metric": g["metric"].iloc[0], "model": key[1], "variant": key[2],
-                     "method": key[3], "train_size": key[4], "n_train": g["n_examples"].max(), "n_seeds": len(g),
-                     "mean": 100 * s.mean(), "std": 100 * s.std(ddof=1) if len(s) > 1 else np.nan,
-                     "setting": "; ".join(sorted(set(g["setting"]) - {""}))})
+        rows.append(
+            {
+                "task": key[0],
+                "metric": g["metric"].iloc[0],
+                "model": key[1],
+                "variant": key[2],
+                "method": key[3],
+                "train_size": key[4],
+                "n_train": g["n_examples"].max(),
+                "n_seeds": len(g),
+                "mean": 100 * s.mean(),
+                "std": 100 * s.std(ddof=1) if len(s) > 1 else np.nan,
+                "setting": "; ".join(sorted(set(g["setting"]) - {""})),
+            }
+        )
     table = pd.DataFrame(rows, columns=CURVE_COLUMNS)
-    order = {col: {name: i for i, name in enumerate(ordered(table[col], config.get(section) or {}))}
-             for col, section in (("task", "tasks"), ("model", "models"), ("method", "methods"),
-                                  ("variant", "variants"))}
+    order = {
+        col: {name: i for i, name in enumerate(ordered(table[col], config.get(section) or {}))}
+        for col, section in (("task", "tasks"), ("model", "models"), ("method", "methods"), ("variant", "variants"))
+    }
     recs = table.to_dict("records")
-    rank = [(order["task"][r["task"]], order["model"][r["model"]], order["method"][r["method"]],
-             order["variant"][r["variant"]], r["train_size"]) for r in recs]
+    rank = [
+        (
+            order["task"][r["task"]],
+            order["model"][r["model"]],
+            order["method"][r["method"]],
+            order["variant"][r["variant"]],
+            r["train_size"],
+        )
+        for r in recs
+    ]
     return table.iloc[sorted(range(len(recs)), key=rank.__getitem__)].reset_index(drop=True)
 
 
@@ -64,7 +95,9 @@ def render_curves(table: pd.DataFrame) -> str:
         for (method, variant), c in g.groupby(["method", "variant"], sort=False):
             cells = {int(r["train_size"]): fmt_score(r["mean"], r["std"]) for r in c.to_dict("records")}
             rows.append([method, variant, *[cells.get(int(n), "–") for n in sizes]])
-        parts.append(f"## {task} ({g['metric'].iloc[0]}), {model}\n\n" + md_table(header, rows, ["l", "l", *["r"] * len(sizes)]))
+        parts.append(
+            f"## {task} ({g['metric'].iloc[0]}), {model}\n\n" + md_table(header, rows, ["l", "l", *["r"] * len(sizes)])
+        )
     return "\n".join(parts)
 
 
@@ -85,11 +118,23 @@ def plot_curves(table: pd.DataFrame):
         g = table[(table["task"] == task) & (table["model"] == model)]
         for (method, variant), c in g.groupby(["method", "variant"], sort=False):
             c = c.sort_values("n_train")
-            ax.errorbar(c["n_train"], c["mean"], yerr=np.nan_to_num(c["std"].astype(float)), capsize=3, marker="o",
-                        linestyle=styles[methods.index(method) % len(styles)],
-                        color=colors[variants.index(variant) % len(colors)], label=f"{variant} / {method}")
+            ax.errorbar(
+                c["n_train"],
+                c["mean"],
+                yerr=np.nan_to_num(c["std"].astype(float)),
+                capsize=3,
+                marker="o",
+                linestyle=styles[methods.index(method) % len(styles)],
+                color=colors[variants.index(variant) % len(colors)],
+                label=f"{variant} / {method}",
+            )
         ax.set_xscale("log")
-        _label(ax, "training examples (log scale)", f"test {g['metric'].iloc[0]} ×100 (mean ± std over seeds)",
-               f"{task} — {model}", "variant / method")
+        _label(
+            ax,
+            "training examples (log scale)",
+            f"test {g['metric'].iloc[0]} ×100 (mean ± std over seeds)",
+            f"{task} — {model}",
+            "variant / method",
+        )
     fig.tight_layout()
     return fig

@@ -42,8 +42,9 @@ def group_labels(results: pd.DataFrame, labels: Mapping[str, Sequence[str]]) -> 
     return {key: options[0] for key, options in seen.items()}
 
 
-def load_run_predictions(results: pd.DataFrame, prediction_paths: Mapping[str, str],
-                         labels: Mapping[str, Sequence[str]]) -> dict[Group, dict[int, pd.DataFrame]]:
+def load_run_predictions(
+    results: pd.DataFrame, prediction_paths: Mapping[str, str], labels: Mapping[str, Sequence[str]]
+) -> dict[Group, dict[int, pd.DataFrame]]:
     """Predictions of every run, keyed by (task, model, variant, method) then seed."""
     out: dict[Group, dict[int, pd.DataFrame]] = {}
     for rec in results.to_dict("records"):
@@ -77,8 +78,9 @@ def ensemble_predictions(preds: Mapping[int, pd.DataFrame], labels: Sequence[str
     return out
 
 
-def build_ensembles(results: pd.DataFrame, predictions: Mapping[Group, Mapping[int, pd.DataFrame]],
-                    labels: Mapping[Group, list[str]]) -> tuple[pd.DataFrame, dict]:
+def build_ensembles(
+    results: pd.DataFrame, predictions: Mapping[Group, Mapping[int, pd.DataFrame]], labels: Mapping[Group, list[str]]
+) -> tuple[pd.DataFrame, dict]:
     """Score the seed ensemble of each (task, model, variant, method); return the table and the
     ensemble predictions with their labels (for the majority baseline and the significance test)."""
     rows, ens_preds = [], {}
@@ -90,8 +92,15 @@ def build_ensembles(results: pd.DataFrame, predictions: Mapping[Group, Mapping[i
         gold, pred = encode(ens["gold"], labels[key], where), encode(ens["predicted"], labels[key], where)
         k = len(labels[key])
         row = dict(zip(GROUP_KEYS, key))
-        row.update({"n_seeds": len(per_seed), "seeds": " ".join(str(s) for s in sorted(per_seed)),
-                    "metric": metric, "score": score(gold, pred, k, metric), "n_test": len(gold)})
+        row.update(
+            {
+                "n_seeds": len(per_seed),
+                "seeds": " ".join(str(s) for s in sorted(per_seed)),
+                "metric": metric,
+                "score": score(gold, pred, k, metric),
+                "n_test": len(gold),
+            }
+        )
         row.update({m: score(gold, pred, k, m) for m in METRICS})
         rows.append(row)
     cols = [*GROUP_KEYS, "n_seeds", "seeds", "metric", "score", *METRICS, "n_test"]
@@ -111,17 +120,27 @@ def majority_baselines(results: pd.DataFrame, ens_preds: Mapping[Group, tuple]) 
         ref, labels = ens_preds[keys[0]]
         for k in keys[1:]:
             if not same_examples(ens_preds[k][0], ref, gold=True):
-                raise UserError("predictions of " + "/".join(k),
-                                f"test set differs from that of {'/'.join(keys[0])}",
-                                "every run of a task must be evaluated on the same test set")
+                raise UserError(
+                    "predictions of " + "/".join(k),
+                    f"test set differs from that of {'/'.join(keys[0])}",
+                    "every run of a task must be evaluated on the same test set",
+                )
         gold = encode(ref["gold"], labels)
         counts = np.bincount(gold, minlength=len(labels))
         majority = int(counts.argmax())
         metric = task_metric_from_results(results, task)
         pred = np.full_like(gold, majority)
-        rows.append({"task": task, "metric": metric, "majority_label": labels[majority],
-                     "majority_share": counts[majority] / counts.sum(),
-                     "score": score(gold, pred, len(labels), metric), "n_test": len(gold),
-                     "label_counts": json.dumps({lab: int(c) for lab, c in zip(labels, counts)})})
-    return pd.DataFrame(rows, columns=["task", "metric", "majority_label", "majority_share", "score",
-                                       "n_test", "label_counts"])
+        rows.append(
+            {
+                "task": task,
+                "metric": metric,
+                "majority_label": labels[majority],
+                "majority_share": counts[majority] / counts.sum(),
+                "score": score(gold, pred, len(labels), metric),
+                "n_test": len(gold),
+                "label_counts": json.dumps({lab: int(c) for lab, c in zip(labels, counts)}),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["task", "metric", "majority_label", "majority_share", "score", "n_test", "label_counts"]
+    )

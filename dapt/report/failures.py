@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from dapt.study import grid, layout
 from dapt.core.errors import UserError, diverged
 from dapt.report.formatting import md_table
 from dapt.report.selection import GROUP, annotate
+from dapt.study import grid, layout
 
 COLUMNS = [*layout.RUN_KEYS, "diverged_step", "error"]
 
@@ -27,8 +27,11 @@ def split_failed(metrics: Sequence[tuple[str, dict]]) -> tuple[list[tuple[str, d
     ok = [(p, m) for p, m in metrics if not diverged(m)]
     failed = [{**{k: m.get(k) for k in COLUMNS}, "seed": int(m["seed"])} for _, m in metrics if diverged(m)]
     if not ok:
-        raise UserError("--metrics", f"all {len(failed)} runs failed (diverged in fine-tuning), nothing to report",
-                        "see each run's train.json error; lower the learning rate")
+        raise UserError(
+            "--metrics",
+            f"all {len(failed)} runs failed (diverged in fine-tuning), nothing to report",
+            "see each run's train.json error; lower the learning rate",
+        )
     return ok, pd.DataFrame(failed, columns=COLUMNS)
 
 
@@ -45,12 +48,14 @@ def missing_notes(missing: list[dict]) -> str:
     if not missing:
         return ""
     rows = [[r["task"], r["model"], r["variant"], r["method"], str(r["seed"])] for r in missing]
-    return "\n".join([
-        f"\n## Runs missing ({len(rows)})\n",
-        "The study's grid has these runs, but they have no metrics (their job failed, or has not run): this "
-        "report rests on the others (`snakemake report_available` reports what finished).\n",
-        md_table(["task", "model", "variant", "method", "seed"], rows, "lllll"),
-    ])
+    return "\n".join(
+        [
+            f"\n## Runs missing ({len(rows)})\n",
+            "The study's grid has these runs, but they have no metrics (their job failed, or has not run): this "
+            "report rests on the others (`snakemake report_available` reports what finished).\n",
+            md_table(["task", "model", "variant", "method", "seed"], rows, "lllll"),
+        ]
+    )
 
 
 def without_failed(logs: pd.DataFrame, failed: pd.DataFrame) -> pd.DataFrame:
@@ -67,15 +72,19 @@ def failed_notes(failed: pd.DataFrame) -> str:
     """A notes section listing every failed run, or '' when none failed."""
     if not len(failed):
         return ""
-    rows = [[r["task"], r["model"], r["variant"], r["method"], str(r["seed"]), str(r["diverged_step"]), r["error"]]
-            for r in failed.sort_values(list(layout.RUN_KEYS), kind="stable").to_dict("records")]
-    return "\n".join([
-        f"\n## Runs that failed ({len(rows)})\n",
-        "Fine-tuning diverged (the loss stopped being finite) and the run was recorded as failed "
-        "(`on_divergence: record`): it has no scores and is left out of every mean, ensemble and test; "
-        "a swept combination with such a run is incomplete and never chosen.\n",
-        md_table(["task", "model", "variant", "method", "seed", "step", "error"], rows, "llllrrl"),
-    ])
+    rows = [
+        [r["task"], r["model"], r["variant"], r["method"], str(r["seed"]), str(r["diverged_step"]), r["error"]]
+        for r in failed.sort_values(list(layout.RUN_KEYS), kind="stable").to_dict("records")
+    ]
+    return "\n".join(
+        [
+            f"\n## Runs that failed ({len(rows)})\n",
+            "Fine-tuning diverged (the loss stopped being finite) and the run was recorded as failed "
+            "(`on_divergence: record`): it has no scores and is left out of every mean, ensemble and test; "
+            "a swept combination with such a run is incomplete and never chosen.\n",
+            md_table(["task", "model", "variant", "method", "seed", "step", "error"], rows, "llllrrl"),
+        ]
+    )
 
 
 def mark_failed(selection: pd.DataFrame, failed: pd.DataFrame, config: Mapping) -> pd.DataFrame:

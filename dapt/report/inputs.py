@@ -13,10 +13,9 @@ from typing import Any
 import pandas as pd
 
 from dapt.core import files
-
-from dapt.study import layout
 from dapt.core.errors import UserError, diverged
 from dapt.finetune.metrics import METRICS
+from dapt.study import layout
 
 REQUIRED_METRIC_KEYS = (*layout.RUN_KEYS, "labels", *METRICS)
 BENCHMARK_COLUMNS = ("s", "max_rss")
@@ -78,8 +77,9 @@ def read_predictions(path: str | os.PathLike, labels: Sequence[str]) -> pd.DataF
     """Read predictions.csv: id, gold, predicted and one p_<label> column per label (as str)."""
     labels = [str(x) for x in labels]
     prob_cols = [f"p_{lab}" for lab in labels]
-    df = read_csv(path, ["id", "gold", "predicted", *prob_cols], "predictions",
-                  dtype={"id": str, "gold": str, "predicted": str})
+    df = read_csv(
+        path, ["id", "gold", "predicted", *prob_cols], "predictions", dtype={"id": str, "gold": str, "predicted": str}
+    )
     if df.empty:
         raise UserError(str(path), "predictions are empty")
     if df["id"].duplicated().any():

@@ -22,7 +22,9 @@ def read_selections(paths: Sequence[str | os.PathLike]) -> list[dict]:
         except (OSError, ValueError) as err:
             raise UserError(str(file), f"cannot read the kNN-TAPT selection: {err}", "run select_knn again") from None
         parts = file.parent.parts  # .../knn/{model}/{task}/{corpus}-k{k}/selection.json
-        out.append({**info, "model": parts[-3] if len(parts) >= 3 else "", "task": parts[-2] if len(parts) >= 2 else ""})
+        out.append(
+            {**info, "model": parts[-3] if len(parts) >= 3 else "", "task": parts[-2] if len(parts) >= 2 else ""}
+        )
     return out
 
 
@@ -31,25 +33,56 @@ def knn_notes(paths: Sequence[str | os.PathLike]) -> str:
     selections = read_selections(paths)
     if not selections:
         return ""
-    rows = [[s["task"], s["model"], s["corpus"], str(s["k"]), f"{s['queries']:,}", f"{s['pairs']:,}",
-             f"{s['selected']:,} of {s['corpus_documents']:,} ({100 * s['selected_fraction']:.1f} %)",
-             f"{s['documents_written']:,}", f"{s['hits']['max']}", f"{s['similarity']['nearest_mean']:.3f}",
-             f"{s['similarity']['kth_mean']:.3f}"] for s in selections]
+    rows = [
+        [
+            s["task"],
+            s["model"],
+            s["corpus"],
+            str(s["k"]),
+            f"{s['queries']:,}",
+            f"{s['pairs']:,}",
+            f"{s['selected']:,} of {s['corpus_documents']:,} ({100 * s['selected_fraction']:.1f} %)",
+            f"{s['documents_written']:,}",
+            f"{s['hits']['max']}",
+            f"{s['similarity']['nearest_mean']:.3f}",
+            f"{s['similarity']['kth_mean']:.3f}",
+        ]
+        for s in selections
+    ]
     lines = [
         "\n## kNN-TAPT selections\n",
         "Each training example's k nearest corpus documents by cosine similarity of mean-pooled sentence "
         "embeddings (the encoder reads the first tokens of each text, see `max length`); the union is "
         "pretrained on with the task's own training text. `written`: documents left after dropping exact "
         "repeats of a training text or of another chosen document.\n",
-        md_table(["task", "encoder", "corpus", "k", "queries", "pairs", "documents chosen", "written",
-                  "most queries per document", "mean cos, nearest", "mean cos, k-th"], rows, "lllrrrrrrrr"),
+        md_table(
+            [
+                "task",
+                "encoder",
+                "corpus",
+                "k",
+                "queries",
+                "pairs",
+                "documents chosen",
+                "written",
+                "most queries per document",
+                "mean cos, nearest",
+                "mean cos, k-th",
+            ],
+            rows,
+            "lllrrrrrrrr",
+        ),
     ]
     for s in selections:
-        lines.append(f"Examples ({s['task']}, {s['corpus']}, k {s['k']}; embedding max length "
-                     f"{s['embedding']['max_length']} tokens): a training example and its nearest document.\n")
+        lines.append(
+            f"Examples ({s['task']}, {s['corpus']}, k {s['k']}; embedding max length "
+            f"{s['embedding']['max_length']} tokens): a training example and its nearest document.\n"
+        )
         for e in s["examples"]:
-            lines.append(f"- *{_md(e['query'])}*  \n  → document {e['document']} (cos {e['similarity']:.3f}): "
-                         f"{_md(e['neighbour'])}")
+            lines.append(
+                f"- *{_md(e['query'])}*  \n  → document {e['document']} (cos {e['similarity']:.3f}): "
+                f"{_md(e['neighbour'])}"
+            )
         lines.append("")
     return "\n".join(lines)
 

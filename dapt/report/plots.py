@@ -37,8 +37,11 @@ def _grid(n: int, width: float = 5.5, height: float = 4.0):
 
 def _panels(frame: pd.DataFrame, config: Mapping) -> tuple[list[str], list[str], list[tuple[str, str]]]:
     """Variants and methods in config order, and one panel per (task, model)."""
-    return (ordered_by(frame, "variant", config), ordered_by(frame, "method", config),
-            list(frame.groupby(["task", "model"], sort=False).groups))
+    return (
+        ordered_by(frame, "variant", config),
+        ordered_by(frame, "method", config),
+        list(frame.groupby(["task", "model"], sort=False).groups),
+    )
 
 
 def _empty_figure(message: str):
@@ -78,8 +81,14 @@ def plot_scores(results: pd.DataFrame, config: Mapping):
         ax.set_ylabel(f"{g['metric'].iloc[0]} ×100 (mean ± std over seeds)")
         ax.set_title(f"{task} — {model}")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(title="method", fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2),
-                  ncol=min(len(methods), 4), frameon=False)
+        ax.legend(
+            title="method",
+            fontsize=9,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            ncol=min(len(methods), 4),
+            frameon=False,
+        )
     fig.tight_layout()
     return fig
 
@@ -127,12 +136,22 @@ def plot_finetune_curves(logs: pd.DataFrame, config: Mapping):
     for ax, (task, model) in zip(axes, panels):
         for i, v in enumerate(variants):
             for j, m in enumerate(methods):
-                c = curves[(curves["task"] == task) & (curves["model"] == model) & (curves["variant"] == v)
-                           & (curves["method"] == m)].sort_values("epoch")
+                c = curves[
+                    (curves["task"] == task)
+                    & (curves["model"] == model)
+                    & (curves["variant"] == v)
+                    & (curves["method"] == m)
+                ].sort_values("epoch")
                 if c.empty:
                     continue
-                ax.plot(c["epoch"], 100 * c["mean"], styles[j % len(styles)], marker="o",
-                        color=colors[i % len(colors)], label=f"{v} / {m}")
+                ax.plot(
+                    c["epoch"],
+                    100 * c["mean"],
+                    styles[j % len(styles)],
+                    marker="o",
+                    color=colors[i % len(colors)],
+                    label=f"{v} / {m}",
+                )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _label(ax, "epoch", "validation macro-F1 ×100 (mean over seeds)", f"{task} — {model}", "variant / method")
     fig.tight_layout()
@@ -152,21 +171,37 @@ def plot_f1_vs_params(results: pd.DataFrame, config: Mapping):
     markers = ["o", "s", "^", "D", "v", "P", "X"]
     for ax, (task, model) in zip(axes, panels):
         g = results[(results["task"] == task) & (results["model"] == model)]
-        stats = g.groupby(["method", "variant"]).agg(
-            params=("trainable_params", "mean"), mean=("score", "mean"), std=("score", "std")).reset_index()
+        stats = (
+            g.groupby(["method", "variant"])
+            .agg(params=("trainable_params", "mean"), mean=("score", "mean"), std=("score", "std"))
+            .reset_index()
+        )
         for j, m in enumerate(methods):
             for i, v in enumerate(variants):
                 s = stats[(stats["method"] == m) & (stats["variant"] == v)]
                 if s.empty or not np.isfinite(s["params"].iloc[0]) or s["params"].iloc[0] <= 0:
                     continue
                 x = s["params"].iloc[0] * 1.06 ** (i - (len(variants) - 1) / 2)
-                ax.errorbar(x, 100 * s["mean"].iloc[0], yerr=np.nan_to_num(100 * s["std"].iloc[0]),
-                            fmt=markers[j % len(markers)], color=colors[i % len(colors)], capsize=3,
-                            markersize=7, label=f"{v} / {m}")
+                ax.errorbar(
+                    x,
+                    100 * s["mean"].iloc[0],
+                    yerr=np.nan_to_num(100 * s["std"].iloc[0]),
+                    fmt=markers[j % len(markers)],
+                    color=colors[i % len(colors)],
+                    capsize=3,
+                    markersize=7,
+                    label=f"{v} / {m}",
+                )
             ms = stats[stats["method"] == m]
             if len(ms) and np.isfinite(ms["params"].max()):
-                ax.annotate(m, (ms["params"].mean(), 100 * ms["mean"].max()), textcoords="offset points",
-                            xytext=(0, 10), ha="center", fontsize=9)
+                ax.annotate(
+                    m,
+                    (ms["params"].mean(), 100 * ms["mean"].max()),
+                    textcoords="offset points",
+                    xytext=(0, 10),
+                    ha="center",
+                    fontsize=9,
+                )
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log scale)")
         ax.set_ylabel(f"{g['metric'].iloc[0]} ×100 (mean ± std over seeds)")
@@ -175,4 +210,3 @@ def plot_f1_vs_params(results: pd.DataFrame, config: Mapping):
         ax.legend(title="variant / method", fontsize=8)
     fig.tight_layout()
     return fig
-

@@ -18,10 +18,23 @@ import pandas as pd
 from dapt.core.redact import redact_config
 
 PROVENANCE_PACKAGES = (
-    "torch", "transformers", "datasets", "peft", "accelerate", "snakemake", "pandas",
-    "scikit-learn", "numpy", "scipy", "matplotlib", "tokenizers", "huggingface-hub",
-    "onnx", "onnxruntime",  # the deploy stage's runtimes (rules/deploy.smk)
+    "torch",
+    "transformers",
+    "datasets",
+    "peft",
+    "accelerate",
+    "snakemake",
+    "pandas",
+    "scikit-learn",
+    "numpy",
+    "scipy",
+    "matplotlib",
+    "tokenizers",
+    "huggingface-hub",
+    "onnx",
+    "onnxruntime",  # the deploy stage's runtimes (rules/deploy.smk)
 )
+
 
 def package_versions(packages: Sequence[str] = PROVENANCE_PACKAGES) -> dict:
     """Installed versions (None when absent), read from metadata so nothing heavy is imported."""
@@ -38,9 +51,13 @@ def hardware() -> dict:
     """Platform, CPUs, memory and GPUs of the machine that made the report."""
     from dapt.runtime.precision import cpu_model
 
-    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
-                            "processor": platform.processor() or None, "cpu_model": cpu_model(),
-                            "cpu_count": os.cpu_count()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+    }
     try:
         info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
@@ -63,10 +80,19 @@ def git_info(where: str | os.PathLike | None = None) -> dict:
     """Commit and dirty flag of the workflow's repository (no remote URL: it may embed a token)."""
     where = Path(where or Path(__file__).resolve().parents[2])
     try:
-        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=20, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=20, check=True).stdout.strip() != ""
+        commit = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20, check=True
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout.strip()
+            != ""
+        )
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -90,4 +116,3 @@ def provenance(config: Mapping, results: pd.DataFrame, inputs: Mapping[str, int]
         "inputs": dict(inputs),
         "config": redact_config(config),
     }
-

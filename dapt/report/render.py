@@ -65,20 +65,40 @@ def _markdown_row(rec: Mapping[str, Any], variants: Sequence[str], others: Seque
         cells.append(f"**{c}**" if v in best and c not in ("", DASH) else c)
     is_seeds = rec["row"] == "seeds"
     cells += [fmt_p(rec.get(f"p_{v}")) if is_seeds else "" for v in others]
-    cells += [fmt_pct(rec.get("trainable_pct")) if is_seeds else "",
-              fmt_num(rec.get("finetune_wall_s"), "{:.1f}") if is_seeds else "",
-              fmt_num(rec.get("peak_memory_mb")) if is_seeds else "",
-              str(rec.get("n_seeds")) if rec["row"] not in FIXED_ROWS else ""]
+    cells += [
+        fmt_pct(rec.get("trainable_pct")) if is_seeds else "",
+        fmt_num(rec.get("finetune_wall_s"), "{:.1f}") if is_seeds else "",
+        fmt_num(rec.get("peak_memory_mb")) if is_seeds else "",
+        str(rec.get("n_seeds")) if rec["row"] not in FIXED_ROWS else "",
+    ]
     return cells + ([str(rec.get("chosen") or "") if is_seeds else ""] if chosen else [])
 
 
-def render_markdown(table: pd.DataFrame, variants: Sequence[str], base: str | None, notes: str,
-                    runtime_md: str, n_resamples: int, seed: int) -> str:
+def render_markdown(
+    table: pd.DataFrame,
+    variants: Sequence[str],
+    base: str | None,
+    notes: str,
+    runtime_md: str,
+    n_resamples: int,
+    seed: int,
+) -> str:
     """table.md: the main table (best per row in bold), the footing of each number, runtime."""
     others = compared_variants(variants, base)
     chosen = "chosen" in table
-    header = ["task (metric)", "model", "method", "row", *variants, *[f"p {v} vs {base}" for v in others],
-              "trainable %", "fine-tune wall (s)", "peak mem (MB)", "n seeds", *(["chosen (validation)"] if chosen else [])]
+    header = [
+        "task (metric)",
+        "model",
+        "method",
+        "row",
+        *variants,
+        *[f"p {v} vs {base}" for v in others],
+        "trainable %",
+        "fine-tune wall (s)",
+        "peak mem (MB)",
+        "n seeds",
+        *(["chosen (validation)"] if chosen else []),
+    ]
     align = ["l", "l", "l", "l", *["r"] * (len(header) - 4 - chosen), *(["l"] if chosen else [])]
     rows = [_markdown_row(rec, variants, others, chosen) for rec in table.to_dict("records")]
     parts = [

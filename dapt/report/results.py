@@ -10,10 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-from dapt.study import layout
 from dapt.core.errors import UserError
 from dapt.finetune.metrics import METRICS
 from dapt.report.design import task_metric
+from dapt.study import layout
 
 RUN_KEYS = list(layout.RUN_KEYS)
 BENCHMARKED_RULES = ("finetune", "evaluate")
@@ -61,9 +61,7 @@ def _attach_benchmarks(df: pd.DataFrame, benchmarks: pd.DataFrame) -> None:
         df[f"{rule}_max_rss_mb"] = [hit["max_rss_mb"] if hit else math.nan for hit in hits]
 
 
-def build_results(
-    metrics: Sequence[tuple[str, dict]], benchmarks: pd.DataFrame, config: Mapping
-) -> pd.DataFrame:
+def build_results(metrics: Sequence[tuple[str, dict]], benchmarks: pd.DataFrame, config: Mapping) -> pd.DataFrame:
     """One row per run (sorted by run), refusing a run reported twice."""
     rows = []
     seen: dict[str, str] = {}

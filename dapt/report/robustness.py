@@ -14,14 +14,30 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from dapt.study import layout
 from dapt.core.errors import UserError
 from dapt.core.files import read_json
 from dapt.report.design import ordered
 from dapt.report.formatting import DASH, fmt_score, md_table
+from dapt.study import layout
 
-ROBUSTNESS_COLUMNS = ["task", "metric", "model", "variant", "method", "perturbation", "rate", "n_docs", "changed",
-                      "n_seeds", "clean_mean", "clean_std", "mean", "std", "drop_mean", "drop_std"]
+ROBUSTNESS_COLUMNS = [
+    "task",
+    "metric",
+    "model",
+    "variant",
+    "method",
+    "perturbation",
+    "rate",
+    "n_docs",
+    "changed",
+    "n_seeds",
+    "clean_mean",
+    "clean_std",
+    "mean",
+    "std",
+    "drop_mean",
+    "drop_std",
+]
 ROBUSTNESS_INTRO = (
     "# Robustness\n\n"
     "Test-set task metric ×100 under seeded perturbations of the test texts (mean ± sample standard "
@@ -55,9 +71,22 @@ def robustness_table(results: pd.DataFrame, records: Mapping[str, dict], config:
             continue
         metric = rec["metric"]
         for name, s in scores["perturbations"].items():
-            rows.append({"task": rec["task"], "metric": metric, "model": rec["model"], "variant": rec["variant"],
-                         "method": rec["method"], "seed": rec["seed"], "perturbation": name, "rate": rates.get(name),
-                         "n_docs": s["n"], "changed": s["changed"], "clean": scores["clean"][metric], "score": s[metric]})
+            rows.append(
+                {
+                    "task": rec["task"],
+                    "metric": metric,
+                    "model": rec["model"],
+                    "variant": rec["variant"],
+                    "method": rec["method"],
+                    "seed": rec["seed"],
+                    "perturbation": name,
+                    "rate": rates.get(name),
+                    "n_docs": s["n"],
+                    "changed": s["changed"],
+                    "clean": scores["clean"][metric],
+                    "score": s[metric],
+                }
+            )
     if not rows:
         return pd.DataFrame(columns=ROBUSTNESS_COLUMNS)
     runs = pd.DataFrame(rows)
@@ -66,14 +95,33 @@ def robustness_table(results: pd.DataFrame, records: Mapping[str, dict], config:
     for key, g in runs.groupby(keys, sort=False):
         clean, score = 100 * g["clean"].astype(float), 100 * g["score"].astype(float)
         drop = clean - score
-        out.append({**dict(zip(keys, key)), "metric": g["metric"].iloc[0], "rate": g["rate"].iloc[0],
-                    "n_docs": int(g["n_docs"].iloc[0]), "changed": int(g["changed"].iloc[0]), "n_seeds": len(g),
-                    "clean_mean": clean.mean(), "clean_std": _std(clean), "mean": score.mean(), "std": _std(score),
-                    "drop_mean": drop.mean(), "drop_std": _std(drop)})
+        out.append(
+            {
+                **dict(zip(keys, key)),
+                "metric": g["metric"].iloc[0],
+                "rate": g["rate"].iloc[0],
+                "n_docs": int(g["n_docs"].iloc[0]),
+                "changed": int(g["changed"].iloc[0]),
+                "n_seeds": len(g),
+                "clean_mean": clean.mean(),
+                "clean_std": _std(clean),
+                "mean": score.mean(),
+                "std": _std(score),
+                "drop_mean": drop.mean(),
+                "drop_std": _std(drop),
+            }
+        )
     table = pd.DataFrame(out)
-    sections = {"task": config.get("tasks"), "model": config.get("models"), "method": config.get("methods"),
-                "variant": config.get("variants"), "perturbation": rates}
-    order = {col: {name: i for i, name in enumerate(ordered(table[col], names or {}))} for col, names in sections.items()}
+    sections = {
+        "task": config.get("tasks"),
+        "model": config.get("models"),
+        "method": config.get("methods"),
+        "variant": config.get("variants"),
+        "perturbation": rates,
+    }
+    order = {
+        col: {name: i for i, name in enumerate(ordered(table[col], names or {}))} for col, names in sections.items()
+    }
     recs = table.to_dict("records")
     rank = [tuple(order[c][r[c]] for c in ("task", "model", "method", "variant", "perturbation")) for r in recs]
     table = table.iloc[sorted(range(len(recs)), key=rank.__getitem__)].reset_index(drop=True)
@@ -97,13 +145,19 @@ def render_robustness(table: pd.DataFrame) -> str:
         rows = []
         for (method, variant), c in g.groupby(["method", "variant"], sort=False):
             by = c.set_index("perturbation")
-            cells = [f"{fmt_score(by.at[p, 'mean'], by.at[p, 'std'])} (−{by.at[p, 'drop_mean']:.1f})"
-                     if p in by.index else DASH for p in perturbations]
+            cells = [
+                f"{fmt_score(by.at[p, 'mean'], by.at[p, 'std'])} (−{by.at[p, 'drop_mean']:.1f})"
+                if p in by.index
+                else DASH
+                for p in perturbations
+            ]
             rows.append([method, variant, fmt_score(c["clean_mean"].iloc[0], c["clean_std"].iloc[0]), *cells])
         changed = ", ".join(f"{p} {first.at[p, 'changed']}/{first.at[p, 'n_docs']}" for p in perturbations)
-        parts.append(f"## {task} ({g['metric'].iloc[0]}), {model}\n\n"
-                     + md_table(header, rows, ["l", "l", *["r"] * (len(perturbations) + 1)])
-                     + f"\nTexts changed: {changed}.\n")
+        parts.append(
+            f"## {task} ({g['metric'].iloc[0]}), {model}\n\n"
+            + md_table(header, rows, ["l", "l", *["r"] * (len(perturbations) + 1)])
+            + f"\nTexts changed: {changed}.\n"
+        )
     return "\n".join(parts)
 
 
@@ -124,12 +178,22 @@ def plot_robustness(table: pd.DataFrame):
         for i, (method, variant) in enumerate(groups):
             c = g[(g["method"] == method) & (g["variant"] == variant)].set_index("perturbation")
             x = np.arange(len(perturbations)) + (i - (len(groups) - 1) / 2) * width
-            ax.bar(x, [c.at[p, "drop_mean"] if p in c.index else np.nan for p in perturbations], width,
-                   yerr=[np.nan_to_num(c.at[p, "drop_std"]) if p in c.index else 0 for p in perturbations],
-                   capsize=2, label=f"{method} / {variant}")
+            ax.bar(
+                x,
+                [c.at[p, "drop_mean"] if p in c.index else np.nan for p in perturbations],
+                width,
+                yerr=[np.nan_to_num(c.at[p, "drop_std"]) if p in c.index else 0 for p in perturbations],
+                capsize=2,
+                label=f"{method} / {variant}",
+            )
         ax.set_xticks(np.arange(len(perturbations)), perturbations)
         ax.axhline(0, color="black", linewidth=0.8)
-        _label(ax, "perturbation", f"drop in test {g['metric'].iloc[0]} ×100 (clean − perturbed)",
-               f"{task} — {model}", "method / variant")
+        _label(
+            ax,
+            "perturbation",
+            f"drop in test {g['metric'].iloc[0]} ×100 (clean − perturbed)",
+            f"{task} — {model}",
+            "method / variant",
+        )
     fig.tight_layout()
     return fig

@@ -24,8 +24,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from dapt.study import grid
 from dapt.core.errors import UserError
+from dapt.study import grid
 
 VAL_COLUMNS = {"macro_f1": "val_macro_f1", "accuracy": "val_accuracy", "micro_f1": "val_accuracy"}
 TIE_TOLERANCE = 1e-9
@@ -85,8 +85,12 @@ def expected_runs(config: Mapping) -> pd.DataFrame | None:
         return None
     specs = {(t, m): _spec(config, t, m) for t, m in set(zip(rows["task"], rows["method"]))}
     spec = [specs[t, m] for t, m in zip(rows["task"], rows["method"])]
-    rows = rows.assign(base_method=[s.method for s in spec], setting=[s.label() for s in spec],
-                       setting_rank=[s.rank for s in spec], size_key=[s.train_size or 0 for s in spec])
+    rows = rows.assign(
+        base_method=[s.method for s in spec],
+        setting=[s.label() for s in spec],
+        setting_rank=[s.rank for s in spec],
+        size_key=[s.train_size or 0 for s in spec],
+    )
     return rows.groupby(COMBINATION, sort=False).size().rename("n_expected").reset_index()
 
 
@@ -97,9 +101,16 @@ def select(validation: pd.DataFrame, expected: pd.DataFrame | None = None) -> pd
     `expected`: COMBINATION and `n_expected` (expected_runs); without it a combination is expected to
     have every seed its group has."""
     val = validation[[*COMBINATION, "seed", "val_score"]]
-    stats = val.groupby(COMBINATION, sort=False).agg(
-        n_runs=("seed", "nunique"), n_valid=("val_score", lambda s: int(np.isfinite(s).sum())),
-        val_mean=("val_score", "mean"), val_std=("val_score", lambda s: s.std(ddof=1))).reset_index()
+    stats = (
+        val.groupby(COMBINATION, sort=False)
+        .agg(
+            n_runs=("seed", "nunique"),
+            n_valid=("val_score", lambda s: int(np.isfinite(s).sum())),
+            val_mean=("val_score", "mean"),
+            val_std=("val_score", lambda s: s.std(ddof=1)),
+        )
+        .reset_index()
+    )
     if expected is not None:  # the grid's combinations in grid order, then any the grid does not expect
         stats = expected.assign(order=range(len(expected))).merge(stats, on=COMBINATION, how="outer")
         stats = stats.sort_values("order", kind="stable", na_position="last").drop(columns="order")
@@ -118,8 +129,10 @@ def _choose(g: pd.DataFrame) -> pd.DataFrame:
     g = g.copy()
     g["chosen"] = False
     incomplete = g["n_valid"] < g["n_expected"]
-    g["status"] = [f"incomplete: {v} of {e} runs with a validation score (failed or missing)" if bad else "not best"
-                   for v, e, bad in zip(g["n_valid"], g["n_expected"], incomplete)]
+    g["status"] = [
+        f"incomplete: {v} of {e} runs with a validation score (failed or missing)" if bad else "not best"
+        for v, e, bad in zip(g["n_valid"], g["n_expected"], incomplete)
+    ]
     if len(g) == 1:  # nothing to choose between: the only setting, complete or not
         g["chosen"], g["status"] = True, "only setting"
         return g
@@ -135,8 +148,9 @@ def _choose(g: pd.DataFrame) -> pd.DataFrame:
     return g
 
 
-def select_runs(results: pd.DataFrame, logs: pd.DataFrame,
-                config: Mapping) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def select_runs(
+    results: pd.DataFrame, logs: pd.DataFrame, config: Mapping
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(the runs of the chosen combinations; the selection table, with test scores added after
     choosing; every run annotated, with its validation score and whether it was selected)."""
     runs = annotate(results, config)
@@ -170,8 +184,24 @@ SWEEP_INTRO = (
     "first in the config (the product of the swept lists, keys in alphabetical order). Test scores are "
     "shown here and were not used to choose.\n"
 )
-SWEEP_COLUMNS = ["task", "model", "variant", "method", "train_size", "setting", "chosen", "status", "val_mean",
-                 "val_std", "test_mean", "test_std", "n_valid", "n_runs", "n_expected", "setting_rank"]
+SWEEP_COLUMNS = [
+    "task",
+    "model",
+    "variant",
+    "method",
+    "train_size",
+    "setting",
+    "chosen",
+    "status",
+    "val_mean",
+    "val_std",
+    "test_mean",
+    "test_std",
+    "n_valid",
+    "n_runs",
+    "n_expected",
+    "setting_rank",
+]
 
 
 def sweep_csv(selection: pd.DataFrame) -> pd.DataFrame:
@@ -189,19 +219,42 @@ def render_sweep(table: pd.DataFrame) -> str:
     from dapt.report.formatting import fmt_score, md_table
 
     sized = bool((table["train_size"] != "").any())
-    header = ["task", "model", "variant", "method", *(["n train"] if sized else []), "setting",
-              "validation", "test", "runs", "status"]
+    header = [
+        "task",
+        "model",
+        "variant",
+        "method",
+        *(["n train"] if sized else []),
+        "setting",
+        "validation",
+        "test",
+        "runs",
+        "status",
+    ]
     rows = []
     for rec in table.to_dict("records"):
         setting = f"**{rec['setting']}**" if rec["chosen"] else rec["setting"]
-        rows.append([rec["task"], rec["model"], rec["variant"], rec["method"],
-                     *([str(rec["train_size"])] if sized else []), setting or "(none)",
-                     fmt_score(rec["val_mean"], rec["val_std"]), fmt_score(rec["test_mean"], rec["test_std"]),
-                     f"{rec['n_valid']}/{rec['n_expected']}", rec["status"]])
-    left_out = [" / ".join(str(x) for x in key) for key, g in table.groupby(
-        ["task", "model", "variant", "method", "train_size"], sort=False) if not g["chosen"].any()]
+        rows.append(
+            [
+                rec["task"],
+                rec["model"],
+                rec["variant"],
+                rec["method"],
+                *([str(rec["train_size"])] if sized else []),
+                setting or "(none)",
+                fmt_score(rec["val_mean"], rec["val_std"]),
+                fmt_score(rec["test_mean"], rec["test_std"]),
+                f"{rec['n_valid']}/{rec['n_expected']}",
+                rec["status"],
+            ]
+        )
+    left_out = [
+        " / ".join(str(x) for x in key)
+        for key, g in table.groupby(["task", "model", "variant", "method", "train_size"], sort=False)
+        if not g["chosen"].any()
+    ]
     text = SWEEP_INTRO.format(size=", training size" if sized else "", tol=TIE_TOLERANCE) + "\n"
     text += md_table(header, rows, ["l"] * (len(header) - 4) + ["r", "r", "r", "l"])
     if left_out:
-        text += ("\nNo complete combination, so not in the tables: " + "; ".join(left_out) + ".\n")
+        text += "\nNo complete combination, so not in the tables: " + "; ".join(left_out) + ".\n"
     return text

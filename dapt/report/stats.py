@@ -19,9 +19,25 @@ from dapt.report.design import baseline_variant, ordered_by, task_metric_from_re
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
-SIGNIFICANCE_COLUMNS = ["task", "model", "method", "variant", "baseline", "metric", "score_variant",
-                        "score_baseline", "delta", "ci_low", "ci_high", "p_value", "n_test", "n_disagree",
-                        "n_resamples", "bootstrap_seed", "test"]
+SIGNIFICANCE_COLUMNS = [
+    "task",
+    "model",
+    "method",
+    "variant",
+    "baseline",
+    "metric",
+    "score_variant",
+    "score_baseline",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "n_test",
+    "n_disagree",
+    "n_resamples",
+    "bootstrap_seed",
+    "test",
+]
 
 
 def encode(values: Sequence[str], labels: Sequence[str], where: str = "predictions") -> np.ndarray:
@@ -40,8 +56,9 @@ def same_examples(a: pd.DataFrame, b: pd.DataFrame, gold: bool = False) -> bool:
     return not gold or bool((a["gold"].to_numpy() == b["gold"].to_numpy()).all())
 
 
-def _resampled_deltas(cat_a: np.ndarray, cat_b: np.ndarray, k: int, metric: str, n_resamples: int,
-                      seed: int) -> np.ndarray:
+def _resampled_deltas(
+    cat_a: np.ndarray, cat_b: np.ndarray, k: int, metric: str, n_resamples: int, seed: int
+) -> np.ndarray:
     """metric(A) − metric(B) on each bootstrap resample of the examples (`cat` = gold·k + pred),
     in chunks of at most ~4M drawn indices to bound memory."""
     n = len(cat_a)
@@ -55,7 +72,7 @@ def _resampled_deltas(cat_a: np.ndarray, cat_b: np.ndarray, k: int, metric: str,
         offsets = (np.arange(c) * kk)[:, None]
         conf_a = np.bincount((cat_a[idx] + offsets).ravel(), minlength=c * kk).reshape(c, k, k)
         conf_b = np.bincount((cat_b[idx] + offsets).ravel(), minlength=c * kk).reshape(c, k, k)
-        deltas[start:start + c] = score_confusion(conf_a, metric) - score_confusion(conf_b, metric)
+        deltas[start : start + c] = score_confusion(conf_a, metric) - score_confusion(conf_b, metric)
     return deltas
 
 
@@ -86,8 +103,15 @@ def paired_bootstrap(
     extreme = np.abs(deltas - observed) >= abs(observed) - 1e-12
     p = (1 + int(extreme.sum())) / (n_resamples + 1)
     lo, hi = np.percentile(deltas, [2.5, 97.5])
-    return {"delta": observed, "p_value": p, "ci_low": float(lo), "ci_high": float(hi),
-            "n_test": n, "n_resamples": n_resamples, "bootstrap_seed": seed}
+    return {
+        "delta": observed,
+        "p_value": p,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "n_test": n,
+        "n_resamples": n_resamples,
+        "bootstrap_seed": seed,
+    }
 
 
 def significance(
@@ -114,11 +138,20 @@ def significance(
         gold = encode(ens["gold"], labels, where)
         a, b = encode(ens["predicted"], labels, where), encode(base_ens["predicted"], labels, where)
         test = paired_bootstrap(gold, a, b, len(labels), metric, n_resamples, seed)
-        rows.append({"task": task, "model": model, "method": method, "variant": variant,
-                     "baseline": base, "metric": metric,
-                     "score_variant": score(gold, a, len(labels), metric),
-                     "score_baseline": score(gold, b, len(labels), metric), **test,
-                     "n_disagree": int((a != b).sum()),
-                     "test": "paired bootstrap over test examples, seed-ensemble predictions, two-sided"})
+        rows.append(
+            {
+                "task": task,
+                "model": model,
+                "method": method,
+                "variant": variant,
+                "baseline": base,
+                "metric": metric,
+                "score_variant": score(gold, a, len(labels), metric),
+                "score_baseline": score(gold, b, len(labels), metric),
+                **test,
+                "n_disagree": int((a != b).sum()),
+                "test": "paired bootstrap over test examples, seed-ensemble predictions, two-sided",
+            }
+        )
     df = pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)
     return df.sort_values(["task", "model", "method", "variant"], kind="stable").reset_index(drop=True)

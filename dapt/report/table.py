@@ -67,8 +67,11 @@ def _seed_cells(g: pd.DataFrame, variants: Sequence[str]) -> dict:
 def _p_values(sig: pd.DataFrame, task: str, model: str, method: str, others: Sequence[str]) -> dict:
     row = {}
     for v in others:
-        hit = sig[(sig["task"] == task) & (sig["model"] == model) & (sig["method"] == method)
-                  & (sig["variant"] == v)] if len(sig) else sig
+        hit = (
+            sig[(sig["task"] == task) & (sig["model"] == model) & (sig["method"] == method) & (sig["variant"] == v)]
+            if len(sig)
+            else sig
+        )
         row[f"p_{v}"] = float(hit["p_value"].iloc[0]) if len(hit) else math.nan
     return row
 
@@ -92,8 +95,12 @@ def _method_costs(g: pd.DataFrame) -> dict:
 def _ensemble_cells(ensembles: pd.DataFrame, task: str, model: str, method: str, variants: Sequence[str]) -> dict:
     row: dict[str, Any] = {}
     for v in variants:
-        e = ensembles[(ensembles["task"] == task) & (ensembles["model"] == model)
-                      & (ensembles["method"] == method) & (ensembles["variant"] == v)]
+        e = ensembles[
+            (ensembles["task"] == task)
+            & (ensembles["model"] == model)
+            & (ensembles["method"] == method)
+            & (ensembles["variant"] == v)
+        ]
         row[f"{v}_mean"] = 100 * float(e["score"].iloc[0]) if len(e) else math.nan
         row[f"{v}_std"] = math.nan
         row[f"{v}_n"] = int(e["n_seeds"].iloc[0]) if len(e) else 0
@@ -122,7 +129,9 @@ def _baseline_row(head: dict, baseline: pd.DataFrame | None, variants: Sequence[
 
 def _chosen(g: pd.DataFrame, variants: Sequence[str]) -> str:
     """The swept settings a seeds row rests on: one text if every variant chose the same, else per variant."""
-    per = {v: "; ".join(sorted(set(g.loc[g["variant"] == v, "setting"]))) for v in variants if (g["variant"] == v).any()}
+    per = {
+        v: "; ".join(sorted(set(g.loc[g["variant"] == v, "setting"]))) for v in variants if (g["variant"] == v).any()
+    }
     if len(set(per.values())) <= 1:
         return next(iter(per.values()), "")
     return "; ".join(f"{v}: {s}" for v, s in per.items())
@@ -151,18 +160,43 @@ def build_table(
                 if g.empty:
                     continue
                 key = {**head, "model": model, "method": method}
-                seeds = {**key, "row": "seeds", **_seed_cells(g, variants),
-                         **_p_values(sig, task, model, method, others), **_method_costs(g), **sizes,
-                         **({"chosen": _chosen(g, variants)} if swept else {})}
+                seeds = {
+                    **key,
+                    "row": "seeds",
+                    **_seed_cells(g, variants),
+                    **_p_values(sig, task, model, method, others),
+                    **_method_costs(g),
+                    **sizes,
+                    **({"chosen": _chosen(g, variants)} if swept else {}),
+                }
                 rows.append(seeds)
-                rows.append({**key, "row": "ensemble", **_ensemble_cells(ensembles, task, model, method, variants),
-                             "n_seeds": seeds["n_seeds"], **sizes})
+                rows.append(
+                    {
+                        **key,
+                        "row": "ensemble",
+                        **_ensemble_cells(ensembles, task, model, method, variants),
+                        "n_seeds": seeds["n_seeds"],
+                        **sizes,
+                    }
+                )
         majority_row = _majority_row(head, majority, variants, sizes)
         if majority_row:
             rows.append(majority_row)
         baseline_row = _baseline_row(head, baseline, variants, sizes)
         if baseline_row:
             rows.append(baseline_row)
-    columns = ["task", "metric", "model", "method", "row", *[f"p_{v}" for v in others], *COST_COLUMNS,
-               "n_seeds", "finetune_steps", *SPLITS, *(["chosen"] if swept else []), *value_columns(variants)]
+    columns = [
+        "task",
+        "metric",
+        "model",
+        "method",
+        "row",
+        *[f"p_{v}" for v in others],
+        *COST_COLUMNS,
+        "n_seeds",
+        "finetune_steps",
+        *SPLITS,
+        *(["chosen"] if swept else []),
+        *value_columns(variants),
+    ]
     return pd.DataFrame(rows).reindex(columns=columns), variants

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 
-def bucketed_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator, chunk: int = 50) -> list[np.ndarray]:
+def bucketed_batches(
+    lengths: np.ndarray, batch_size: int, generator: torch.Generator, chunk: int = 50
+) -> list[np.ndarray]:
     """Shuffle, sort within chunks of `chunk` batches by length, then shuffle the batches."""
     order = torch.randperm(len(lengths), generator=generator).numpy()
     batches = []

@@ -19,11 +19,18 @@ from typing import TYPE_CHECKING, Any
 from dapt.core.files import write_json
 
 if TYPE_CHECKING:  # torch is imported where it is used: the scripts call guard_checkpoints before
-    import torch   # they claim their GPUs, which must happen before torch is loaded
+    import torch  # they claim their GPUs, which must happen before torch is loaded
 
 
-def save_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module, optimizer, scheduler, state: dict,
-                    generator: torch.Generator | None = None, scaler=None) -> None:
+def save_checkpoint(
+    ckpt_dir: str | Path,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    state: dict,
+    generator: torch.Generator | None = None,
+    scaler=None,
+) -> None:
     """Write ``last/`` (model.safetensors + trainer.pt). The previous ``last`` is renamed to ``prev``
     before the new one is renamed into place, so a kill at any moment leaves one whole checkpoint."""
     import torch
@@ -82,8 +89,14 @@ def _read_latest(ckpt_dir: str | Path) -> tuple[dict, dict] | None:
     return None
 
 
-def load_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module, optimizer, scheduler,
-                    generator: torch.Generator | None = None, scaler=None) -> dict | None:
+def load_checkpoint(
+    ckpt_dir: str | Path,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    generator: torch.Generator | None = None,
+    scaler=None,
+) -> dict | None:
     """Restore the last checkpoint if there is one; returns its training state or None."""
     import torch
 
@@ -147,7 +160,9 @@ def guard_checkpoints(ckpt_dir: str | Path, identity: dict) -> None:
             same = False
         if not same:
             if any(p.name != "job.json" for p in ckpt_dir.iterdir()):
-                print(f"discarding checkpoints in {ckpt_dir}: they belong to a run with other arguments or inputs",
-                      flush=True)
+                print(
+                    f"discarding checkpoints in {ckpt_dir}: they belong to a run with other arguments or inputs",
+                    flush=True,
+                )
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     write_json(record, identity)

@@ -29,8 +29,13 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 #: Thread pools a job may start besides torch's own: OpenMP/BLAS (numpy, torch's interop) and the
 #: Rust thread pool of Hugging Face tokenizers (rayon), which otherwise takes every core.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_RS_NUM_CPUS",
-                    "RAYON_NUM_THREADS")
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "RAYON_RS_NUM_CPUS",
+    "RAYON_NUM_THREADS",
+)
 
 
 def limit_threads(threads: int) -> None:

@@ -35,17 +35,27 @@ class Runtime:
 
     def describe(self) -> dict:
         """What results record about the run's hardware and number format (and why that format)."""
-        out = {"device": self.precision.get("device_name", str(self.device)), "precision": self.precision["precision"],
-               "precision_reason": self.precision.get("reason", ""), "world_size": self.world_size,
-               "threads": torch.get_num_threads(), "deterministic": torch.are_deterministic_algorithms_enabled()}
+        out = {
+            "device": self.precision.get("device_name", str(self.device)),
+            "precision": self.precision["precision"],
+            "precision_reason": self.precision.get("reason", ""),
+            "world_size": self.world_size,
+            "threads": torch.get_num_threads(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+        }
         probe = self.precision.get("probe")
         if probe:
             out["precision_probe"] = {k: probe[k] for k in ("fp32_gflops", "bf16_gflops") if k in probe}
         return out
 
 
-def setup_runtime(seed: int, precision: str = "auto", threads: int | None = None, deterministic: bool = False,
-                  model_dir: str | None = None) -> Runtime:
+def setup_runtime(
+    seed: int,
+    precision: str = "auto",
+    threads: int | None = None,
+    deterministic: bool = False,
+    model_dir: str | None = None,
+) -> Runtime:
     """Threads, device, process group, determinism, seed and number format (probed on `model_dir`'s
     shapes on a CPU, see `dapt.runtime.precision`)."""
     if threads:
@@ -86,8 +96,11 @@ def trainable_state(model: torch.nn.Module, only_trainable: bool = False) -> dic
     """A copy safe for safetensors (tied weights share storage, which safetensors refuses)."""
     named = dict(unwrap(model).named_parameters())
     state = unwrap(model).state_dict()
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()
-            if not only_trainable or (k in named and named[k].requires_grad)}
+    return {
+        k: v.detach().to("cpu", copy=True).contiguous()
+        for k, v in state.items()
+        if not only_trainable or (k in named and named[k].requires_grad)
+    }
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -114,6 +127,9 @@ def check_finite(loss: torch.Tensor | float, where: str, step: int) -> None:
     if not math.isfinite(value):
         from dapt.core.errors import Diverged
 
-        raise Diverged(where, f"loss is {value} at step {step}: training diverged",
-                       "lower lr, the learning rate, in the config, or use precision: fp32", step=step)
-
+        raise Diverged(
+            where,
+            f"loss is {value} at step {step}: training diverged",
+            "lower lr, the learning rate, in the config, or use precision: fp32",
+            step=step,
+        )

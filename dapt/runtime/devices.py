@@ -198,9 +198,7 @@ def _claim(n: int, slot_dir: str | None, visible: str | None) -> list[str]:
         slurm_ids = _split_ids(os.environ.get("CUDA_VISIBLE_DEVICES"))
         if len(slurm_ids) <= n:
             if not slurm_ids:
-                slurm_ids = _split_ids(
-                    os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS")
-                )
+                slurm_ids = _split_ids(os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS"))
             _log(
                 f"SLURM job {os.environ['SLURM_JOB_ID']} assigned GPU(s) "
                 f"{','.join(slurm_ids) or 'none'}; claiming nothing"
@@ -224,8 +222,7 @@ def _claim(n: int, slot_dir: str | None, visible: str | None) -> list[str]:
     if len(pool) < n:
         raise UserError(
             "resources.gpu",
-            f"the job asks for {n} GPUs but only {len(pool)} exist "
-            f"({','.join(pool)}, from {source})",
+            f"the job asks for {n} GPUs but only {len(pool)} exist ({','.join(pool)}, from {source})",
             "lower the rule's gpu resource or run on a machine with more GPUs",
         )
     if source in ("nvidia-smi", "DAPT_GPU_IDS"):

@@ -30,8 +30,8 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
-from dapt.runtime import devices
 from dapt.core.errors import UserError
+from dapt.runtime import devices
 
 if TYPE_CHECKING:  # torch is imported lazily: the relaunch happens before torch is loaded
     import torch
@@ -111,8 +111,9 @@ def slurm_first_host(env: dict[str, str]) -> str:
     return hosts[0]
 
 
-def multinode_command(nodes: int, n: int, argv: list[str], threads: int = 0,
-                      env: dict[str, str] | None = None) -> list[str]:
+def multinode_command(
+    nodes: int, n: int, argv: list[str], threads: int = 0, env: dict[str, str] | None = None
+) -> list[str]:
     """The one command that runs this script as n processes on `nodes` nodes of a SLURM allocation.
 
     ``srun`` starts one task per node (``--cpus-per-task`` = the job's threads; GPUs: the step gets
@@ -125,26 +126,49 @@ def multinode_command(nodes: int, n: int, argv: list[str], threads: int = 0,
     if nodes < 1:
         raise UserError("resources.nodes", f"must be 1 or more, got {nodes}")
     if n < nodes or n % nodes:
-        raise UserError("resources.gpu", f"{n} processes (GPUs of the whole job) cannot be split evenly "
-                        f"over {nodes} nodes", "set gpu to nodes x GPUs per node, e.g. gpu=8 for nodes=2 x 4")
+        raise UserError(
+            "resources.gpu",
+            f"{n} processes (GPUs of the whole job) cannot be split evenly over {nodes} nodes",
+            "set gpu to nodes x GPUs per node, e.g. gpu=8 for nodes=2 x 4",
+        )
     job = env.get("SLURM_JOB_ID")
     if not job:
-        raise UserError("resources.nodes", f"nodes={nodes} needs a SLURM allocation (SLURM_JOB_ID is unset)",
-                        "run with --workflow-profile profiles/slurm, or set nodes=1")
+        raise UserError(
+            "resources.nodes",
+            f"nodes={nodes} needs a SLURM allocation (SLURM_JOB_ID is unset)",
+            "run with --workflow-profile profiles/slurm, or set nodes=1",
+        )
     step_nodes = env.get("SLURM_STEP_NUM_NODES")
     if step_nodes and step_nodes.isdigit() and int(step_nodes) < nodes:
-        raise UserError("resources.nodes", f"nodes={nodes} but this job runs inside a SLURM job step on "
-                        f"{step_nodes} node(s), which cannot start a step on {nodes}",
-                        "give the rule mpi, tasks and tasks_per_gpu as profiles/slurm shows")
+        raise UserError(
+            "resources.nodes",
+            f"nodes={nodes} but this job runs inside a SLURM job step on "
+            f"{step_nodes} node(s), which cannot start a step on {nodes}",
+            "give the rule mpi, tasks and tasks_per_gpu as profiles/slurm shows",
+        )
     port = env.get("DAPT_RDZV_PORT") or str(RDZV_BASE_PORT + (int(job) % 1000 if job.isdigit() else 0))
     if not port.isdigit():
         raise UserError("DAPT_RDZV_PORT", f"must be a port number, got {port!r}")
     cmd = ["srun", "--nodes", str(nodes), "--ntasks", str(nodes), "--ntasks-per-node", "1", "--kill-on-bad-exit=1"]
     if threads > 0:
         cmd += ["--cpus-per-task", str(threads)]
-    return [*cmd, sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes),
-            "--nproc_per_node", str(n // nodes), "--rdzv_backend", "c10d",
-            "--rdzv_endpoint", f"{slurm_first_host(env)}:{port}", "--rdzv_id", job, *argv]
+    return [
+        *cmd,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        str(nodes),
+        "--nproc_per_node",
+        str(n // nodes),
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        f"{slurm_first_host(env)}:{port}",
+        "--rdzv_id",
+        job,
+        *argv,
+    ]
 
 
 def maybe_relaunch_distributed(n: int, argv: list[str], nodes: int = 1, threads: int = 0) -> None:
@@ -233,9 +257,7 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sums(
-    values: dict[str, float], device: torch.device | str = "cpu"
-) -> dict[str, float]:
+def all_reduce_sums(values: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
     """Sum each value over all ranks (identity without a process group).
 
     Pass sums and counts, not means, and divide after: that gives the same metric for any

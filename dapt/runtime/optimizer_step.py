@@ -34,8 +34,16 @@ class Stepper:
     """Takes optimizer steps for one model; `optimizer`/`scheduler` may be replaced between steps
     (pretraining's head warm-up phase ends with a new optimizer)."""
 
-    def __init__(self, runtime: Runtime, module: torch.nn.Module, params: Callable[[], Any], max_grad_norm: float,
-                 where: str, after_step: Callable[[int], None] | None = None, check_loss: bool = True):
+    def __init__(
+        self,
+        runtime: Runtime,
+        module: torch.nn.Module,
+        params: Callable[[], Any],
+        max_grad_norm: float,
+        where: str,
+        after_step: Callable[[int], None] | None = None,
+        check_loss: bool = True,
+    ):
         self.runtime, self.module, self.params, self.check_loss = runtime, module, params, check_loss
         self.max_grad_norm, self.where, self.after_step = max_grad_norm, where, after_step
         self.scaler = torch.amp.GradScaler(runtime.device.type) if runtime.precision.get("use_scaler") else None
@@ -98,8 +106,16 @@ class Progress:
     every `every` steps (but not within `min_gap` seconds of the last line, so short runs stay
     readable), at least every `seconds`, and at the last step."""
 
-    def __init__(self, total: int, start_step: int, every: int, seconds: float = 30.0, unit: str = "examples",
-                 enabled: bool = True, min_gap: float = 2.0):
+    def __init__(
+        self,
+        total: int,
+        start_step: int,
+        every: int,
+        seconds: float = 30.0,
+        unit: str = "examples",
+        enabled: bool = True,
+        min_gap: float = 2.0,
+    ):
         self.total, self.every, self.seconds, self.unit, self.enabled = total, max(1, every), seconds, unit, enabled
         self.min_gap = min_gap
         self.start_step, self.started = start_step, time.perf_counter()
@@ -118,7 +134,9 @@ class Progress:
         done = step - self.start_step
         rate = self.count / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) * elapsed / done if done else 0.0
-        line = (f"step {step}/{self.total} loss {loss:.4f}{extra} | {rate:.1f} {self.unit}/s | "
-                f"elapsed {_clock(elapsed)} | ETA {_clock(eta)}")
+        line = (
+            f"step {step}/{self.total} loss {loss:.4f}{extra} | {rate:.1f} {self.unit}/s | "
+            f"elapsed {_clock(elapsed)} | ETA {_clock(eta)}"
+        )
         print(line, flush=True)
         return line

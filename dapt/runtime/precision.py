@@ -123,8 +123,10 @@ def cached_probe(hidden: int, ffn: int) -> dict[str, Any]:
 
     from dapt.core.files import write_json
 
-    key = (f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{hidden}x{ffn}"
-           f"|probe v{PROBE_VERSION}")
+    key = (
+        f"{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{hidden}x{ffn}"
+        f"|probe v{PROBE_VERSION}"
+    )
     path = _cache_path()
     try:
         cache = json.loads(path.read_text(encoding="utf-8"))
@@ -142,7 +144,7 @@ def cached_probe(hidden: int, ffn: int) -> dict[str, Any]:
 
 def decide_cpu(requested: str, native: bool, capability: str, rates: dict | None) -> tuple[str, str, str | None]:
     """(precision, reason, warning) on a CPU, from the request, native support and the probe's rates."""
-    speed = (f"bf16 {rates['bf16_gflops']} vs fp32 {rates['fp32_gflops']} GFLOP per CPU-second" if rates else "")
+    speed = f"bf16 {rates['bf16_gflops']} vs fp32 {rates['fp32_gflops']} GFLOP per CPU-second" if rates else ""
     support = f"native bf16: {'yes' if native else 'no'} ({capability})"
     if requested == "fp32":
         return "fp32", "requested", None
@@ -150,8 +152,10 @@ def decide_cpu(requested: str, native: bool, capability: str, rates: dict | None
         warning = None
         if not native or (rates and rates["bf16_gflops"] * BF16_MARGIN < rates["fp32_gflops"]):
             slower = rates["fp32_gflops"] / max(rates["bf16_gflops"], 1e-9) if rates else float("nan")
-            warning = (f"warning: precision bf16 on a CPU without fast bf16 ({support}; {speed}): about "
-                       f"{slower:.1f}x slower than fp32; use precision: auto or fp32")
+            warning = (
+                f"warning: precision bf16 on a CPU without fast bf16 ({support}; {speed}): about "
+                f"{slower:.1f}x slower than fp32; use precision: auto or fp32"
+            )
         return "bf16", "requested" + (f"; {speed}" if speed else ""), warning
     if not native:
         return "fp32", f"auto: {support}", None
@@ -160,8 +164,9 @@ def decide_cpu(requested: str, native: bool, capability: str, rates: dict | None
     return "fp32", f"auto: {support}; bf16 not faster ({speed})", None
 
 
-def choose_precision(requested: str, device: torch.device | str, model_dir: str | os.PathLike | None = None
-                     ) -> dict[str, Any]:
+def choose_precision(
+    requested: str, device: torch.device | str, model_dir: str | os.PathLike | None = None
+) -> dict[str, Any]:
     """Resolve the configured precision for `device` and record what was used and why.
 
     fp16 on a CPU and bf16 on a GPU without it are UserErrors. On CUDA, TF32 matmuls are switched
@@ -185,8 +190,11 @@ def choose_precision(requested: str, device: torch.device | str, model_dir: str 
         # fp32_precision API makes later reads of allow_tf32 (accelerate does) raise.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        reason = "auto: GPU " + ("supports bf16" if bf16_ok else "lacks bf16: fp16 with a loss scaler") \
-            if requested == "auto" else "requested"
+        reason = (
+            "auto: GPU " + ("supports bf16" if bf16_ok else "lacks bf16: fp16 with a loss scaler")
+            if requested == "auto"
+            else "requested"
+        )
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
     else:
@@ -208,8 +216,13 @@ def settings(precision: str, device: torch.device | str) -> dict[str, Any]:
 
     device = torch.device(device)
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    return {"device": str(device), "precision": precision, "autocast_dtype": dtypes[precision],
-            "use_scaler": precision == "fp16", "tf32": device.type == "cuda"}
+    return {
+        "device": str(device),
+        "precision": precision,
+        "autocast_dtype": dtypes[precision],
+        "use_scaler": precision == "fp16",
+        "tf32": device.type == "cuda",
+    }
 
 
 def set_deterministic(flag: bool) -> None:

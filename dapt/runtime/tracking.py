@@ -25,8 +25,11 @@ from dapt.core.errors import DIVERGED, diverged
 ENV = "DAPT_TRACKING"
 BACKENDS = ("mlflow", "wandb")
 #: A tracking server that is down must cost a job seconds, not MLflow's default minutes of retries.
-MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
 PARAM_CHARS = 500  # a parameter's value is shown, not stored whole (MLflow's limit is a few thousand)
 
 
@@ -35,18 +38,35 @@ def job_settings(tracking: Mapping | None, study: str, job: str, tags: Mapping[s
     job's tags (None when the study tracks nothing)."""
     if not tracking or not any(b in tracking for b in BACKENDS):
         return None
-    return {**{b: dict(tracking[b]) for b in BACKENDS if b in tracking}, "study": tracking.get("study") or study,
-            "job": job, "tags": {k: str(v) for k, v in tags.items()}}
+    return {
+        **{b: dict(tracking[b]) for b in BACKENDS if b in tracking},
+        "study": tracking.get("study") or study,
+        "job": job,
+        "tags": {k: str(v) for k, v in tags.items()},
+    }
 
 
 def log_pretrain(params: Mapping, summary: Mapping, log: Sequence[Sequence[float]]) -> None:
     """A pretraining stage: its MLM settings, loss/lr/tokens per step, and its summary's totals."""
     if not os.environ.get(ENV):
         return
-    curves = {"mlm_loss": [(int(r[0]), r[1]) for r in log], "lr": [(int(r[0]), r[2]) for r in log],
-              "tokens": [(int(r[0]), r[3]) for r in log]}
-    keys = ("steps", "tokens", "final_loss", "first_loss", "seconds", "peak_memory_mb", "total_steps", "total_tokens",
-            "blocks", "head_warmup_steps")
+    curves = {
+        "mlm_loss": [(int(r[0]), r[1]) for r in log],
+        "lr": [(int(r[0]), r[2]) for r in log],
+        "tokens": [(int(r[0]), r[3]) for r in log],
+    }
+    keys = (
+        "steps",
+        "tokens",
+        "final_loss",
+        "first_loss",
+        "seconds",
+        "peak_memory_mb",
+        "total_steps",
+        "total_tokens",
+        "blocks",
+        "head_warmup_steps",
+    )
     log_run(dict(params, precision=summary.get("precision")), curves, {k: summary[k] for k in keys if k in summary})
 
 
@@ -56,13 +76,24 @@ def log_finetune(summary: Mapping, log: Sequence[Sequence[float]], columns: Sequ
         return
     step = columns.index("step")
     curves = {c: [(int(r[step]), r[i]) for r in log] for i, c in enumerate(columns) if c != "step"}
-    keys = ("best_validation", "best_epoch", "epochs_run", "train_steps", "n_train", "n_validation",
-            "trainable_params", "trainable_pct", "seconds", "peak_memory_mb")
+    keys = (
+        "best_validation",
+        "best_epoch",
+        "epochs_run",
+        "train_steps",
+        "n_train",
+        "n_validation",
+        "trainable_params",
+        "trainable_pct",
+        "seconds",
+        "peak_memory_mb",
+    )
     status = {"status": DIVERGED} if diverged(summary) else {}
     if status:  # a run recorded as failed: no best epoch, the step it diverged at instead
         keys = ("diverged_step", *keys[2:])
-    params = dict(summary.get("params") or {}, precision=summary.get("precision"), pretrain=summary.get("pretrain"),
-                  **status)
+    params = dict(
+        summary.get("params") or {}, precision=summary.get("precision"), pretrain=summary.get("pretrain"), **status
+    )
     log_run(params, curves, {k: summary[k] for k in keys if k in summary})
 
 
@@ -99,7 +130,10 @@ def run_name(settings: Mapping) -> str:
     if settings.get("job") == "pretrain":
         return f"pretrain {tags.get('model', '')}/{tags.get('chain', '')}"
     return f"{settings.get('job', 'job')} " + "/".join(
-        tags[k] if k != "seed" else f"seed{tags[k]}" for k in ("task", "model", "variant", "method", "seed") if k in tags)
+        tags[k] if k != "seed" else f"seed{tags[k]}"
+        for k in ("task", "model", "variant", "method", "seed")
+        if k in tags
+    )
 
 
 def all_tags(settings: Mapping) -> dict[str, str]:
@@ -154,8 +188,12 @@ def _log_mlflow(settings: Mapping, params: dict, curves: dict, metrics: dict) ->
     points += [Metric(k, v, now, 0) for k, v in metrics.items()]
     items = [Param(k, _param_text(v)) for k, v in params.items()]
     for start in range(0, max(len(points), len(items)), 100):  # MLflow's batch limits
-        client.log_batch(run.info.run_id, metrics=points[start : start + 100], params=items[start : start + 100],
-                         tags=[RunTag("mlflow.source.name", "dapt-workflow")] if start == 0 else [])
+        client.log_batch(
+            run.info.run_id,
+            metrics=points[start : start + 100],
+            params=items[start : start + 100],
+            tags=[RunTag("mlflow.source.name", "dapt-workflow")] if start == 0 else [],
+        )
     client.set_terminated(run.info.run_id)
 
 
@@ -164,11 +202,19 @@ def _log_wandb(settings: Mapping, params: dict, curves: dict, metrics: dict) -> 
 
     spec = settings["wandb"]
     tags = all_tags(settings)
-    run = wandb.init(project=spec["project"], entity=spec.get("entity"), group=tags["study"], job_type=tags["job"],
-                     name=run_name(settings), tags=[f"{k}:{v}"[:64] for k, v in tags.items()],
-                     config={**params, **{f"tag.{k}": v for k, v in tags.items()}}, mode=spec.get("mode", "online"),
-                     dir=spec.get("dir"), reinit="finish_previous",
-                     settings=wandb.Settings(silent=True, console="off", init_timeout=30))
+    run = wandb.init(
+        project=spec["project"],
+        entity=spec.get("entity"),
+        group=tags["study"],
+        job_type=tags["job"],
+        name=run_name(settings),
+        tags=[f"{k}:{v}"[:64] for k, v in tags.items()],
+        config={**params, **{f"tag.{k}": v for k, v in tags.items()}},
+        mode=spec.get("mode", "online"),
+        dir=spec.get("dir"),
+        reinit="finish_previous",
+        settings=wandb.Settings(silent=True, console="off", init_timeout=30),
+    )
     try:
         rows: dict[int, dict[str, float]] = {}
         for key, series in curves.items():

@@ -7,73 +7,28 @@ in, e.g. ``dapt-imdb+tapt-rt``, so that chains shared by several variants or tas
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import yaml
 
 from dapt.core.errors import UserError
 from dapt.core.strict_yaml import read_yaml  # noqa: F401 (the study config's reader; the rules call study.read_yaml)
-from dapt.study.settings import KIND as KNN_KIND, stage_name as knn_stage_name, stage_parts as knn_stage_parts
+from dapt.study.defaults import (
+    CORPUS_SHARDS,
+    DEPLOY_DEFAULTS,
+    DEPLOY_FORMATS,
+    FINETUNE_DEFAULTS,
+    KNN_DEFAULTS,
+    LONG_TEXT_DEFAULTS,
+    METHOD_KINDS,
+    MLM_DEFAULTS,
+    NOT_EXPORTABLE_KINDS,
+    SCHEMA,
+    TASK_MAX_LENGTH,
+)
+from dapt.study.settings import KIND as KNN_KIND
 from dapt.study.settings import check_augment, check_long_text
+from dapt.study.settings import stage_name as knn_stage_name
+from dapt.study.settings import stage_parts as knn_stage_parts
 from dapt.study.sweeps import fine_tuning_blocks, without_sweeps
-
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
-
-MLM_DEFAULTS: dict[str, Any] = {
-    "batch_size": 16,
-    "grad_accum": 1,
-    "max_length": 128,
-    "lr": 5e-5,
-    "head_lr": 5e-4,
-    "head_warmup_steps": 0,
-    "warmup_ratio": 0.06,
-    "weight_decay": 0.01,
-    "mlm_probability": 0.15,
-    "save_steps": 50,
-    "max_grad_norm": 1.0,
-}
-FINETUNE_DEFAULTS: dict[str, Any] = {
-    "epochs": 3,
-    "batch_size": 16,
-    "eval_batch_size": 64,
-    "grad_accum": 1,
-    "lr": 2e-5,
-    "weight_decay": 0.01,
-    "warmup_ratio": 0.1,
-    "patience": 3,
-    "max_grad_norm": 1.0,
-    "save_steps": 50,
-}
-FINETUNE_KEYS = set(FINETUNE_DEFAULTS)
-# Training-time robustness (dapt.finetune.regularizers), all off: fine-tuning keys like the above, sweepable, but only the ones a
-# config sets are in a run's hyperparameters (runs without them keep their files and need no rerun).
-# adv_epsilon: one example's perturbation length (at 1.0 MiniLM, word vectors ~1.07 long, collapsed to the majority).
-ROBUST_DEFAULTS: dict[str, Any] = {"adversarial": "none", "adv_epsilon": 0.1, "adv_alpha": 0.03, "adv_steps": 3,
-                                   "rdrop": 0.0, "label_smoothing": 0.0}
-ON_DIVERGENCE = "record"  # a non-finite fine-tuning loss: `record` a failed run the report names, or `fail` the job
-CORPUS_SHARDS = 1  # tokenize jobs per DAPT corpus without corpora.<c>.shards (1: one job, no gathering)
-# Tokens per task example when the config gives no tasks.<t>.max_length (names the tokenized folder, .L<n>).
-TASK_MAX_LENGTH = 128
-# How a task's documents longer than max_length become rows (tasks.<t>.long_text; dapt.tokenize.longtext). head_tail's
-# `head` and windows' `stride` default to these fractions of max_length (Sun et al.'s 128 of 512; half-overlapping
-# windows); `max_windows` caps the rows (training examples, predictions) one document costs.
-LONG_TEXT_DEFAULTS: dict[str, Any] = {"strategy": "head", "head_fraction": 0.25, "stride_fraction": 0.5,
-                                      "pool": "mean", "max_windows": 8}
-# Every fine-tuning method kind, checked here so that a typo fails before any download, not in the first
-# fine-tuning job. The peft kinds are the ones dapt.finetune.fine_tuning hands to peft.
-PEFT_KINDS: tuple[str, ...] = ("lora", "adalora", "ia3", "prefix", "prompt")
-METHOD_KINDS: tuple[str, ...] = ("full", "head", *PEFT_KINDS, "adapter")
-# The deploy stage (`deploy:`; dapt.deploy): formats, which runs, how they are measured.
-DEPLOY_FORMATS: tuple[str, ...] = ("pytorch", "onnx", "onnx_int8")
-DEPLOY_DEFAULTS: dict[str, Any] = {"formats": list(DEPLOY_FORMATS), "runs": "best", "methods": None, "opset": 17,
-                                   "latency_texts": 100, "threads": 1}
-#: Method kinds whose trained state lives outside the model's weights (see dapt.deploy.export).
-NOT_EXPORTABLE_KINDS: tuple[str, ...] = ("prefix", "prompt")
-# kNN-TAPT (variant stage "tapt_knn:<corpus>:<k>"; dapt.pretrain.knn_selection): TAPT on the task's text and each training example's
-# k nearest corpus documents. Its MLM settings are `pretrain.tapt_knn`, else `pretrain.tapt`; the sentence
-# embeddings that choose the documents (mean pooling) read the first `max_length` tokens of each text.
-KNN_DEFAULTS: dict[str, Any] = {"max_length": 256, "batch_size": 32, "chunk_docs": 4096, "query_batch": 1024}
 
 
 def _key_path(error) -> str:
@@ -115,8 +70,11 @@ def validate_config(config: dict, where: str = "config") -> None:
         known = ", ".join(METHOD_KINDS)
         if "kind" in config["methods"][method]:
             raise UserError(f"{where}: methods.{method}.kind", f"unknown method kind '{kind}'", f"known kinds: {known}")
-        raise UserError(f"{where}: methods.{method}", f"no kind: given and '{kind}' is not a method kind",
-                        f"add kind: one of {known}")
+        raise UserError(
+            f"{where}: methods.{method}",
+            f"no kind: given and '{kind}' is not a method kind",
+            f"add kind: one of {known}",
+        )
     corpora = config.get("corpora") or {}
     for variant, stages in config["variants"].items():
         for i, stage in enumerate(stages):
@@ -128,7 +86,8 @@ def validate_config(config: dict, where: str = "config") -> None:
                         raise UserError(
                             f"{where}: tasks.{task}.domain",
                             f"unknown corpus '{domain}'" if domain else "missing",
-                            f"variant '{variant}' has a bare 'dapt' stage, which pretrains on the task's domain corpus; "
+                            f"variant '{variant}' has a bare 'dapt' stage, which pretrains on the task's "
+                            "domain corpus; "
                             f"known corpora: {', '.join(corpora) or 'none'}",
                         )
             elif kind == "dapt" and corpus not in corpora:
@@ -144,29 +103,50 @@ def validate_config(config: dict, where: str = "config") -> None:
     for task, spec in config["tasks"].items():
         for method in spec.get("methods") or {}:
             if method not in config["methods"]:
-                raise UserError(f"{where}: tasks.{task}.methods.{method}", "not a method of the study", "add it under methods")
+                raise UserError(
+                    f"{where}: tasks.{task}.methods.{method}", "not a method of the study", "add it under methods"
+                )
     labels = (config.get("report") or {}).get("labels") or {}
     domains = {spec.get("domain") for spec in config["tasks"].values()} - {None}
-    for kind, names in (("models", config["models"]), ("tasks", config["tasks"]), ("domains", domains),
-                        ("variants", config["variants"]), ("methods", config["methods"])):
+    for kind, names in (
+        ("models", config["models"]),
+        ("tasks", config["tasks"]),
+        ("domains", domains),
+        ("variants", config["variants"]),
+        ("methods", config["methods"]),
+    ):
         for name in labels.get(kind) or {}:
             if name not in names:
-                raise UserError(f"{where}: report.labels.{kind}.{name}", f"not one of the study's {kind}",
-                                f"known: {', '.join(sorted(names)) or 'none'}")
+                raise UserError(
+                    f"{where}: report.labels.{kind}.{name}",
+                    f"not one of the study's {kind}",
+                    f"known: {', '.join(sorted(names)) or 'none'}",
+                )
     _validate_deploy(config, where)
-    check_augment(config, [(key, block["augment"]) for key, block, _ in fine_tuning_blocks(config) if block.get("augment")],
-                  where)
+    check_augment(
+        config, [(key, block["augment"]) for key, block, _ in fine_tuning_blocks(config) if block.get("augment")], where
+    )
     for task, spec in config["tasks"].items():
-        check_long_text(spec.get("long_text") or {}, long_text_params(config, task), task_max_length(config, task),
-                        f"{where}: tasks.{task}.long_text")
+        check_long_text(
+            spec.get("long_text") or {},
+            long_text_params(config, task),
+            task_max_length(config, task),
+            f"{where}: tasks.{task}.long_text",
+        )
     overrides = [(f"methods.{m}", spec) for m, spec in config["methods"].items()]
-    overrides += [(f"tasks.{t}.methods.{m}", spec) for t, tspec in config["tasks"].items()
-                  for m, spec in (tspec.get("methods") or {}).items()]
+    overrides += [
+        (f"tasks.{t}.methods.{m}", spec)
+        for t, tspec in config["tasks"].items()
+        for m, spec in (tspec.get("methods") or {}).items()
+    ]
     for key, spec in overrides:
         for i, variant in enumerate(spec.get("variants") or []):
             if variant not in config["variants"]:
-                raise UserError(f"{where}: {key}.variants[{i}]", f"unknown variant '{variant}'",
-                                f"known variants: {', '.join(config['variants'])}")
+                raise UserError(
+                    f"{where}: {key}.variants[{i}]",
+                    f"unknown variant '{variant}'",
+                    f"known variants: {', '.join(config['variants'])}",
+                )
 
 
 def resolve_stage(config: dict, stage: str, task: str) -> str:
@@ -218,8 +198,9 @@ def method_variants(config: dict, task: str, method: str) -> list[str]:
     """The variants a method runs on for a task (task.methods.<m>.variants < methods.<m>.variants <
     every variant), in the config's variant order: a study can afford a costly method on fewer
     variants without dropping it."""
-    chosen = ((config["tasks"][task].get("methods") or {}).get(method) or {}).get("variants") \
-        or config["methods"][method].get("variants")
+    chosen = ((config["tasks"][task].get("methods") or {}).get(method) or {}).get("variants") or config["methods"][
+        method
+    ].get("variants")
     return [v for v in config["variants"] if chosen is None or v in chosen]
 
 
@@ -254,14 +235,18 @@ def long_text_params(config: dict, task: str) -> dict:
 
 
 def resolve_long_text(spec: dict, length: int) -> dict:
-    """A long_text mapping with its defaults filled in for rows of `length` tokens (also dapt.deploy.predict's flags)."""
+    """A long_text mapping with its defaults filled in for rows of `length` tokens (also dapt.deploy.predict's
+    flags)."""
     strategy = spec.get("strategy", LONG_TEXT_DEFAULTS["strategy"])
     if strategy == "head_tail":
         return {"strategy": strategy, "head": spec.get("head", int(length * LONG_TEXT_DEFAULTS["head_fraction"]))}
     if strategy == "windows":
-        return {"strategy": strategy, "stride": spec.get("stride", int(length * LONG_TEXT_DEFAULTS["stride_fraction"])),
-                "pool": spec.get("pool", LONG_TEXT_DEFAULTS["pool"]),
-                "max_windows": spec.get("max_windows", LONG_TEXT_DEFAULTS["max_windows"])}
+        return {
+            "strategy": strategy,
+            "stride": spec.get("stride", int(length * LONG_TEXT_DEFAULTS["stride_fraction"])),
+            "pool": spec.get("pool", LONG_TEXT_DEFAULTS["pool"]),
+            "max_windows": spec.get("max_windows", LONG_TEXT_DEFAULTS["max_windows"]),
+        }
     return {"strategy": strategy}
 
 
@@ -288,11 +273,16 @@ def _validate_deploy(config: dict, where: str) -> None:
         raise UserError(f"{where}: deploy.formats", "onnx_int8 quantizes the ONNX export", "list onnx too")
     for i, method in enumerate(params["methods"] or []):
         if method not in config["methods"]:
-            raise UserError(f"{where}: deploy.methods[{i}]", f"'{method}' is not a method of the study",
-                            f"known: {', '.join(config['methods'])}")
+            raise UserError(
+                f"{where}: deploy.methods[{i}]",
+                f"'{method}' is not a method of the study",
+                f"known: {', '.join(config['methods'])}",
+            )
         kind = method_kind(config, method)
         if kind in NOT_EXPORTABLE_KINDS:
-            raise UserError(f"{where}: deploy.methods[{i}]",
-                            f"method '{method}' ({kind} tuning) cannot be exported: its trained virtual tokens live "
-                            "outside the model's weights, which a stock transformers classifier or ONNX graph cannot take",
-                            "deploy full, head, lora, adalora, ia3 or adapter runs")
+            raise UserError(
+                f"{where}: deploy.methods[{i}]",
+                f"method '{method}' ({kind} tuning) cannot be exported: its trained virtual tokens live "
+                "outside the model's weights, which a stock transformers classifier or ONNX graph cannot take",
+                "deploy full, head, lora, adalora, ia3 or adapter runs",
+            )

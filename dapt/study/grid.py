@@ -14,9 +14,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dapt.core.errors import UserError
 from dapt.study import layout
 from dapt.study.config import finetune_params, method_variants
-from dapt.core.errors import UserError
 from dapt.study.sweeps import is_sweep
 
 
@@ -84,8 +84,9 @@ def run_spec(config: Mapping, task: str, name: str) -> RunSpec:
             for spec in method_runs(config, task, method):
                 if spec.name == name:
                     return spec
-    raise UserError(f"run {task}/…/{name}", "not a method folder of the study's grid",
-                    "was the config changed since the run?")
+    raise UserError(
+        f"run {task}/…/{name}", "not a method folder of the study's grid", "was the config changed since the run?"
+    )
 
 
 def run_params(config: Mapping, task: str, name: str) -> dict:
@@ -133,5 +134,7 @@ def report_list(config: Mapping) -> tuple[layout.ReportFile, ...]:
 
 def _complete(config: Mapping) -> bool:
     """Whether the config has a grid at all (the report may be run with a partial config)."""
-    return all(isinstance(config.get(k), (dict, list)) and config.get(k) for k in ("tasks", "methods", "models",
-                                                                                     "variants", "seeds"))
+    return all(
+        isinstance(config.get(k), (dict, list)) and config.get(k)
+        for k in ("tasks", "methods", "models", "variants", "seeds")
+    )

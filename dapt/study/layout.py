@@ -29,8 +29,8 @@ MLM_SHARD = MLM_BLOCKS + ".shards/{shard}-of-{shards}"
 TOKENIZED_TASK = "results/tokenized/{model}/tasks/{task}.L{length}{long_text}"
 #: The suffixes `long_text_suffix` writes (the rule's wildcard constraint).
 LONG_TEXT_SUFFIX = r"(\.head_tail-h\d+|\.windows-s\d+-n\d+-(mean|max))?"
-#: kNN-TAPT's selection (dapt.pretrain.knn_selection): train.parquet (the task's training text + the chosen corpus documents,
-#: what the stage's MLM blocks are made of), neighbours.parquet and selection.json; per encoder model.
+#: kNN-TAPT's selection (dapt.pretrain.knn_selection): train.parquet (the task's training text + the chosen
+#: corpus documents, what the stage's MLM blocks are made of), neighbours.parquet and selection.json; per encoder model.
 KNN_SELECTION = "results/knn/{model}/{task}/{corpus}-k{k}"
 #: Augmented copies of a task's training rows, one file per augment setting (dapt.study.settings.augment_name).
 AUGMENTED = "results/data/augmented/{task}/{augment}.parquet"
@@ -39,7 +39,8 @@ PERTURBED = "results/data/perturbed/{task}/{perturbation}.parquet"
 #: WordNet's synonyms (lemma -> synonyms), for the synonym operation.
 WORDNET = "results/data/wordnet/synonyms.json"
 _NAME = r"[A-Za-z][A-Za-z0-9_]*"
-#: A pretraining stage's folder name (dapt.study.config.stage_name): dapt-<corpus>, tapt-<task>, tapt_knn-<task>-<corpus>-k<k>.
+#: A pretraining stage's folder name (dapt.study.config.stage_name): dapt-<corpus>, tapt-<task>,
+#: tapt_knn-<task>-<corpus>-k<k>.
 STAGE_WILDCARD = rf"(?:(?:dapt|tapt)-{_NAME}|tapt_knn-{_NAME}-{_NAME}-k\d+)"
 #: A chain of stages, each continuing from the one before: stage+stage+...
 CHAIN_WILDCARD = rf"{STAGE_WILDCARD}(?:\+{STAGE_WILDCARD})*"
@@ -103,8 +104,12 @@ def report_files(folder: str = REPORT_DIR) -> list[str]:
 def report_list(sweeps: bool = False, curves: bool = False, robustness: bool = False) -> tuple[ReportFile, ...]:
     """The report's files for a study that does or does not sweep hyperparameters / have learning
     curves / evaluate robustness (the rule declares exactly these; the report writes exactly these)."""
-    wanted = {None, *(["sweeps"] if sweeps else []), *(["curves"] if curves else []),
-              *(["robustness"] if robustness else [])}
+    wanted = {
+        None,
+        *(["sweeps"] if sweeps else []),
+        *(["curves"] if curves else []),
+        *(["robustness"] if robustness else []),
+    }
     return tuple(f for f in REPORT if f.when in wanted)
 
 
@@ -188,7 +193,10 @@ def benchmark_key(path: str | os.PathLike) -> tuple[str, list[str]]:
     parts = list(Path(path).with_suffix("").parts)
     idx = [i for i, p in enumerate(parts) if p == "benchmarks"]
     if not idx or idx[-1] == len(parts) - 1:
-        raise UserError(str(path), "benchmark path is not results/benchmarks/{rule}/...tsv",
-                        "benchmark files must live under a 'benchmarks' folder named by rule")
+        raise UserError(
+            str(path),
+            "benchmark path is not results/benchmarks/{rule}/...tsv",
+            "benchmark files must live under a 'benchmarks' folder named by rule",
+        )
     i = idx[-1]
-    return parts[i + 1], parts[i + 2:]  # a job without wildcards: benchmarks/{rule}.tsv
+    return parts[i + 1], parts[i + 2 :]  # a job without wildcards: benchmarks/{rule}.tsv

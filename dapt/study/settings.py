@@ -17,20 +17,28 @@ from dapt.study.layout import value_text
 #: The variant stage "tapt_knn:<corpus>:<k>" and its folder name "tapt_knn-<task>-<corpus>-k<k>" (dapt.study.config).
 KIND = "tapt_knn"
 
+
 def stage_parts(stage: str, corpora: Mapping | None = None, where: str = "variants") -> tuple[str, int]:
     """(corpus, k) of a variant stage 'tapt_knn:<corpus>:<k>'; with `corpora`, an unknown corpus or a k
     that is not a whole number >= 1 is a UserError at `where`."""
     _, _, rest = stage.partition(":")
     corpus, _, k = rest.partition(":")
     if corpora is not None and corpus not in corpora:
-        raise UserError(where, f"unknown corpus '{corpus}' in '{stage}'", f"known corpora: {', '.join(corpora) or 'none'}")
+        raise UserError(
+            where, f"unknown corpus '{corpus}' in '{stage}'", f"known corpora: {', '.join(corpora) or 'none'}"
+        )
     if not k.isdigit() or int(k) < 1:
-        raise UserError(where, f"k must be a whole number >= 1 in '{stage}' ({KIND}:<corpus>:<k>)",
-                        "k documents are taken per training example")
+        raise UserError(
+            where,
+            f"k must be a whole number >= 1 in '{stage}' ({KIND}:<corpus>:<k>)",
+            "k documents are taken per training example",
+        )
     return corpus, int(k)
+
 
 def stage_name(task: str, corpus: str, k: int) -> str:
     return f"{KIND}-{task}-{corpus}-k{k}"
+
 
 def selection_of(name: str) -> dict:
     """task, corpus and k of a stage name 'tapt_knn-<task>-<corpus>-k<k>' (the selection's wildcards)."""
@@ -42,7 +50,11 @@ def selection_of(name: str) -> dict:
 STRATEGIES = ("head", "head_tail", "windows")
 POOLS = ("mean", "max")
 #: The keys each strategy takes under tasks.<t>.long_text (any other is refused, not ignored).
-STRATEGY_KEYS: dict[str, tuple[str, ...]] = {"head": (), "head_tail": ("head",), "windows": ("stride", "pool", "max_windows")}
+STRATEGY_KEYS: dict[str, tuple[str, ...]] = {
+    "head": (),
+    "head_tail": ("head",),
+    "windows": ("stride", "pool", "max_windows"),
+}
 
 
 def check_long_text(spec: dict, settings: dict, max_length: int, key: str) -> None:
@@ -52,13 +64,21 @@ def check_long_text(spec: dict, settings: dict, max_length: int, key: str) -> No
     for name in spec:
         if name != "strategy" and name not in STRATEGY_KEYS[strategy]:
             owner = next(s for s, keys in STRATEGY_KEYS.items() if name in keys)
-            raise UserError(f"{key}.{name}", f"applies to strategy {owner}, not {strategy}", f"remove it or set strategy: {owner}")
+            raise UserError(
+                f"{key}.{name}", f"applies to strategy {owner}, not {strategy}", f"remove it or set strategy: {owner}"
+            )
     if strategy == "head_tail" and settings["head"] >= max_length:
-        raise UserError(f"{key}.head", f"{settings['head']} is not below max_length {max_length}: no room for the tail",
-                        "head counts the tokens kept from the start; the rest of max_length comes from the end")
+        raise UserError(
+            f"{key}.head",
+            f"{settings['head']} is not below max_length {max_length}: no room for the tail",
+            "head counts the tokens kept from the start; the rest of max_length comes from the end",
+        )
     if strategy == "windows" and settings["stride"] >= max_length:
-        raise UserError(f"{key}.stride", f"{settings['stride']} is not below the window (max_length {max_length}): "
-                        "windows would skip tokens", f"use a stride below {max_length}, e.g. {max_length // 2}")
+        raise UserError(
+            f"{key}.stride",
+            f"{settings['stride']} is not below the window (max_length {max_length}): windows would skip tokens",
+            f"use a stride below {max_length}, e.g. {max_length // 2}",
+        )
 
 
 # augmentation and robustness
@@ -76,7 +96,9 @@ def augment_settings(params: dict) -> dict | None:
 
 def augment_name(settings: dict) -> str:
     """The augmented file's name: every setting, path-safe (`delete_swap-n1-r0.1-s0`)."""
-    return f"{'_'.join(settings['ops'])}-n{settings['n_aug']}-r{value_text(float(settings['rate']))}-s{settings['seed']}"
+    return (
+        f"{'_'.join(settings['ops'])}-n{settings['n_aug']}-r{value_text(float(settings['rate']))}-s{settings['seed']}"
+    )
 
 
 def robustness_settings(config: dict) -> dict | None:
@@ -91,8 +113,14 @@ def check_augment(config: dict, augment_specs: list[tuple[str, dict]], where: st
         return
     for key, spec in augment_specs:
         if "synonym" in spec.get("ops", []):
-            raise UserError(f"{where}: {key}.augment.ops", "'synonym' needs WordNet, and the study has no wordnet:",
-                            "add wordnet: {source: ...} (the default study's config/config.yaml shows one)")
+            raise UserError(
+                f"{where}: {key}.augment.ops",
+                "'synonym' needs WordNet, and the study has no wordnet:",
+                "add wordnet: {source: ...} (the default study's config/config.yaml shows one)",
+            )
     if "synonym" in (robustness_settings(config) or {"perturbations": {}})["perturbations"]:
-        raise UserError(f"{where}: robustness.perturbations.synonym", "needs WordNet, and the study has no wordnet:",
-                        "add wordnet: {source: ...} (the default study's config/config.yaml shows one)")
+        raise UserError(
+            f"{where}: robustness.perturbations.synonym",
+            "needs WordNet, and the study has no wordnet:",
+            "add wordnet: {source: ...} (the default study's config/config.yaml shows one)",
+        )

@@ -110,8 +110,11 @@ def without_sweeps(config: Mapping, schema: Mapping, where: str) -> dict:
         elif isinstance(cap, int) and not isinstance(cap, bool):
             for i, n in enumerate(out.get("train_sizes") or []):
                 if n > cap:
-                    raise UserError(f"{where}: train_sizes[{i}]", f"{n} is more than tasks.{task}.max_examples.train ({cap})",
-                                    "a learning curve subsamples the training split")
+                    raise UserError(
+                        f"{where}: train_sizes[{i}]",
+                        f"{n} is more than tasks.{task}.max_examples.train ({cap})",
+                        "a learning curve subsamples the training split",
+                    )
     return out
 
 
@@ -132,8 +135,11 @@ def nested_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices (in file order) of a learning curve's n training examples: the first n of
     nested_order, so a smaller size is a subset of every larger one, and n = all is the split as is."""
     if n > len(labels):
-        raise UserError(f"train size {n}", f"the training split has only {len(labels)} examples",
-                        "use sizes up to the training split's size")
+        raise UserError(
+            f"train size {n}",
+            f"the training split has only {len(labels)} examples",
+            "use sizes up to the training split's size",
+        )
     return np.sort(nested_order(labels, seed)[:n])
 
 

@@ -81,8 +81,14 @@ def encoder(tokenizer: Any) -> Callable[[list[str]], list[list[int]]]:
     set by dapt.runtime.cli.limit_threads)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:  # a Python tokenizer
-        return lambda texts: tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False,
-                                       return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return lambda texts: tokenizer(
+            texts,
+            add_special_tokens=True,
+            truncation=False,
+            verbose=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
     # what the transformers wrapper sets before each call
     backend.no_truncation()
     backend.no_padding()
@@ -116,13 +122,17 @@ def shard_rows(path: str | Path, shard: tuple[int, int]) -> tuple[int, int]:
     start, stop = k * rows // n, (k + 1) * rows // n
     if start == stop:
         what = f"shard {k + 1} of {n} has no documents" if n > 1 else "has no documents"
-        raise UserError(str(path), f"{what}: the corpus has {rows}",
-                        "lower corpora.<corpus>.shards" if n > 1 else "prepare the data again")
+        raise UserError(
+            str(path),
+            f"{what}: the corpus has {rows}",
+            "lower corpora.<corpus>.shards" if n > 1 else "prepare the data again",
+        )
     return start, stop
 
 
-def text_batches(path: str | Path, rows: tuple[int, int] | None = None,
-                 max_chars: int | None = None) -> Iterator[list[str]]:
+def text_batches(
+    path: str | Path, rows: tuple[int, int] | None = None, max_chars: int | None = None
+) -> Iterator[list[str]]:
     """The texts of rows [start, stop), in order, in lists of about `max_chars` (BATCH_CHARS) characters."""
     max_chars = max_chars or BATCH_CHARS
     pf = open_texts(path)
@@ -171,8 +181,11 @@ def _writing(out: str | Path, action: Callable[[], Any]) -> Any:
     try:
         return action()
     except OSError as err:
-        raise UserError(str(out), f"cannot write the blocks: {err.strerror or err}",
-                        "free disk space and rerun; nothing partial was kept") from None
+        raise UserError(
+            str(out),
+            f"cannot write the blocks: {err.strerror or err}",
+            "free disk space and rerun; nothing partial was kept",
+        ) from None
 
 
 class _TokenFile:
@@ -191,8 +204,9 @@ class _TokenFile:
         _writing(self.out, self.file.close)
 
 
-def write_blocks(out: str | Path, stream: Iterable[np.ndarray], block: int, dtype: Any, info: dict,
-                 where: str, cut: bool = True) -> dict:
+def write_blocks(
+    out: str | Path, stream: Iterable[np.ndarray], block: int, dtype: Any, info: dict, where: str, cut: bool = True
+) -> dict:
     """Write the token stream (flat arrays) into the block folder `out`, atomically.
 
     cut=True: full blocks, leftover counted; cut=False (a shard): every token, to be cut by `gather`.
@@ -215,8 +229,9 @@ def write_blocks(out: str | Path, stream: Iterable[np.ndarray], block: int, dtyp
         if cut:
             blocks = tokens.tokens // block
             if blocks == 0:
-                raise UserError(where, f"{index.get('documents')} texts make no full block of {block} tokens",
-                                NO_BLOCK_FIX)
+                raise UserError(
+                    where, f"{index.get('documents')} texts make no full block of {block} tokens", NO_BLOCK_FIX
+                )
             index.update(blocks=blocks, tokens=tokens.tokens, tokens_left_over=packer.left_over)
         else:
             index.update(stream=True, tokens=tokens.tokens)
@@ -224,8 +239,14 @@ def write_blocks(out: str | Path, stream: Iterable[np.ndarray], block: int, dtyp
     return index
 
 
-def tokenize_corpus(texts: str | Path, model_dir: str | Path, block: int, out: str | Path,
-                    key: str = "max_length", shard: tuple[int, int] = (0, 1)) -> dict:
+def tokenize_corpus(
+    texts: str | Path,
+    model_dir: str | Path,
+    block: int,
+    out: str | Path,
+    key: str = "max_length",
+    shard: tuple[int, int] = (0, 1),
+) -> dict:
     """Tokenize and pack the `text` column of a parquet file into the block folder `out`.
 
     shard=(k, n) with n > 1: only the k-th of n runs of documents, kept whole for `gather`."""
@@ -266,8 +287,11 @@ def gather(shards: list[str | Path], out: str | Path, where: str) -> dict:
     if numbers != [(i + 1, len(shards)) for i in range(len(shards))]:
         raise UserError(where, f"shards {numbers} are not 1..{len(shards)} of {len(shards)} in order")
     dtype = np.dtype(first["dtype"])
-    info = {"documents": sum(i["documents"] for i in indexes), "vocab_size": first.get("vocab_size"),
-            "shards": len(shards)}
+    info = {
+        "documents": sum(i["documents"] for i in indexes),
+        "vocab_size": first.get("vocab_size"),
+        "shards": len(shards),
+    }
 
     def stream() -> Iterator[np.ndarray]:
         for s in shards:
@@ -285,22 +309,29 @@ def read_index(path: str | Path, stream: bool = False) -> dict:
     """A block folder's index, checked against its token file (a stale or cut-off file is refused)."""
     path = Path(path)
     if not (path / INDEX).is_file():
-        raise UserError(str(path), f"no {INDEX}: not a block folder written by the tokenize step",
-                        "rerun the tokenize step")
+        raise UserError(
+            str(path), f"no {INDEX}: not a block folder written by the tokenize step", "rerun the tokenize step"
+        )
     index = read_json(path / INDEX)
     if index.get("format") != FORMAT or bool(index.get("stream")) != stream:
-        raise UserError(str(path / INDEX), f"format {index.get('format')!r} (stream {index.get('stream')}) "
-                        f"is not {FORMAT!r}" + (" (stream)" if stream else ""), "rerun the tokenize step")
+        raise UserError(
+            str(path / INDEX),
+            f"format {index.get('format')!r} (stream {index.get('stream')}) "
+            f"is not {FORMAT!r}" + (" (stream)" if stream else ""),
+            "rerun the tokenize step",
+        )
     size = (path / TOKENS).stat().st_size if (path / TOKENS).is_file() else -1
     expected = index["tokens"] * np.dtype(index["dtype"]).itemsize
     if size != expected:
-        raise UserError(str(path / TOKENS), f"holds {size} bytes where {INDEX} says {expected}",
-                        "rerun the tokenize step")
+        raise UserError(
+            str(path / TOKENS), f"holds {size} bytes where {INDEX} says {expected}", "rerun the tokenize step"
+        )
     return index
 
 
 def read_blocks(path: str | Path) -> np.ndarray:
     """The blocks (n x block length) as a read-only memory map: nothing is read until rows are indexed."""
     index = read_index(path)
-    return np.memmap(Path(path) / TOKENS, dtype=index["dtype"], mode="r",
-                     shape=(index["blocks"], index["block_length"]))
+    return np.memmap(
+        Path(path) / TOKENS, dtype=index["dtype"], mode="r", shape=(index["blocks"], index["block_length"])
+    )

@@ -24,6 +24,7 @@ import numpy as np
 from dapt.core.errors import UserError
 from dapt.study.settings import POOLS
 
+
 def special_counts(tokenizer) -> tuple[int, int]:
     """Special tokens the tokenizer adds before and after a text ([CLS] x [SEP]: (1, 1)).
 
@@ -72,11 +73,19 @@ def check_settings(settings: dict, max_length: int, specials: tuple[int, int], k
     tokens a row holds beside its special tokens (`key`: tasks.<t>.long_text)."""
     room, n = budget(max_length, specials), sum(specials)
     if settings["strategy"] == "head_tail" and settings["head"] > room:
-        raise UserError(f"{key}.head", f"{settings['head']} head tokens do not fit: max_length {max_length} holds "
-                        f"{room} tokens besides the {n} special tokens", f"use head <= {room}")
+        raise UserError(
+            f"{key}.head",
+            f"{settings['head']} head tokens do not fit: max_length {max_length} holds "
+            f"{room} tokens besides the {n} special tokens",
+            f"use head <= {room}",
+        )
     if settings["strategy"] == "windows" and settings["stride"] > room:
-        raise UserError(f"{key}.stride", f"stride {settings['stride']} would skip tokens: a window holds {room} tokens "
-                        f"besides its {n} special tokens", f"use stride <= {room}")
+        raise UserError(
+            f"{key}.stride",
+            f"stride {settings['stride']} would skip tokens: a window holds {room} tokens "
+            f"besides its {n} special tokens",
+            f"use stride <= {room}",
+        )
 
 
 def window_starts(n_tokens: int, window: int, stride: int) -> list[int]:
@@ -94,8 +103,9 @@ def capped(n: int, max_windows: int | None) -> list[int]:
     return [int(i) for i in np.linspace(0, n - 1, max_windows).round()]
 
 
-def windows(ids: Sequence[int], max_length: int, stride: int, max_windows: int | None,
-            specials: tuple[int, int]) -> tuple[list[list[int]], int]:
+def windows(
+    ids: Sequence[int], max_length: int, stride: int, max_windows: int | None, specials: tuple[int, int]
+) -> tuple[list[list[int]], int]:
     """The document's windows (specials around each) and how many windows the cap dropped."""
     pre, body, post = _split(ids, specials)
     width = budget(max_length, specials)
@@ -104,8 +114,9 @@ def windows(ids: Sequence[int], max_length: int, stride: int, max_windows: int |
     return [pre + body[starts[i] : starts[i] + width] + post for i in keep], len(starts) - len(keep)
 
 
-def document_rows(encoded: Sequence[Sequence[int]], settings: dict, max_length: int,
-                  specials: tuple[int, int]) -> tuple[list[list[int]], list[int], dict]:
+def document_rows(
+    encoded: Sequence[Sequence[int]], settings: dict, max_length: int, specials: tuple[int, int]
+) -> tuple[list[list[int]], list[int], dict]:
     """Model rows of every document, the document index of each row, and counts for the logs:
     `truncated` documents (tokens the model never sees) and, for windows, `windows` and `windows_dropped`."""
     strategy = settings["strategy"]

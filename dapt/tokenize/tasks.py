@@ -13,13 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dapt.tokenize import longtext
 from dapt.core.errors import UserError
-from dapt.core.files import read_json, write_json, atomic_path
+from dapt.core.files import atomic_path, read_json, write_json
 from dapt.data.model_store import load_tokenizer
+from dapt.tokenize import longtext
 
 SPLITS = ("train", "validation", "test")
-
 
 
 def _encode(tokenizer, texts: list[str], batch: int = 1000) -> list[list[int]]:
@@ -52,44 +51,58 @@ def check_max_length(model_dir: str | Path, max_length: int, key: str) -> None:
         raise UserError(key, f"max_length {max_length} is too small (at least 8 tokens)")
     limit = position_limit(model_dir)
     if limit is not None and max_length > limit:
-        raise UserError(key, f"max_length {max_length} exceeds the {limit} positions of the model in {model_dir}",
-                        f"use max_length <= {limit}")
+        raise UserError(
+            key,
+            f"max_length {max_length} exceeds the {limit} positions of the model in {model_dir}",
+            f"use max_length <= {limit}",
+        )
 
 
 #: Parquet schema metadata of a split cut by a long_text strategy other than head (read_examples reads it).
 LONG_TEXT_META = b"dapt.long_text"
 
 
-def tokenize_examples(ids: list[str], texts: list[str], labels: list[int], tokenizer, max_length: int,
-                      long_text: dict | None = None) -> tuple[pa.Table, dict]:
+def tokenize_examples(
+    ids: list[str], texts: list[str], labels: list[int], tokenizer, max_length: int, long_text: dict | None = None
+) -> tuple[pa.Table, dict]:
     """One row per example (strategies head, head_tail) or per window (windows: a document's rows are
     consecutive and share its id and label), special tokens kept (`dapt.tokenize.longtext`)."""
     settings = long_text or {"strategy": "head"}
-    rows, doc, counts = longtext.document_rows(_encode(tokenizer, texts), settings, max_length,
-                                               longtext.special_counts(tokenizer))
-    table = pa.table({
-        "id": pa.array([ids[d] for d in doc], pa.string()),
-        "input_ids": pa.array(rows, pa.list_(pa.int32())),
-        "label": pa.array([labels[d] for d in doc], pa.int64()),
-    })
+    rows, doc, counts = longtext.document_rows(
+        _encode(tokenizer, texts), settings, max_length, longtext.special_counts(tokenizer)
+    )
+    table = pa.table(
+        {
+            "id": pa.array([ids[d] for d in doc], pa.string()),
+            "input_ids": pa.array(rows, pa.list_(pa.int32())),
+            "label": pa.array([labels[d] for d in doc], pa.int64()),
+        }
+    )
     lengths = [len(e) for e in rows]
-    stats = {"examples": len(ids), "truncated": counts.pop("truncated"), "max_length": max_length,
-             "mean_tokens": float(np.mean(lengths)) if lengths else 0.0, "tokens": int(sum(lengths))}
+    stats = {
+        "examples": len(ids),
+        "truncated": counts.pop("truncated"),
+        "max_length": max_length,
+        "mean_tokens": float(np.mean(lengths)) if lengths else 0.0,
+        "tokens": int(sum(lengths)),
+    }
     if settings["strategy"] != "head":  # head: the files and stats of before long_text existed
         table = table.replace_schema_metadata({LONG_TEXT_META: json.dumps(settings, sort_keys=True)})
         stats.update(counts)
     return table, stats
 
 
-def tokenize_task_dir(task_dir: str, model_dir: str, max_length: int, out_dir: str, key: str = "max_length",
-                      long_text: dict | None = None) -> dict:
+def tokenize_task_dir(
+    task_dir: str, model_dir: str, max_length: int, out_dir: str, key: str = "max_length", long_text: dict | None = None
+) -> dict:
     """Tokenize a task's three splits; `long_text`: the task's resolved `dapt.study.config.long_text_params`
     (None: head). `key` names the task's max_length for messages (tasks.<t>.max_length)."""
     check_max_length(model_dir, max_length, key)
     tokenizer = load_tokenizer(model_dir)
     settings = long_text or {"strategy": "head"}
-    longtext.check_settings(settings, max_length, longtext.special_counts(tokenizer),
-                            f"{key.rpartition('.')[0] or 'tasks'}.long_text")
+    longtext.check_settings(
+        settings, max_length, longtext.special_counts(tokenizer), f"{key.rpartition('.')[0] or 'tasks'}.long_text"
+    )
     labels = read_json(Path(task_dir) / "labels.json")
     label2id = {label: i for i, label in enumerate(labels)}
     stats: dict = {"labels": labels}
@@ -110,7 +123,11 @@ def tokenize_task_dir(task_dir: str, model_dir: str, max_length: int, out_dir: s
             if unknown:
                 raise UserError(f"{task_dir}/{split}.parquet: label", f"labels {unknown} do not occur in train")
             table, stats[split] = tokenize_examples(
-                df["id"].tolist(), df["text"].tolist(), [label2id[x] for x in df["label"]], tokenizer, max_length,
+                df["id"].tolist(),
+                df["text"].tolist(),
+                [label2id[x] for x in df["label"]],
+                tokenizer,
+                max_length,
                 settings,
             )
             pq.write_table(table, tmp / f"{split}.parquet")
@@ -141,8 +158,14 @@ def tokenize_like(texts_file: str | Path, tokenized_dir: str | Path, tokenizer) 
     unknown = sorted(set(df["label"]) - set(label2id))
     if unknown:
         raise UserError(f"{texts_file}: label", f"labels {unknown} are not the task's")
-    table, _ = tokenize_examples(df["id"].tolist(), df["text"].tolist(), [label2id[x] for x in df["label"]], tokenizer,
-                                 stats["train"]["max_length"], stats.get("long_text"))
+    table, _ = tokenize_examples(
+        df["id"].tolist(),
+        df["text"].tolist(),
+        [label2id[x] for x in df["label"]],
+        tokenizer,
+        stats["train"]["max_length"],
+        stats.get("long_text"),
+    )
     return _examples(table)
 
 
@@ -151,8 +174,10 @@ def _examples(table) -> dict:
     settings = json.loads(meta) if meta else {"strategy": "head"}
     ids = table.column("id").to_pylist()
     windowed = settings["strategy"] == "windows"
-    return {"id": ids,
-            "input_ids": [np.asarray(x, dtype=np.int64) for x in table.column("input_ids").to_pylist()],
-            "label": np.asarray(table.column("label").to_pylist(), dtype=np.int64),
-            "doc": longtext.document_index(ids) if windowed else np.arange(len(ids)),
-            "pool": settings["pool"] if windowed else None}
+    return {
+        "id": ids,
+        "input_ids": [np.asarray(x, dtype=np.int64) for x in table.column("input_ids").to_pylist()],
+        "label": np.asarray(table.column("label").to_pylist(), dtype=np.int64),
+        "doc": longtext.document_index(ids) if windowed else np.arange(len(ids)),
+        "pool": settings["pool"] if windowed else None,
+    }
