@@ -14,6 +14,8 @@ import time
 import pytest
 from conftest import REPO, make_workdir, run_snakemake
 
+from dapt.study import defaults
+
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
@@ -166,7 +168,6 @@ def test_paper_config_dry_runs():
 def test_bare_dapt_pretrains_each_task_on_its_own_domain():
     from dapt.core.errors import UserError
     from dapt.study import config as study
-from dapt.study import defaults
 
     config = grid_config(n_tasks=3, n_models=1, n_seeds=1)
     config["variants"] = {"base": [], "dapt": ["dapt"], "dapt_tapt": ["dapt", "tapt"], "news": ["dapt:news"]}
