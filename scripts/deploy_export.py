@@ -51,7 +51,7 @@ def main() -> None:
     from pathlib import Path
 
     from dapt.core.files import atomic_path, read_json, write_json
-    from dapt.deploy import FORMATS
+    from dapt.study.defaults import DEPLOY_FORMATS as FORMATS
     from dapt.deploy.export import export_run
 
     formats = [f for f in args.formats.split(",") if f]

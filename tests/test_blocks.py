@@ -24,7 +24,7 @@ from dapt.data import prepare as data
 from dapt.data import readers as tables
 from dapt.pretrain.mlm import apply_masking, mask_tokens, masking_draws
 from dapt.pretrain.pretraining import read_data
-from dapt.tokenize import blocks
+from dapt.tokenize import blocks, corpus_texts
 
 IMDB_SAMPLE = REPO / "tests" / "data" / "imdb_sample.jsonl"
 
@@ -80,7 +80,7 @@ def test_packing_by_batches_with_carry_equals_packing_at_once(block, batch):
 def test_streamed_blocks_equal_the_old_packing_of_real_text(tokenizer, texts, tmp_path, monkeypatch):
     """Batches of ~2,000 characters (a document or two each), record batches of 7 rows: the blocks,
     their order and the leftover are those of tokenizing and packing everything at once."""
-    monkeypatch.setattr(blocks, "BATCH_CHARS", 2000)
+    monkeypatch.setattr(corpus_texts, "BATCH_CHARS", 2000)
     corpus = write_texts(tmp_path / "corpus.parquet", texts)
     index = blocks.tokenize_corpus(corpus, minilm_dir(), 64, tmp_path / "b")
     expected, rest = old_blocks(tokenizer, texts, 64)
@@ -157,7 +157,7 @@ class FullDisk:
 
 
 def test_a_disk_that_fills_mid_write_leaves_nothing_and_the_rerun_completes(texts, tmp_path, monkeypatch):
-    monkeypatch.setattr(blocks, "BATCH_CHARS", 3000)  # many writes; the disk fills after the first few
+    monkeypatch.setattr(corpus_texts, "BATCH_CHARS", 3000)  # many writes; the disk fills after the first few
     corpus = write_texts(tmp_path / "corpus.parquet", texts)
     out = tmp_path / "mlm" / "dapt-c.L64"
     monkeypatch.setattr(blocks, "open", lambda path, mode: FullDisk(open(path, mode), 10_000), raising=False)

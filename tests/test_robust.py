@@ -75,7 +75,8 @@ def runtime():
 
 def first_step_grads(tiny_task, runtime, tmp_path, params: dict) -> tuple[float, dict]:
     """The logged loss and the gradients of one micro-step on the first training batch (seed 1)."""
-    from dapt.finetune.fine_tuning import FineTuning, load_task
+    from dapt.finetune.fine_tuning import FineTuning
+    from dapt.finetune.task_data import load_task
 
     base, _, tokenized = tiny_task
     run = FineTuning(str(base), load_task(tokenized, base), str(tmp_path / "ckpt"), {**TRAIN, **params}, 1, runtime)
@@ -150,7 +151,7 @@ def test_adversarial_lora_run_trains_and_is_reproducible(tiny_task, runtime, tmp
 
 def test_augmented_rows_train_with_their_labels_and_never_reach_validation(tiny_task, runtime, tmp_path):
     from dapt.data.augment import source_ids, write_augmented
-    from dapt.finetune.fine_tuning import load_task, with_copies
+    from dapt.finetune.task_data import load_task, with_copies
     from dapt.study.settings import augment_settings
 
     base, task_dir, tokenized = tiny_task

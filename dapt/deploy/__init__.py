@@ -1,7 +1,5 @@
 """Deployment stage: export a fine-tuned run to a self-contained Hugging Face folder (`export`), to
 ONNX and int8 ONNX (`onnx`), measure each format on the test split (`measure`) and tabulate and plot
-the measurements (`report`). `dapt.deploy.predict` serves any exported folder or .onnx file.
+the measurements (`table`). `dapt.deploy.predict` labels texts with any exported folder or .onnx file.
+The formats it knows, in the order they are measured and reported, are `dapt.study.defaults.DEPLOY_FORMATS`.
 """
-
-#: Formats the deploy stage knows, in the order they are measured and reported.
-FORMATS = ("pytorch", "onnx", "onnx_int8")

@@ -11,17 +11,15 @@ validation at each epoch's end, early stopping and the best epoch.
 
 from __future__ import annotations
 
-import csv
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from dapt.core.errors import Diverged, UserError, diverged
-from dapt.core.files import atomic_path, read_json, write_json
+from dapt.core.errors import Diverged, UserError
+from dapt.core.files import atomic_path, read_json
 from dapt.finetune.evaluation import predict_proba
 from dapt.finetune.methods import (
     after_optimizer_step,
@@ -30,10 +28,11 @@ from dapt.finetune.methods import (
     method_penalty,
     method_state,
     resume_method,
-    save_artifact,
 )
 from dapt.finetune.metrics import compute_metrics
 from dapt.finetune.regularizers import EmbeddingNoise, changes_encoder_input, robust_loss, robust_settings
+from dapt.finetune.run_files import LOG_COLUMNS, make_summary, write_outputs
+from dapt.finetune.task_data import TaskData, load_task, with_copies
 from dapt.runtime.batching import bucketed_batches, collate, rank_share
 from dapt.runtime.checkpoints import clear_checkpoints
 from dapt.runtime.context import (
@@ -43,7 +42,6 @@ from dapt.runtime.context import (
     count_params,
     linear_schedule,
     make_optimizer,
-    peak_memory_mb,
     trainable_state,
     unwrap,
 )
@@ -51,34 +49,7 @@ from dapt.runtime.distributed import all_reduce_sums
 from dapt.runtime.optimizer_step import Progress, Stepper, split_micro
 from dapt.runtime.tracking import log_finetune
 from dapt.study.defaults import FINETUNE_DEFAULTS
-from dapt.tokenize.longtext import n_documents, per_document
-from dapt.tokenize.tasks import read_examples
-
-LOG_COLUMNS = ["epoch", "step", "train_loss", "val_accuracy", "val_macro_f1", "lr"]
-
-
-@dataclass
-class TaskData:
-    labels: list[str]
-    train: dict
-    val: dict
-    pad_id: int
-    lengths: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.lengths = np.array([len(x) for x in self.train["input_ids"]])
-
-
-def load_task(tokenized_dir: str | Path, base_dir: str | Path) -> TaskData:
-    from dapt.data.model_store import load_tokenizer
-
-    tok_dir = Path(tokenized_dir)
-    return TaskData(
-        labels=read_json(tok_dir / "labels.json"),
-        train=read_examples(tok_dir / "train.parquet"),
-        val=read_examples(tok_dir / "validation.parquet"),
-        pad_id=load_tokenizer(base_dir).pad_token_id,
-    )
+from dapt.tokenize.longtext import per_document
 
 
 def new_state() -> dict:
@@ -310,60 +281,3 @@ def finetune(
         clear_checkpoints(ckpt_dir)
         log_finetune(summary, run.state["log"], LOG_COLUMNS)  # experiment tracking, if the study has it
     return summary
-
-
-def with_copies(train: dict, augmented: str, tokenized_dir: str, base_dir: str) -> dict:
-    """The training rows plus the augmented copies of those among them (after a learning curve's cut)."""
-    from dapt.data.augment import source_ids
-    from dapt.data.model_store import load_tokenizer
-    from dapt.tokenize.longtext import document_index
-    from dapt.tokenize.tasks import tokenize_like
-
-    copies = tokenize_like(augmented, tokenized_dir, load_tokenizer(base_dir))
-    keep = np.flatnonzero(np.isin(source_ids(copies["id"]), list(set(train["id"]))))
-    ids = list(train["id"]) + [copies["id"][i] for i in keep]
-    return {
-        **train,
-        "id": ids,
-        "input_ids": list(train["input_ids"]) + [copies["input_ids"][i] for i in keep],
-        "label": np.concatenate([train["label"], copies["label"][keep]]),
-        "doc": document_index(ids) if train["pool"] else np.arange(len(ids)),
-    }
-
-
-def make_summary(run: FineTuning, seconds: float, pretrain_info: dict | None, stats: dict) -> dict:
-    state = run.state
-    long_text = {"long_text": stats["long_text"], "train_rows": len(run.data.lengths)} if "long_text" in stats else {}
-    return {
-        "n_train": n_documents(run.data.train),
-        "n_validation": n_documents(run.data.val),
-        "train_steps": state["step"],
-        "epochs_run": state["epochs_run"],
-        "best_epoch": state["best_epoch"],
-        "best_validation": state["best"],
-        "trainable_params": run.trainable,
-        "total_params": run.total_params,
-        "trainable_pct": 100.0 * run.trainable / run.total_params,
-        "peak_memory_mb": peak_memory_mb(run.runtime.device),
-        "seconds": seconds,
-        "pretrain": pretrain_info or {},
-        "params": run.params,
-        **run.runtime.describe(),
-        "truncated": {s: stats[s]["truncated"] for s in ("train", "validation", "test")},
-        **long_text,
-    }
-
-
-def write_outputs(run: FineTuning, summary: dict, out: Path) -> None:
-    """model/ (a diverged run's holds only diverged.json: nothing to evaluate or deploy), log.csv, train.json."""
-    if diverged(summary):
-        with atomic_path(out / "model") as tmp:
-            tmp.mkdir()
-            write_json(tmp / "diverged.json", {k: summary[k] for k in ("status", "error", "diverged_step")})
-    else:
-        save_artifact(run.model, run.params, run.data.labels, out / "model")
-    with atomic_path(out / "log.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(LOG_COLUMNS)
-        w.writerows(run.state["log"])
-    write_json(out / "train.json", summary)

@@ -144,7 +144,7 @@ def text_chunks(path: str | Path, size: int) -> Iterator[list[str]]:
     """The `text` column of a parquet file, in order, `size` rows at a time (bounded memory)."""
     import pyarrow as pa
 
-    from dapt.tokenize.blocks import open_texts  # the one check of a prepared text file
+    from dapt.tokenize.corpus_texts import open_texts  # the one check of a prepared text file
 
     pf = open_texts(path)
     try:
