@@ -51,8 +51,8 @@ def main() -> None:
     from pathlib import Path
 
     from dapt.core.files import atomic_path, read_json, write_json
-    from dapt.study.defaults import DEPLOY_FORMATS as FORMATS
     from dapt.deploy.export import export_run
+    from dapt.study.defaults import DEPLOY_FORMATS as FORMATS
 
     formats = [f for f in args.formats.split(",") if f]
     unknown = sorted(set(formats) - set(FORMATS))
