@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "finetune": 4,
     "deploy": 5,
     "report": 5,
+    "serve": 6,
 }
 
 

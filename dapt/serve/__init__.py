@@ -1,0 +1,1 @@
+"""The HTTP service over an exported model (python -m dapt.serve)."""
