@@ -137,7 +137,8 @@ def main() -> None:
         )
         formats[branch] = out / f"onnx_int8_{args.int8_branch}"
         print(
-            f"{branch}: the weights the deploy stage writes on an {other['isa']} CPU (reduce_range={other['reduce_range']}, "
+            f"{branch}: the weights the deploy stage writes on an {other['isa']} CPU "
+            f"(reduce_range={other['reduce_range']}, "
             f"decided by {', '.join(other['decided_by'])}), run HERE by this CPU's kernels ({settings['isa']}): "
             f"its macro-F1 and size carry over to such a CPU, its latency does not"
         )
@@ -189,12 +190,14 @@ def main() -> None:
         f"{len(ids_list)} test texts, batch-1 latency over {len(lat['pytorch'])}"
     )
     print(
-        f"{'format':<16} {'macro-F1':>8} {'dF1 pts':>8} {'agree':>6} {'size MB':>8} {'p50 ms':>7} {'p95 ms':>7} {'ex/s b32':>9}"
+        f"{'format':<16} {'macro-F1':>8} {'dF1 pts':>8} {'agree':>6} {'size MB':>8} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'ex/s b32':>9}"
     )
     for f, r in rows.items():
         print(
             f"{f:<16} {100 * r['macro_f1']:8.2f} {100 * (r['macro_f1'] - ref['macro_f1']):+8.2f} "
-            f"{(r['pred'] == ref['pred']).mean():6.3f} {r['size_mb']:8.1f} {r['p50_ms']:7.2f} {r['p95_ms']:7.2f} {r['per_s_b32']:9.1f}"
+            f"{(r['pred'] == ref['pred']).mean():6.3f} {r['size_mb']:8.1f} {r['p50_ms']:7.2f} {r['p95_ms']:7.2f} "
+            f"{r['per_s_b32']:9.1f}"
         )
     q, o = rows["onnx_int8"], rows["onnx"]
     speed = ref["p50_ms"] / q["p50_ms"]

@@ -35,114 +35,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from scale_jobs import child
+from scale_report import cpu_name, row, summarize
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = REPO / "results" / "data" / "corpora" / "imdb.parquet"
-
-
-# --- the jobs (run in a child process) -------------------------------------------------------
-
-
-def job_ours(job: dict) -> dict:
-    from dapt.tokenize.blocks import tokenize_corpus
-
-    index = tokenize_corpus(job["corpus"], job["model"], job["block"], job["out"])
-    return {"tokens": index["tokens"] + index["tokens_left_over"], "blocks": index["blocks"]}
-
-
-def job_peer(job: dict) -> dict:
-    """run_mlm.py's preprocessing (transformers examples/pytorch/language-modeling/run_mlm.py, not
-    line_by_line): its tokenize_function and group_texts as the script writes them."""
-    from itertools import chain
-
-    import datasets
-    from transformers import AutoTokenizer
-
-    datasets.disable_progress_bars()
-    tokenizer = AutoTokenizer.from_pretrained(job["model"])
-    raw_datasets = datasets.load_dataset("parquet", data_files={"train": job["corpus"]}, cache_dir=job["cache"])
-    column_names = raw_datasets["train"].column_names
-    text_column_name = "text" if "text" in column_names else column_names[0]
-    max_seq_length = job["block"]
-    num_proc = job["num_proc"] if job["num_proc"] > 1 else None  # the script's default: None
-
-    def tokenize_function(examples):
-        return tokenizer(examples[text_column_name], return_special_tokens_mask=True)
-
-    tokenized_datasets = raw_datasets.map(
-        tokenize_function,
-        batched=True,
-        num_proc=num_proc,
-        remove_columns=column_names,
-        load_from_cache_file=True,
-        desc="Running tokenizer on every text in dataset",
-    )
-
-    def group_texts(examples):
-        # Concatenate all texts.
-        concatenated_examples = {k: list(chain(*examples[k])) for k in examples.keys()}
-        total_length = len(concatenated_examples[list(examples.keys())[0]])
-        # We drop the small remainder, we could add padding if the model supported it instead of this drop, you can
-        # customize this part to your needs.
-        if total_length >= max_seq_length:
-            total_length = (total_length // max_seq_length) * max_seq_length
-        # Split by chunks of max_len.
-        result = {
-            k: [t[i : i + max_seq_length] for i in range(0, total_length, max_seq_length)]
-            for k, t in concatenated_examples.items()
-        }
-        return result
-
-    tokenized_datasets = tokenized_datasets.map(
-        group_texts,
-        batched=True,
-        num_proc=num_proc,
-        load_from_cache_file=True,
-        desc=f"Grouping texts in chunks of {max_seq_length}",
-    )
-    return {"blocks": len(tokenized_datasets["train"])}
-
-
-def job_pretrain(job: dict) -> dict:
-    from dapt.pretrain.pretraining import pretrain
-    from dapt.runtime.context import setup_runtime
-    from dapt.study.defaults import MLM_DEFAULTS
-
-    runtime = setup_runtime(0, "fp32", job["threads"], False, job["model"])
-    params = {**MLM_DEFAULTS, "max_steps": job["steps"], "batch_size": 16, "save_steps": 10**6}
-    summary = pretrain(job["model"], job["blocks"], job["out"], job["out"] + ".ckpt", params, 0, runtime, "bench")
-    return {"blocks": summary["blocks"], "final_loss": summary["final_loss"]}
-
-
-JOBS = {"ours": job_ours, "peer": job_peer, "pretrain": job_pretrain}
-
-
-def child(job: dict) -> None:
-    from dapt.runtime import cli
-
-    cli.limit_threads(job["threads"])  # before any thread pool starts
-    cli.quiet_progress_bars()
-    start = time.perf_counter()
-    result = JOBS[job["kind"]](job)
-    seconds = time.perf_counter() - start
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    result.update(
-        seconds=seconds,
-        cpu_s=own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
-        maxrss_mb=own.ru_maxrss / 1024,
-        children_maxrss_mb=kids.ru_maxrss / 1024,
-    )
-    print(json.dumps(result), flush=True)
-
-
-# --- the parent: corpora, children, the table ------------------------------------------------
 
 
 def run_child(job: dict, log: Path) -> dict:
@@ -201,39 +104,6 @@ def default_corpus(path: Path) -> Path:
     spec = study.read_yaml(REPO / "config" / "config.yaml")["corpora"]["imdb"]
     prepare_corpus(spec, "imdb", path, REPO / "results" / ".cache" / "downloads")
     return path
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), for the line every published number needs."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = (
-        [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        if cpuinfo.exists()
-        else []
-    )
-    return names[0] if names else (platform.processor() or platform.machine())
-
-
-def row(what: str, size: str, threads: int, r: dict, tokens: int) -> dict:
-    rate = tokens / r["seconds"]
-    out = {
-        "what": what,
-        "size": size,
-        "threads": threads,
-        "tokens": tokens,
-        "seconds": r["seconds"],
-        "tokens_per_s": rate,
-        "tokens_per_s_per_core": rate / threads,
-        "tokens_per_cpu_s": tokens / r["cpu_s"],
-        "peak_mb": r["peak_mb"],
-    }
-    print(
-        f"{what:9s} {size:>6s} threads {threads}  {tokens / 1e6:7.1f}M tokens  {r['seconds']:7.1f} s  "
-        f"{rate / 1e6:6.3f} M tokens/s  ({rate / threads / 1e6:.3f} M/s per core, "
-        f"{out['tokens_per_cpu_s'] / 1e6:.3f} M per CPU-s)  peak {r['peak_mb']:7.0f} MB",
-        flush=True,
-    )
-    return out
 
 
 def main() -> None:
@@ -336,49 +206,6 @@ def main() -> None:
                 rows.append(row("peer", label, num_proc, r, tokens))
                 shutil.rmtree(cache, ignore_errors=True)  # gigabytes of Arrow files
     summarize(rows, args)
-
-
-def summarize(rows: list[dict], args: argparse.Namespace) -> None:
-    (args.work / "results.json").write_text(json.dumps(rows, indent=1))
-    ours = [r for r in rows if r["what"] == "ours" and r["threads"] == args.threads]
-    pre = [r for r in rows if r["what"] == "pretrain"]
-    largest = ours[-1]
-    spread = lambda rs: max(r["peak_mb"] for r in rs) / min(r["peak_mb"] for r in rs) - 1  # noqa: E731
-    print(
-        f"ours: peak memory {min(r['peak_mb'] for r in ours):.0f}-{max(r['peak_mb'] for r in ours):.0f} MB over "
-        f"{', '.join(r['size'] for r in ours)} (spread {spread(ours):.1%}); pretraining start-up "
-        f"{min(r['peak_mb'] for r in pre):.0f}-{max(r['peak_mb'] for r in pre):.0f} MB (spread {spread(pre):.1%})"
-    )
-    rate = largest["tokens_per_s"]
-    print(
-        f"projection for 1B tokens (at the {largest['size']} rate): {1e9 / rate / 60:.1f} min with "
-        f"{args.threads} threads, {1e9 / largest['tokens_per_cpu_s'] / 3600:.2f} CPU-hours; peak memory "
-        f"~{largest['peak_mb']:.0f} MB (flat); the block file 2.0 GB (uint16)"
-    )
-    single = [r for r in rows if r["what"] == "ours" and r["threads"] == 1]
-    if single and args.threads > 1:
-        same = next(r for r in ours if r["size"] == single[0]["size"])
-        print(
-            f"ours per core at {single[0]['size']}: 1 thread {single[0]['tokens_per_s'] / 1e6:.3f} M tokens/s, "
-            f"{args.threads} threads {same['tokens_per_s_per_core'] / 1e6:.3f} M tokens/s per core "
-            f"(scaling {same['tokens_per_s'] / single[0]['tokens_per_s']:.2f}x)"
-        )
-    peer = {r["size"]: r for r in rows if r["what"] == "peer" and r["threads"] == args.threads}
-    both = [r for r in ours if r["size"] in peer]
-    if not both:
-        print("the peer ran at no size (--peer-sizes)")
-        return
-    mine = both[-1]
-    theirs = peer[mine["size"]]
-    print(
-        f"at {mine['size']}, {args.threads} threads / num_proc {args.threads}: ours {mine['tokens_per_s'] / 1e6:.3f} "
-        f"M tokens/s, {mine['peak_mb']:.0f} MB; run_mlm.py {theirs['tokens_per_s'] / 1e6:.3f} M tokens/s, "
-        f"{theirs['peak_mb']:.0f} MB"
-    )
-    print(
-        f"tokenize_speedup={mine['tokens_per_s'] / theirs['tokens_per_s']:.2f} "
-        f"tokenize_rss_ratio={mine['peak_mb'] / theirs['peak_mb']:.2f}"
-    )
 
 
 if __name__ == "__main__":

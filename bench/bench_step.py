@@ -98,7 +98,8 @@ def main() -> None:
         f"against eager's {sum(eager[:warm]):.1f} s"
     )
     print(
-        f"compile_speedup_per_step={eager_ms / comp_ms:.2f} compile_cost_s={sum(compiled[:warm]) - sum(eager[:warm]):.1f}"
+        f"compile_speedup_per_step={eager_ms / comp_ms:.2f} "
+        f"compile_cost_s={sum(compiled[:warm]) - sum(eager[:warm]):.1f}"
     )
 
 

@@ -187,7 +187,7 @@ for i in range(steps):
 sync()
 secs = time.perf_counter() - t
 tokens = batch * seq * steps
-flops = 6 * p_enc * tokens + 6 * p_head * masked          # the MFU formula (as bench/bench.py)
+flops = 6 * p_enc * tokens + 6 * p_head * masked          # the MFU formula (as bench/flops.py)
 attn = 12 * layers * seq * h * tokens                       # attention scores/values, reported apart
 mem = torch.cuda.max_memory_allocated() / 2**30 if gpu else float("nan")
 print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters "
