@@ -113,6 +113,59 @@ def test_fgm_step_has_length_epsilon_and_pgd_stays_in_the_ball():
     assert torch.equal(_project(near, 1.5), near)
 
 
+def _eval_classifier(tiny_task):
+    """The tiny base as a classifier in eval mode (dropout off): every forward is deterministic, so the
+    clean and perturbed losses can be compared number for number."""
+    from transformers import AutoModelForSequenceClassification
+
+    from dapt.finetune.task_data import load_task
+
+    base, _, tokenized = tiny_task
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=2).eval()
+    data = load_task(tokenized, base)
+    from dapt.runtime.batching import collate
+
+    ids, mask = collate(data.train["input_ids"], np.arange(8), data.pad_id)
+    return model, ids, mask, torch.as_tensor(data.train["label"][:8])
+
+
+@pytest.mark.parametrize("option", ["fgm", "pgd"])
+def test_adversarial_loss_is_above_the_clean_loss_and_the_objective_is_their_sum(tiny_task, option):
+    """The perturbation ascends the loss: the adversarial term is above the clean loss (a perturbation that
+    descended, or a random one, would not reliably be), it is the loss at the perturbed embeddings recomputed
+    here independently (FGM: epsilon along the per-example unit gradient), and the objective is clean + it."""
+    from dapt.finetune.regularizers import EmbeddingNoise, _unit, robust_loss
+
+    model, ids, mask, labels = _eval_classifier(tiny_task)
+    params = {**OPTIONS[option], "adv_epsilon": 0.5}
+
+    def forward(i, m):
+        return model(input_ids=i, attention_mask=m).logits
+
+    noise = EmbeddingNoise(model)
+    objective, clean = robust_loss(forward, ids, mask, labels, params, noise)
+    adversarial = float(objective.detach()) - float(clean.detach())
+    assert float(clean.detach()) == pytest.approx(float(_cross_entropy(forward(ids, mask), labels)), rel=1e-6)
+    assert adversarial > float(clean.detach()) + 1e-4, (
+        f"{option}: perturbed {adversarial}, clean {float(clean.detach())}"
+    )
+    # the same perturbation, built here: the gradient of the clean loss at the embeddings' output
+    with noise.active(record=True):
+        loss = _cross_entropy(forward(ids, mask), labels)
+    grad = torch.autograd.grad(loss, noise.recorded)[0]
+    if option == "fgm":
+        with noise.active(0.5 * _unit(grad, mask)):
+            expected = float(_cross_entropy(forward(ids, mask), labels))
+        assert adversarial == pytest.approx(expected, rel=1e-5)
+    with noise.active(-0.5 * _unit(grad, mask)):  # the descending direction lowers the loss: the test can tell
+        assert float(_cross_entropy(forward(ids, mask), labels).detach()) < float(clean.detach())
+
+
+def _cross_entropy(logits, labels):
+    return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+
 def test_rdrop_regulariser_is_zero_for_equal_predictions_only():
     from dapt.finetune.regularizers import symmetric_kl
 
