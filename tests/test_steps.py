@@ -109,6 +109,41 @@ def test_progress_lines_every_tenth_and_at_the_end(capsys):
     assert [s for s in range(1, 21) if throttled.update(s, 0.1, 1)] == [20]
 
 
+def test_fine_tuning_prints_progress_every_tenth_of_an_epoch(tmp_path, monkeypatch, capsys):
+    """A real fine-tuning run of 40 steps per epoch prints at steps 4, 8, ... 40 (a tenth of an epoch), and
+    at the last step: the interval the run computes, not one handed to Progress by the test."""
+    from conftest import minilm_dir, rt_examples, tiny_base, write_tokenized_task
+
+    import dapt.finetune.fine_tuning as ft
+    from dapt.data.model_store import load_tokenizer
+    from dapt.runtime.context import setup_runtime
+
+    made = []
+
+    class Unthrottled(Progress):  # the run's own settings, minus the 2-second gap between lines
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "min_gap": 0.0, "seconds": 1e9})
+            made.append(self)
+
+    monkeypatch.setattr(ft, "Progress", Unthrottled)
+    base = tiny_base(tmp_path, load_tokenizer(minilm_dir()))
+    df = rt_examples()
+    tokenized = write_tokenized_task(
+        tmp_path, {"train": df[:80], "validation": df[80:90], "test": df[90:100]}, ["neg", "pos"], base, 16
+    )
+    params = {
+        "kind": "head", "epochs": 1, "batch_size": 2, "eval_batch_size": 32, "grad_accum": 1, "lr": 1e-3,
+        "weight_decay": 0.0, "warmup_ratio": 0.0, "patience": 3, "max_grad_norm": 1.0, "save_steps": 1000,
+        "metric": "macro_f1", "max_length": 16,
+    }  # fmt: skip
+    ft.finetune(str(base), str(tokenized), str(tmp_path / "run"), str(tmp_path / "ckpt"), params, 1, setup_runtime(0))
+    steps = [
+        int(line.split()[1].split("/")[0]) for line in capsys.readouterr().out.splitlines() if line.startswith("step ")
+    ]
+    assert len(made) == 1 and made[0].total == 40
+    assert steps == list(range(4, 41, 4))
+
+
 @pytest.fixture(scope="module")
 def tiny_mlm(tmp_path_factory):
     """A 2-layer BERT without its MLM head (so pretraining starts with the head warm-up) and blocks."""
