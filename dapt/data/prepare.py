@@ -62,6 +62,13 @@ def prepare_corpus(
                 if checks.rows == limit:
                     break
         checks.finish(tmp)
+        shards = spec.get("shards", 1)
+        if shards > checks.rows:  # before any shard job starts, so none leaves a folder behind
+            raise UserError(
+                f"{where}.shards",
+                f"{shards} shards for {checks.rows} documents: a shard would be empty",
+                f"use shards <= {checks.rows}",
+            )
     return {"corpus": name, "docs": checks.rows, "chars": checks.chars, "source": public_spec(source)}
 
 

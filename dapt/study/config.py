@@ -97,7 +97,14 @@ def validate_config(config: dict, where: str = "config") -> None:
                     f"known corpora: {', '.join(corpora) or 'none'}",
                 )
             elif kind == KNN_KIND:
-                knn_stage_parts(stage, corpora, f"{where}: variants.{variant}[{i}]")
+                knn_corpus, k = knn_stage_parts(stage, corpora, f"{where}: variants.{variant}[{i}]")
+                docs = corpora[knn_corpus].get("max_docs")
+                if docs is not None and k > docs:
+                    raise UserError(
+                        f"{where}: variants.{variant}[{i}]",
+                        f"k {k} is more than the {docs} documents of corpus '{knn_corpus}' (its max_docs)",
+                        f"use k <= {docs}, or raise corpora.{knn_corpus}.max_docs",
+                    )
             if mlm_kind(config, kind) not in (config.get("pretrain") or {}):
                 raise UserError(f"{where}: pretrain.{kind}", f"missing, but variant '{variant}' uses {kind}")
     for task, spec in config["tasks"].items():
@@ -122,6 +129,14 @@ def validate_config(config: dict, where: str = "config") -> None:
                     f"not one of the study's {kind}",
                     f"known: {', '.join(sorted(names)) or 'none'}",
                 )
+    for name, spec in corpora.items():
+        shards, docs = spec.get("shards", 1), spec.get("max_docs")
+        if docs is not None and shards > docs:
+            raise UserError(
+                f"{where}: corpora.{name}.shards",
+                f"{shards} shards for at most {docs} documents (max_docs): a shard would be empty",
+                f"use shards <= {docs}",
+            )
     _validate_deploy(config, where)
     check_augment(
         config, [(key, block["augment"]) for key, block, _ in fine_tuning_blocks(config) if block.get("augment")], where

@@ -107,8 +107,30 @@ def robustness_settings(config: dict) -> dict | None:
     return None if not spec else {**ROBUSTNESS_DEFAULTS, **spec}
 
 
+#: Augmented copies per training example a config may ask for: EDA (Wei & Zou, 2019) found 4-16 best and
+#: gains flat beyond 32; more only multiplies the training rows, time and memory of every run that reads them.
+MAX_N_AUG = 64
+
+
 def check_augment(config: dict, augment_specs: list[tuple[str, dict]], where: str) -> None:
-    """What the schema cannot say: `synonym` needs a `wordnet` source."""
+    """What the schema cannot say: `synonym` needs a `wordnet` source; `n_aug` within MAX_N_AUG (a typo of a
+    large number would make and train on hundreds of millions of rows)."""
+    for key, spec in augment_specs:
+        n_aug = spec.get("n_aug", AUGMENT_DEFAULTS["n_aug"])
+        if isinstance(n_aug, int) and n_aug > MAX_N_AUG:
+            known = [(t.get("max_examples") or {}).get("train") for t in config.get("tasks", {}).values()]
+            known = [n for n in known if isinstance(n, int)]
+            estimate = (
+                f"{n_aug * max(known):,} augmented rows for {max(known):,} training examples"
+                if known
+                else f"{n_aug:,} times the training split"
+            )
+            raise UserError(
+                f"{where}: {key}.augment.n_aug",
+                f"{n_aug} copies per training example ({estimate}, made once and trained on in every epoch) "
+                f"is beyond {MAX_N_AUG}",
+                f"use n_aug <= {MAX_N_AUG} (EDA's gains flatten past 16-32)",
+            )
     if "wordnet" in config:
         return
     for key, spec in augment_specs:

@@ -62,8 +62,15 @@ def _check_values(values: list, where: str, subschema: dict | None) -> None:
             err = next(iter(jsonschema.Draft202012Validator(subschema).iter_errors(value)), None)
             if err is not None:
                 raise UserError(f"{where}[{i}]", err.message.replace("\n", " "), "see config/README.md")
-        if any(value == v and type(value) is type(v) for v in values[:i]):
+        same = [v for v in values[:i] if value == v and isinstance(value, bool) == isinstance(v, bool)]
+        if same and type(same[0]) is type(value):
             raise UserError(f"{where}[{i}]", f"{value!r} is listed twice", "list each value once")
+        if same:  # 1 and 1.0: two run folders, one training
+            raise UserError(
+                f"{where}[{i}]",
+                f"{value!r} equals {same[0]!r} listed before it: both would train the same runs",
+                "list each value once",
+            )
 
 
 def check_sizes(sizes: Any, where: str) -> list[int]:

@@ -1,0 +1,90 @@
+"""Mistakes the config already decides are refused when it is read, before any download or training,
+in one line naming the key (each of these once failed late, ran away or trained the same runs twice)."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+from conftest import REPO, tiny_config
+
+from dapt.core.errors import UserError
+from dapt.study import config as study
+from dapt.study import grid
+
+
+def checked(config: dict) -> None:
+    study.validate_config(config, "study.yaml")
+
+
+def refusal(change) -> str:
+    config = copy.deepcopy(tiny_config())
+    change(config)
+    with pytest.raises(UserError) as err:
+        checked(config)
+    return str(err.value)
+
+
+def test_the_tiny_config_passes():
+    checked(copy.deepcopy(tiny_config()))
+
+
+def test_sweep_values_equal_in_value_but_not_in_type_are_refused():
+    """`epochs: [1, 1.0]` named two run folders (epochs1, epochs1.0) that trained identically."""
+
+    def change(c):
+        c["methods"]["full"]["epochs"] = [1, 1.0]
+
+    msg = refusal(change)
+    assert "methods.full.epochs[1]" in msg and "1.0 equals 1" in msg and "\n" not in msg
+    config = copy.deepcopy(tiny_config())
+    config["methods"]["full"]["epochs"] = [1, 2.5]  # different values stay a sweep
+    checked(config)
+    assert {r["method"] for r in grid.runs(config)} >= {"full-epochs1", "full-epochs2.5"}
+
+
+def test_knn_k_above_the_corpus_max_docs_is_refused():
+    def change(c):
+        c["corpora"]["imdb"]["max_docs"] = 20
+        c["variants"]["knn"] = ["tapt_knn:imdb:50"]
+        c["pretrain"]["tapt_knn"] = dict(c["pretrain"]["tapt"])
+
+    msg = refusal(change)
+    assert "variants.knn[0]" in msg and "k 50" in msg and "20 documents" in msg and "k <= 20" in msg
+
+
+def test_more_shards_than_max_docs_is_refused():
+    def change(c):
+        c["corpora"]["imdb"].update(max_docs=4, shards=8)
+
+    msg = refusal(change)
+    assert "corpora.imdb.shards" in msg and "shards <= 4" in msg
+
+
+def test_n_aug_is_bounded_with_an_estimate():
+    def change(c):
+        c["tasks"]["rt_polarity"]["max_examples"] = {"train": 1000}
+        c["methods"]["full"]["augment"] = {"ops": ["swap"], "n_aug": 100000}
+
+    msg = refusal(change)
+    assert "methods.full.augment.n_aug" in msg and "100,000,000 augmented rows for 1,000 training examples" in msg
+    config = copy.deepcopy(tiny_config())
+    config["methods"]["full"]["augment"] = {"ops": ["swap"], "n_aug": 16}
+    checked(config)
+
+
+def test_more_shards_than_documents_fails_at_prepare_and_writes_nothing(tmp_path):
+    """Without max_docs the count is known only once the corpus is read: prepare_corpus refuses then,
+    before any shard job could start (they used to fail one by one, leaving the others' folders)."""
+    from dapt.data.prepare import prepare_corpus
+
+    docs = pd.read_json(REPO / "tests/data/imdb_sample.jsonl", lines=True).head(3)
+    src = tmp_path / "docs.jsonl"
+    docs.to_json(src, orient="records", lines=True)
+    spec = {"source": {"kind": "local", "path": str(src), "columns": {"text": "review"}}, "shards": 5}
+    out = tmp_path / "corpus.parquet"
+    with pytest.raises(UserError) as err:
+        prepare_corpus(spec, "imdb", out, tmp_path / "cache")
+    assert "corpora.imdb.shards" in str(err.value) and "5 shards for 3 documents" in str(err.value)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith("corpus")]
