@@ -189,8 +189,10 @@ def test_expected_job_counts_follow_the_config():
 
 
 def test_readme_lists_the_domain_examples():
-    """The README's section and config/README.md name every domain example, so a reader finds them."""
-    readme = (REPO / "README.md").read_text()
+    """The docs page, which the README links to, and config/README.md name every domain example, so a
+    reader finds them."""
+    assert "docs/domain-examples.md" in (REPO / "README.md").read_text()
+    page = (REPO / "docs" / "domain-examples.md").read_text()
     for path in EXAMPLES:
-        assert path in readme, path
+        assert path in page, path
         assert Path(path).name in (REPO / "config" / "README.md").read_text(), path
