@@ -2,15 +2,20 @@
 # validation, scored on test (dapt/finetune/tfidf_baseline.py); a row of every report table beside the majority class.
 
 
+def baseline_metrics():
+    """The baseline of every task (a row of every report table)."""
+    return [layout.BASELINE.format(task=t) for t in config["tasks"]]
+
+
 rule baseline:
     input:
-        "results/data/tasks/{task}",
+        task=rules.prepare_task.output.task,
     output:
-        "results/baseline/{task}/metrics.json",
+        metrics=layout.BASELINE,
     log:
-        "results/logs/baseline/{task}.log",
+        layout.log_path("baseline", "{task}"),
     benchmark:
-        "results/benchmarks/baseline/{task}.tsv"
+        layout.benchmark_path("baseline", "{task}")
     conda:
         "../envs/report.yaml"
     threads: 1

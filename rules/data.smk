@@ -9,11 +9,11 @@ localrules:
 
 rule prepare_model:
     output:
-        directory("results/models/{model}"),
+        model=directory(layout.MODEL),
     log:
-        "results/logs/prepare_model/{model}.log",
+        layout.log_path("prepare_model", "{model}"),
     benchmark:
-        "results/benchmarks/prepare_model/{model}.tsv"
+        layout.benchmark_path("prepare_model", "{model}")
     conda:
         "../envs/data.yaml"
     threads: 1
@@ -31,11 +31,11 @@ rule prepare_model:
 
 rule prepare_corpus:
     output:
-        "results/data/corpora/{corpus}.parquet",
+        corpus=layout.CORPUS,
     log:
-        "results/logs/prepare_corpus/{corpus}.log",
+        layout.log_path("prepare_corpus", "{corpus}"),
     benchmark:
-        "results/benchmarks/prepare_corpus/{corpus}.tsv"
+        layout.benchmark_path("prepare_corpus", "{corpus}")
     conda:
         "../envs/data.yaml"
     threads: 1
@@ -53,11 +53,11 @@ rule prepare_corpus:
 
 rule prepare_task:
     output:
-        directory("results/data/tasks/{task}"),
+        task=directory(layout.TASK),
     log:
-        "results/logs/prepare_task/{task}.log",
+        layout.log_path("prepare_task", "{task}"),
     benchmark:
-        "results/benchmarks/prepare_task/{task}.tsv"
+        layout.benchmark_path("prepare_task", "{task}")
     conda:
         "../envs/data.yaml"
     threads: 1

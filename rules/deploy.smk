@@ -2,6 +2,65 @@
 # transformers folder, ONNX and int8 ONNX; measure each format on the test split; tabulate and plot.
 # Target `deploy` runs it for any study; with a `deploy:` block in the config it is part of `all`.
 
+DEPLOY = study.deploy_params(config)
+
+
+def method_of(run):
+    """The config's method of a run (its method folder without swept settings)."""
+    return grid.run_spec(config, run["task"], run["method"]).method
+
+
+def deploy_candidates(wildcards):
+    """Every run of the grid for this task and method: the export step picks the best."""
+    return [
+        r
+        for r in runs()
+        if r["task"] == wildcards.task and method_of(r) == wildcards.method
+    ]
+
+
+def deploy_candidate_inputs(wildcards):
+    files = []
+    for r in deploy_candidates(wildcards):
+        files += [
+            layout.FINETUNE_MODEL.format(**r),
+            layout.FINETUNE_TRAIN.format(**r),
+            variant_checkpoint(_RunWildcards(r)),
+        ]
+    return files
+
+
+def deploy_candidates_json(wildcards):
+    return as_json(
+        [
+            dict(
+                artifact=layout.FINETUNE_MODEL.format(**r),
+                train_json=layout.FINETUNE_TRAIN.format(**r),
+                base=variant_checkpoint(_RunWildcards(r)),
+                run=r,
+            )
+            for r in deploy_candidates(wildcards)
+        ]
+    )
+
+
+def deploy_tokenized(wildcards):
+    """The task tokenized for each model among the candidates (the chosen run's model is read back)."""
+    models = sorted({r["model"] for r in deploy_candidates(wildcards)})
+    return {
+        m: tokenized_task(_RunWildcards(dict(task=wildcards.task, model=m)))
+        for m in models
+    }
+
+
+def deploy_measurements():
+    return [
+        layout.DEPLOY_MEASURE.format(task=task, method=method)
+        for task in config["tasks"]
+        for method in study.deploy_methods(config)
+        if any(r["task"] == task and method_of(r) == method for r in runs())
+    ]
+
 
 localrules:
     deploy,
@@ -12,11 +71,11 @@ rule deploy_export:
         candidates=deploy_candidate_inputs,
         tokenized=lambda w: list(deploy_tokenized(w).values())[0],
     output:
-        directory("results/deploy/{task}/{method}/export"),
+        export=directory(layout.DEPLOY_EXPORT),
     log:
-        "results/logs/deploy_export/{task}/{method}.log",
+        layout.log_path("deploy_export", "{task}/{method}"),
     benchmark:
-        "results/benchmarks/deploy_export/{task}/{method}.tsv"
+        layout.benchmark_path("deploy_export", "{task}/{method}")
     conda:
         "../envs/train.yaml"
     threads: 1
@@ -36,14 +95,14 @@ rule deploy_export:
 
 rule deploy_measure:
     input:
-        export="results/deploy/{task}/{method}/export",
+        export=rules.deploy_export.output.export,
         tokenized=lambda w: list(deploy_tokenized(w).values()),
     output:
-        "results/deploy/{task}/{method}/measure.json",
+        measure=layout.DEPLOY_MEASURE,
     log:
-        "results/logs/deploy_measure/{task}/{method}.log",
+        layout.log_path("deploy_measure", "{task}/{method}"),
     benchmark:
-        "results/benchmarks/deploy_measure/{task}/{method}.tsv"
+        layout.benchmark_path("deploy_measure", "{task}/{method}")
     conda:
         "../envs/train.yaml"
     threads: DEPLOY["threads"]
@@ -63,13 +122,13 @@ rule deploy_measure:
 
 rule deploy_report:
     input:
-        deploy_measurements(),
+        measurements=deploy_measurements(),
     output:
-        **deploy_report_outputs(),
+        **report_outputs(layout.DEPLOY_REPORT),
     log:
-        "results/logs/deploy_report/deploy_report.log",
+        layout.log_path("deploy_report", "deploy_report"),
     benchmark:
-        "results/benchmarks/deploy_report/deploy_report.tsv"
+        layout.benchmark_path("deploy_report", "deploy_report")
     conda:
         "../envs/report.yaml"
     threads: 1

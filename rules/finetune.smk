@@ -2,6 +2,33 @@
 # perturbed copies, for a study with robustness:).
 
 
+def variant_pretrain_summary(wildcards):
+    """The summary of the chain a run continues from (none for a base model)."""
+    chain = study.chain_for(config, wildcards.variant, wildcards.task)
+    if not chain:
+        return []
+    return [layout.PRETRAIN_SUMMARY.format(model=wildcards.model, chain=chain)]
+
+
+def warn_failed_runs():
+    """One line at the end of a run that has fine-tuning runs recorded as diverged (on_divergence:
+    record): the study succeeded, but not every run trained, and the report says which.
+    """
+    failed = []
+    for p in existing(run_files(layout.FINETUNE_TRAIN)):
+        try:
+            if diverged(json.loads(Path(p).read_text())):
+                failed.append(p)
+        except (OSError, ValueError, AttributeError):
+            pass  # a broken file is for the evaluate job to name, not for this summary line
+    if failed:
+        print(
+            f"warning: {len(failed)} fine-tuning run(s) diverged and were recorded as failed"
+            f" (on_divergence: record), e.g. {os.path.dirname(failed[0])}; the report's notes"
+            " list them (Runs that failed)"
+        )
+
+
 rule finetune:
     input:
         base=variant_checkpoint,
@@ -9,13 +36,13 @@ rule finetune:
         tokenized=tokenized_task,
         augmented=augmented_rows,
     output:
-        model=directory(f"results/finetune/{RUN}/model"),
-        log=f"results/finetune/{RUN}/log.csv",
-        train=f"results/finetune/{RUN}/train.json",
+        model=directory(layout.FINETUNE_MODEL),
+        log=layout.FINETUNE_LOG,
+        train=layout.FINETUNE_TRAIN,
     log:
-        f"results/logs/finetune/{RUN}.log",
+        layout.log_path("finetune", RUN),
     benchmark:
-        f"results/benchmarks/finetune/{RUN}.tsv"
+        layout.benchmark_path("finetune", RUN)
     conda:
         "../envs/train.yaml"
     threads: 2
@@ -27,13 +54,15 @@ rule finetune:
         script=script("finetune.py"),
         hp=lambda w: as_json(run_params(w)),
         runtime=runtime_args(),
-        checkpoints=f"results/checkpoints/finetune/{RUN}",
+        checkpoints=layout.FINETUNE_CHECKPOINTS,
         out=lambda w, output: os.path.dirname(output.train),
         augmented=lambda w, input: (
             f" --augmented {input.augmented}" if input.augmented else ""
         ),
         # derived from output, so Snakemake's params trigger ignores it: no rerun when it changes
-        on_divergence=lambda w, output: config.get("on_divergence", defaults.ON_DIVERGENCE),
+        on_divergence=lambda w, output: config.get(
+            "on_divergence", defaults.ON_DIVERGENCE
+        ),
         tracking=lambda w, output: tracking_env(
             "finetune",
             task=w.task,
@@ -52,19 +81,19 @@ rule finetune:
 
 rule evaluate:
     input:
-        artifact=f"results/finetune/{RUN}/model",
-        train=f"results/finetune/{RUN}/train.json",
+        artifact=rules.finetune.output.model,
+        train=rules.finetune.output.train,
         base=variant_checkpoint,
         tokenized=tokenized_task,
         perturbed=perturbed_sets,
     output:
-        metrics=f"results/evaluate/{RUN}/metrics.json",
-        predictions=f"results/evaluate/{RUN}/predictions.csv",
-        robustness=f"results/evaluate/{RUN}/robustness.json",
+        metrics=layout.EVALUATE_METRICS,
+        predictions=layout.EVALUATE_PREDICTIONS,
+        robustness=layout.EVALUATE_ROBUSTNESS,
     log:
-        f"results/logs/evaluate/{RUN}.log",
+        layout.log_path("evaluate", RUN),
     benchmark:
-        f"results/benchmarks/evaluate/{RUN}.tsv"
+        layout.benchmark_path("evaluate", RUN)
     conda:
         "../envs/train.yaml"
     threads: 2

@@ -2,17 +2,46 @@
 # the chain "dapt-imdb"; each chain is pretrained once and shared by every run that uses it.
 
 
+def pretrain_chains():
+    """Every (model, chain) some run of the grid continues from (not the base models)."""
+    return sorted(
+        {(r["model"], study.chain_for(config, r["variant"], r["task"])) for r in runs()}
+        - {(model, "") for model in config["models"]}
+    )
+
+
+def pretrain_losses():
+    """The MLM loss curve of every chain (the report plots them)."""
+    return [layout.PRETRAIN_LOSS.format(model=m, chain=c) for m, c in pretrain_chains()]
+
+
+def pretrain_inputs(wildcards):
+    parent, stage = study.split_chain(wildcards.chain)
+    length = study.mlm_params(config, stage)["max_length"]
+    inputs = {
+        "parent": checkpoint_of(wildcards.model, parent),
+        "blocks": layout.MLM_BLOCKS.format(
+            model=wildcards.model, stage=stage, length=length
+        ),
+    }
+    if parent:  # the parent stage's summary: totals over the whole chain
+        inputs["parent_summary"] = layout.PRETRAIN_SUMMARY.format(
+            model=wildcards.model, chain=parent
+        )
+    return inputs
+
+
 rule pretrain:
     input:
         unpack(pretrain_inputs),
     output:
-        model=directory("results/pretrain/{model}/{chain}/model"),
-        loss="results/pretrain/{model}/{chain}/loss.csv",
-        summary="results/pretrain/{model}/{chain}/summary.json",
+        model=directory(layout.PRETRAIN_MODEL),
+        loss=layout.PRETRAIN_LOSS,
+        summary=layout.PRETRAIN_SUMMARY,
     log:
-        "results/logs/pretrain/{model}/{chain}.log",
+        layout.log_path("pretrain", "{model}/{chain}"),
     benchmark:
-        "results/benchmarks/pretrain/{model}/{chain}.tsv"
+        layout.benchmark_path("pretrain", "{model}/{chain}")
     conda:
         "../envs/train.yaml"
     threads: 2
@@ -30,7 +59,7 @@ rule pretrain:
         seed=config.get("pretrain_seed", 0),
         runtime=runtime_args(),
         # outside the declared outputs: Snakemake must not wipe them when it reruns a killed job
-        checkpoints="results/checkpoints/pretrain/{model}/{chain}",
+        checkpoints=layout.PRETRAIN_CHECKPOINTS,
         out=lambda w, output: os.path.dirname(output.summary),
         tracking=lambda w, output: tracking_env(
             "pretrain", model=w.model, chain=w.chain

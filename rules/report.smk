@@ -1,5 +1,15 @@
 # Step 6: the paper-style report: tables (CSV, Markdown, LaTeX), plots, significance, provenance.
 
+# the report's files: sweep, learning-curve and robustness files only for a study that has them
+REPORT_LIST = grid.report_list(config)
+
+
+def finished(pattern):
+    """`pattern` (a layout path of RUN's wildcards) of every run whose evaluation finished (its
+    metrics.json exists)."""
+    done = [r for r in runs() if os.path.exists(layout.EVALUATE_METRICS.format(**r))]
+    return [pattern.format(**r) for r in done]
+
 
 localrules:
     report,
@@ -8,21 +18,19 @@ localrules:
 
 rule report:
     input:
-        metrics=run_files(f"results/evaluate/{RUN}/metrics.json"),
-        predictions=run_files(f"results/evaluate/{RUN}/predictions.csv"),
-        logs=run_files(f"results/finetune/{RUN}/log.csv"),
+        metrics=run_files(layout.EVALUATE_METRICS),
+        predictions=run_files(layout.EVALUATE_PREDICTIONS),
+        logs=run_files(layout.FINETUNE_LOG),
         mlm=pretrain_losses(),
         baseline=baseline_metrics(),
         knn=knn_selections(),
-        robustness=(
-            run_files(f"results/evaluate/{RUN}/robustness.json") if ROBUSTNESS else []
-        ),
+        robustness=run_files(layout.EVALUATE_ROBUSTNESS) if ROBUSTNESS else [],
     output:
-        **report_outputs(),
+        **report_outputs(REPORT_LIST),
     log:
-        "results/logs/report/report.log",
+        layout.log_path("report", "report"),
     benchmark:
-        "results/benchmarks/report/report.tsv"
+        layout.benchmark_path("report", "report")
     conda:
         "../envs/report.yaml"
     threads: 1
@@ -46,23 +54,21 @@ rule report:
 # in results/report_available/, its notes listing the runs missing. Never part of `all`.
 use rule report as report_available with:
     input:
-        metrics=finished(f"results/evaluate/{RUN}/metrics.json"),
-        predictions=finished(f"results/evaluate/{RUN}/predictions.csv"),
-        logs=finished(f"results/finetune/{RUN}/log.csv"),
+        metrics=finished(layout.EVALUATE_METRICS),
+        predictions=finished(layout.EVALUATE_PREDICTIONS),
+        logs=finished(layout.FINETUNE_LOG),
         mlm=existing(pretrain_losses()),
         baseline=existing(baseline_metrics()),
         knn=existing(knn_selections()),
-        robustness=(
-            finished(f"results/evaluate/{RUN}/robustness.json") if ROBUSTNESS else []
-        ),
+        robustness=finished(layout.EVALUATE_ROBUSTNESS) if ROBUSTNESS else [],
     output:
-        directory(f"{REPORT_DIR}_available"),
+        report=directory(layout.REPORT_AVAILABLE_DIR),
     log:
-        "results/logs/report/report_available.log",
+        layout.log_path("report", "report_available"),
     benchmark:
-        "results/benchmarks/report/report_available.tsv"
+        layout.benchmark_path("report", "report_available")
     params:
         script=script("report.py"),
         config=lambda w: as_json(config, keep_order=True),
-        out=lambda w, output: output[0],
+        out=lambda w, output: output.report,
         benchmarks=layout.BENCHMARK_DIR,

@@ -3,17 +3,62 @@
 # perturbation that every run is scored on; WordNet's synonyms for the synonym operation.
 
 
+# --- helpers of the rules below and of rules/finetune.smk (augmented rows, perturbed test sets) ---
+
+ROBUSTNESS = settings.robustness_settings(config)
+
+
+def augmented_rows(wildcards):
+    """The augmented training rows a run adds (its augment: setting), or none."""
+    augment = settings.augment_settings(run_params(wildcards))
+    if augment is None:
+        return []
+    name = settings.augment_name(augment)
+    return [layout.AUGMENTED.format(task=wildcards.task, augment=name)]
+
+
+def augment_setting(wildcards):
+    """The augment: setting an augmented file is named by (some run of the task has it)."""
+    for r in runs():
+        if r["task"] == wildcards.task:
+            augment = settings.augment_settings(run_params(_RunWildcards(r)))
+            if augment and settings.augment_name(augment) == wildcards.augment:
+                return augment
+    raise ValueError(
+        f"no run of task {wildcards.task} has augment setting {wildcards.augment}"
+    )
+
+
+def perturbed_sets(wildcards):
+    """The perturbed test sets every run of the task is scored on (robustness:), by name."""
+    if not ROBUSTNESS:
+        return []
+    return [
+        layout.PERTURBED.format(task=wildcards.task, perturbation=p)
+        for p in ROBUSTNESS["perturbations"]
+    ]
+
+
+def synonyms_for(ops):
+    """WordNet's synonyms, for the steps whose operations include synonym replacement."""
+    return [layout.WORDNET] if "synonym" in ops else []
+
+
+def synonyms_flag(wildcards, input):
+    return f" --synonyms {input.synonyms}" if input.synonyms else ""
+
+
 localrules:
     prepare_wordnet,
 
 
 rule prepare_wordnet:
     output:
-        layout.WORDNET,
+        synonyms=layout.WORDNET,
     log:
-        "results/logs/prepare_wordnet/wordnet.log",
+        layout.log_path("prepare_wordnet", "wordnet"),
     benchmark:
-        "results/benchmarks/prepare_wordnet/wordnet.tsv"
+        layout.benchmark_path("prepare_wordnet", "wordnet")
     conda:
         "../envs/data.yaml"
     threads: 1
@@ -31,14 +76,14 @@ rule prepare_wordnet:
 
 rule augment:
     input:
-        task="results/data/tasks/{task}",
+        task=rules.prepare_task.output.task,
         synonyms=lambda w: synonyms_for(augment_setting(w)["ops"]),
     output:
-        layout.AUGMENTED,
+        augmented=layout.AUGMENTED,
     log:
-        "results/logs/augment/{task}/{augment}.log",
+        layout.log_path("augment", "{task}/{augment}"),
     benchmark:
-        "results/benchmarks/augment/{task}/{augment}.tsv"
+        layout.benchmark_path("augment", "{task}/{augment}")
     wildcard_constraints:
         augment=r"[a-z_]+-n\d+-r[0-9.e-]+-s\d+",
     conda:
@@ -57,14 +102,14 @@ rule augment:
 
 rule perturb:
     input:
-        task="results/data/tasks/{task}",
+        task=rules.prepare_task.output.task,
         synonyms=lambda w: synonyms_for([w.perturbation]),
     output:
-        layout.PERTURBED,
+        perturbed=layout.PERTURBED,
     log:
-        "results/logs/perturb/{task}/{perturbation}.log",
+        layout.log_path("perturb", "{task}/{perturbation}"),
     benchmark:
-        "results/benchmarks/perturb/{task}/{perturbation}.tsv"
+        layout.benchmark_path("perturb", "{task}/{perturbation}")
     wildcard_constraints:
         perturbation=r"[a-z]+",
     conda:

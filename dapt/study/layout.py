@@ -19,7 +19,43 @@ from dapt.core.errors import UserError
 RUN = "{task}/{model}/{variant}/{method}/seed{seed}"
 RUN_KEYS = ("task", "model", "variant", "method", "seed")
 REPORT_DIR = "results/report"
+#: The partial report of `snakemake report_available` (what finished; never part of `all`).
+REPORT_AVAILABLE_DIR = REPORT_DIR + "_available"
+#: One file per job: `{LOG_DIR}/{rule}/<wildcards>.log` and `{BENCHMARK_DIR}/{rule}/<wildcards>.tsv`
+#: (`log_path`, `benchmark_path`; `benchmark_key` reads a benchmark's path back).
+LOG_DIR = "results/logs"
 BENCHMARK_DIR = "results/benchmarks"
+#: Downloads, kept across studies (dapt.data.sources checks each against its sha256).
+CACHE = "results/.cache/downloads"
+#: A model's stored copy: the base checkpoint of every chain and run.
+MODEL = "results/models/{model}"
+#: A corpus's documents and a task's splits, normalized (dapt.data.prepare).
+CORPUS = "results/data/corpora/{corpus}.parquet"
+TASK = "results/data/tasks/{task}"
+#: A pretrained chain (stage+stage+...): its model, MLM loss curve and summary (totals over the chain).
+PRETRAIN = "results/pretrain/{model}/{chain}"
+PRETRAIN_MODEL = PRETRAIN + "/model"
+PRETRAIN_LOSS = PRETRAIN + "/loss.csv"
+PRETRAIN_SUMMARY = PRETRAIN + "/summary.json"
+#: Resumable checkpoints, outside the declared outputs: Snakemake does not wipe them when it reruns a killed job.
+PRETRAIN_CHECKPOINTS = "results/checkpoints/pretrain/{model}/{chain}"
+#: A fine-tuning run: its model (or adapter), training log and train.json.
+FINETUNE = "results/finetune/" + RUN
+FINETUNE_MODEL = FINETUNE + "/model"
+FINETUNE_LOG = FINETUNE + "/log.csv"
+FINETUNE_TRAIN = FINETUNE + "/train.json"
+FINETUNE_CHECKPOINTS = "results/checkpoints/finetune/" + RUN
+#: A run's evaluation on the test split (and its perturbed copies).
+EVALUATE = "results/evaluate/" + RUN
+EVALUATE_METRICS = EVALUATE + "/metrics.json"
+EVALUATE_PREDICTIONS = EVALUATE + "/predictions.csv"
+EVALUATE_ROBUSTNESS = EVALUATE + "/robustness.json"
+#: The TF-IDF baseline of a task (dapt.finetune.tfidf_baseline).
+BASELINE = "results/baseline/{task}/metrics.json"
+#: The deploy stage: the best run of a task and method exported, then measured.
+DEPLOY = "results/deploy/{task}/{method}"
+DEPLOY_EXPORT = DEPLOY + "/export"
+DEPLOY_MEASURE = DEPLOY + "/measure.json"
 #: Packed MLM blocks of a pretraining stage: a folder of tokens.bin + index.json (dapt.tokenize.blocks).
 MLM_BLOCKS = "results/tokenized/{model}/mlm/{stage}.L{length}"
 #: One of a corpus's `shards` token streams (numbered from 1), gathered into MLM_BLOCKS, then removed.
@@ -116,6 +152,16 @@ def report_list(sweeps: bool = False, curves: bool = False, robustness: bool = F
 def report_files_of(files: tuple[ReportFile, ...], folder: str = REPORT_DIR) -> list[str]:
     """Paths of some report files (e.g. `DEPLOY_REPORT`) in `folder`."""
     return [f"{folder}/{f.name}" for f in files]
+
+
+def log_path(rule: str, name: str) -> str:
+    """A job's log: `name` is the job's wildcards as a path (`{model}/{chain}`), or the rule's name."""
+    return f"{LOG_DIR}/{rule}/{name}.log"
+
+
+def benchmark_path(rule: str, name: str) -> str:
+    """A job's benchmark, named as `benchmark_key` reads it back (rule, then wildcards)."""
+    return f"{BENCHMARK_DIR}/{rule}/{name}.tsv"
 
 
 def long_text_suffix(settings: Mapping[str, Any]) -> str:
