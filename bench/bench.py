@@ -51,14 +51,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import record
 import torch
 import yaml
 from eval_bench import bench_eval
@@ -121,12 +121,17 @@ def parse_args(argv=None):
     )
     p.add_argument("--workdir", default=str(REPO / "results" / "bench"), help="prepared data is cached here")
     p.add_argument("--cache-dir", default=str(REPO / "results" / ".cache" / "downloads"), help="download cache")
-    p.add_argument("--json", default="", help="also write the results here")
+    p.add_argument(
+        "--json",
+        default="",
+        help="also write the run's record here (bench/record.py: command, commit, machine, load, results)",
+    )
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    run = record.Run("bench", argv=sys.argv if argv is None else [__file__, *argv])
     t0 = time.perf_counter()
     quiet_transformers()
     if args.threads:
@@ -146,7 +151,7 @@ def main(argv=None) -> dict:
     fp = flop_params(inp["model_dir"])
     res = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "machine": f"{record.machine()['cpu']}, {os.cpu_count()} cores",
         "threads": torch.get_num_threads(),
         "model": "/".join(inp["model_dir"].parts[-2:]) if not args.random_init else "random " + args.random_init,
         "flop_params": fp,
@@ -168,7 +173,8 @@ def main(argv=None) -> dict:
         res["imports"] = bench_imports(args.import_repeats)
     res["seconds"] = time.perf_counter() - t0
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2, default=float) + "\n")
+        run.threads = res["threads"]
+        run.write(args.json, res)
     print()
     print(table(res, args))
     print(last_line(res), flush=True)

@@ -67,7 +67,14 @@ def bench_run(tmp_path_factory) -> tuple[list[str], dict, Path]:
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout.strip().splitlines(), json.loads((tmp_path / "bench.json").read_text()), tmp_path
+    rec = json.loads((tmp_path / "bench.json").read_text())
+    # the run's record (bench/record.py): what a number in the docs is traced back to
+    assert rec["bench"] == "bench" and "bench.py" in rec["command"] and "--peak-n" in rec["command"]
+    assert len(rec["commit"].split("+")[0]) == 40 and rec["machine"]["cpu"] and rec["machine"]["cores"] >= 1
+    assert set(rec["machine"]["flags"]) >= {"avx2", "avx512_bf16", "avx512_vnni", "amx_bf16"}
+    assert len(rec["load_before"]) == len(rec["load_after"]) == 3 and rec["versions"]["torch"].startswith("2.13")
+    assert rec["threads"] == rec["results"]["threads"] >= 1
+    return proc.stdout.strip().splitlines(), rec["results"], tmp_path
 
 
 def test_bench_smoke(bench_run):
