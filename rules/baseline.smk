@@ -2,11 +2,6 @@
 # validation, scored on test (dapt/finetune/tfidf_baseline.py); a row of every report table beside the majority class.
 
 
-def baseline_metrics():
-    """The baseline of every task (a row of every report table)."""
-    return [layout.BASELINE.format(task=t) for t in config["tasks"]]
-
-
 rule baseline:
     input:
         task=rules.prepare_task.output.task,

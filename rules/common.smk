@@ -1,5 +1,6 @@
-# Config loading and validation, wildcard constraints and the helpers every stage uses. Each stage's
-# own input functions live beside its rules (rules/<stage>.smk); every path comes from dapt.study.layout.
+# Config loading and validation, wildcard constraints and the helpers several stages use. A stage's
+# own input functions live beside its rules (rules/<stage>_helpers.smk, included by rules/<stage>.smk);
+# every path comes from dapt.study.layout.
 import json
 import os
 import shlex

@@ -1,24 +1,8 @@
 # Step 3a: kNN-TAPT's selection. A variant stage "tapt_knn:<corpus>:<k>" pretrains on the task's
 # training text plus each training example's k nearest corpus documents (dapt/pretrain/knn_selection.py). The
 # selection is made once per (encoder model, task, corpus, k), shared by every seed and method;
-# its train.parquet is then tokenized and pretrained on like any TAPT stage (rules/tokenize.smk, mlm_texts).
-
-
-def knn_selection(model, stage):
-    """The selection folder of a kNN-TAPT stage name (tapt_knn-<task>-<corpus>-k<k>)."""
-    return layout.KNN_SELECTION.format(model=model, **settings.selection_of(stage))
-
-
-def knn_selections():
-    """Every selection of the study (the report's notes describe them)."""
-    return sorted(
-        {
-            knn_selection(model, stage)
-            for model, chain in pretrain_chains()
-            for stage in chain.split("+")
-            if stage.startswith(f"{study.KNN_KIND}-")
-        }
-    )
+# its train.parquet is then tokenized and pretrained on like any TAPT stage. Helpers: knn_selection
+# (rules/tokenize_helpers.smk), knn_selections (rules/report_helpers.smk).
 
 
 rule select_knn:

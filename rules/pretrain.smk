@@ -2,33 +2,7 @@
 # the chain "dapt-imdb"; each chain is pretrained once and shared by every run that uses it.
 
 
-def pretrain_chains():
-    """Every (model, chain) some run of the grid continues from (not the base models)."""
-    return sorted(
-        {(r["model"], study.chain_for(config, r["variant"], r["task"])) for r in runs()}
-        - {(model, "") for model in config["models"]}
-    )
-
-
-def pretrain_losses():
-    """The MLM loss curve of every chain (the report plots them)."""
-    return [layout.PRETRAIN_LOSS.format(model=m, chain=c) for m, c in pretrain_chains()]
-
-
-def pretrain_inputs(wildcards):
-    parent, stage = study.split_chain(wildcards.chain)
-    length = study.mlm_params(config, stage)["max_length"]
-    inputs = {
-        "parent": checkpoint_of(wildcards.model, parent),
-        "blocks": layout.MLM_BLOCKS.format(
-            model=wildcards.model, stage=stage, length=length
-        ),
-    }
-    if parent:  # the parent stage's summary: totals over the whole chain
-        inputs["parent_summary"] = layout.PRETRAIN_SUMMARY.format(
-            model=wildcards.model, chain=parent
-        )
-    return inputs
+include: "pretrain_helpers.smk"
 
 
 rule pretrain:

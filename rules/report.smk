@@ -1,14 +1,7 @@
 # Step 6: the paper-style report: tables (CSV, Markdown, LaTeX), plots, significance, provenance.
 
-# the report's files: sweep, learning-curve and robustness files only for a study that has them
-REPORT_LIST = grid.report_list(config)
 
-
-def finished(pattern):
-    """`pattern` (a layout path of RUN's wildcards) of every run whose evaluation finished (its
-    metrics.json exists)."""
-    done = [r for r in runs() if os.path.exists(layout.EVALUATE_METRICS.format(**r))]
-    return [pattern.format(**r) for r in done]
+include: "report_helpers.smk"
 
 
 localrules:
