@@ -88,3 +88,13 @@ def test_more_shards_than_documents_fails_at_prepare_and_writes_nothing(tmp_path
         prepare_corpus(spec, "imdb", out, tmp_path / "cache")
     assert "corpora.imdb.shards" in str(err.value) and "5 shards for 3 documents" in str(err.value)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith("corpus")]
+
+
+def test_a_pretraining_key_nothing_reads_is_refused():
+    """`pretrain.<kind>.max_docs` was accepted and silently ignored: the corpus's own max_docs caps it."""
+
+    def change(c):
+        c["pretrain"]["dapt"]["max_docs"] = 10
+
+    msg = refusal(change)
+    assert "pretrain.dapt" in msg and "max_docs" in msg
