@@ -62,7 +62,7 @@ def validate_config(config: dict, where: str = "config") -> None:
     errors = sorted(validator.iter_errors(checked), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         err = errors[0]
-        raise UserError(f"{where}: {_key_path(err)}", _message(err), "see config/README.md")
+        raise UserError(f"{where}: {_key_path(err)}", _message(err), "see docs/config-reference.md")
     for method in config["methods"]:
         kind = method_kind(config, method)
         if kind in METHOD_KINDS:

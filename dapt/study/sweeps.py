@@ -61,7 +61,7 @@ def _check_values(values: list, where: str, subschema: dict | None) -> None:
         if subschema is not None:
             err = next(iter(jsonschema.Draft202012Validator(subschema).iter_errors(value)), None)
             if err is not None:
-                raise UserError(f"{where}[{i}]", err.message.replace("\n", " "), "see config/README.md")
+                raise UserError(f"{where}[{i}]", err.message.replace("\n", " "), "see docs/config-reference.md")
         same = [v for v in values[:i] if value == v and isinstance(value, bool) == isinstance(v, bool)]
         if same and type(same[0]) is type(value):
             raise UserError(f"{where}[{i}]", f"{value!r} is listed twice", "list each value once")
