@@ -36,7 +36,6 @@ def script(name):
 
 
 DEFAULT_CONFIG = BASE / "config" / "config.yaml"
-CACHE = layout.CACHE
 
 
 def _load_study_config():
@@ -78,9 +77,6 @@ wildcard_constraints:
     chain=layout.CHAIN_WILDCARD,
 
 
-RUN = layout.RUN
-
-
 def as_json(obj, keep_order=False):
     """Sorted keys, so reordering a config reruns nothing; the report keeps the config's order
     (it lists variants and methods as the config does)."""
@@ -119,7 +115,7 @@ def run_params(wildcards):
 
 
 def run_files(pattern):
-    """`pattern` (a layout path of RUN's wildcards) of every run of the grid."""
+    """`pattern` (a layout path of a run's wildcards, layout.RUN) of every run of the grid."""
     return [pattern.format(**r) for r in runs()]
 
 

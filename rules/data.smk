@@ -22,7 +22,7 @@ rule prepare_model:
     params:
         script=script("prepare_model.py"),
         spec=lambda w: as_json(config["models"][w.model]),
-        cache=CACHE,
+        cache=layout.CACHE,
         unverified=download_args(),
     shell:
         "python {params.script} --config-json {params.spec:q}"
@@ -44,7 +44,7 @@ rule prepare_corpus:
     params:
         script=script("prepare_data.py"),
         spec=lambda w: as_json(config["corpora"][w.corpus]),
-        cache=CACHE,
+        cache=layout.CACHE,
         unverified=download_args(),
     shell:
         "python {params.script} --kind corpus --config-json {params.spec:q}"
@@ -67,7 +67,7 @@ rule prepare_task:
         script=script("prepare_data.py"),
         spec=lambda w: as_json(grid.prepare_spec(config, w.task)),
         split_seed=config.get("split_seed", 0),
-        cache=CACHE,
+        cache=layout.CACHE,
         unverified=download_args(),
     shell:
         "python {params.script} --kind task --config-json {params.spec:q}"

@@ -16,9 +16,9 @@ rule finetune:
         log=layout.FINETUNE_LOG,
         train=layout.FINETUNE_TRAIN,
     log:
-        layout.log_path("finetune", RUN),
+        layout.log_path("finetune", layout.RUN),
     benchmark:
-        layout.benchmark_path("finetune", RUN)
+        layout.benchmark_path("finetune", layout.RUN)
     conda:
         "../envs/train.yaml"
     threads: 2
@@ -67,9 +67,9 @@ rule evaluate:
         predictions=layout.EVALUATE_PREDICTIONS,
         robustness=layout.EVALUATE_ROBUSTNESS,
     log:
-        layout.log_path("evaluate", RUN),
+        layout.log_path("evaluate", layout.RUN),
     benchmark:
-        layout.benchmark_path("evaluate", RUN)
+        layout.benchmark_path("evaluate", layout.RUN)
     conda:
         "../envs/train.yaml"
     threads: 2

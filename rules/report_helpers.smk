@@ -30,7 +30,7 @@ def knn_selections():
 
 
 def finished(pattern):
-    """`pattern` (a layout path of RUN's wildcards) of every run whose evaluation finished (its
+    """`pattern` (a layout path of a run's wildcards) of every run whose evaluation finished (its
     metrics.json exists)."""
     done = [r for r in runs() if os.path.exists(layout.EVALUATE_METRICS.format(**r))]
     return [pattern.format(**r) for r in done]

@@ -25,7 +25,7 @@ rule prepare_wordnet:
     params:
         script=script("augment_data.py"),
         spec=lambda w: as_json(config["wordnet"]),
-        cache=CACHE,
+        cache=layout.CACHE,
         unverified=download_args(),
     shell:
         "python {params.script} wordnet --config-json {params.spec:q} --out {output}"
