@@ -41,6 +41,8 @@ VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "*.model")  # withou
 CODE_FILES = ("*.py",)  # custom modelling code, copied only with trust_remote_code
 NOT_WEIGHTS = ("pytorch_model*.bin", "tf_model.h5", "flax_model.msgpack", "*.ckpt", "*.pt", "*.pth")
 RANDOM_INIT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+#: random_init keys a config names otherwise (and does not map itself; DistilBERT maps the other three)
+RANDOM_INIT_ALIASES = {"distilbert": {"intermediate_size": "hidden_dim"}}
 
 
 def prepare_model(
@@ -160,7 +162,11 @@ def _write_random_model(src: Path, out: Path, sizes: dict, where: str, trust: bo
     config = AutoConfig.from_pretrained(src, trust_remote_code=trust)
     for key in RANDOM_INIT_KEYS:
         if key in sizes:
-            setattr(config, key, sizes[key])
+            name = RANDOM_INIT_ALIASES.get(config.model_type, {}).get(key, key)
+            if not hasattr(config, name):
+                raise UserError(f"{where}.{key}", f"model type {config.model_type!r} has no {key} to set")
+            setattr(config, name, sizes[key])
+    config = _per_layer_lists(config, where)
     if config.hidden_size % config.num_attention_heads:
         raise UserError(
             f"{where}.num_attention_heads",
@@ -172,6 +178,25 @@ def _write_random_model(src: Path, out: Path, sizes: dict, where: str, trust: bo
     except ValueError as err:
         raise UserError(where, f"cannot build a masked-LM of type {config.model_type!r}: {err}") from None
     model.save_pretrained(out)
+
+
+def _per_layer_lists(config, where: str):
+    """A config whose per-layer `layer_types` (ModernBERT's global/local attention pattern) has one entry per
+    layer again after `num_hidden_layers` changed: rebuilt by its class from its rule (e.g. every third
+    layer global), else refused (a shorter list fails inside the model with an IndexError)."""
+    types = getattr(config, "layer_types", None)
+    if not isinstance(types, list) or len(types) == config.num_hidden_layers:
+        return config
+    config = type(config).from_dict({**config.to_dict(), "layer_types": None})
+    types = getattr(config, "layer_types", None)
+    if isinstance(types, list) and len(types) != config.num_hidden_layers:
+        raise UserError(
+            f"{where}.num_hidden_layers",
+            f"model type {config.model_type!r} lists a type per layer ({len(types)}) and cannot derive them for "
+            f"{config.num_hidden_layers} layers",
+            "keep the source's number of layers",
+        )
+    return config
 
 
 def _check_loads(model_dir: Path, origin: str, trust: bool) -> dict:

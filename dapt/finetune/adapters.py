@@ -86,6 +86,10 @@ class _StoredEncoder(nn.Module):
         return self.output_type(last_hidden_state=rows)
 
 
+#: Where a base model keeps its layer stack (BERT family: `encoder`; DistilBERT: `transformer`).
+ENCODER_ATTRS = ("encoder", "transformer")
+
+
 def _text_keys(args: tuple, kwargs: dict) -> list[bytes]:
     """One key per text of a batch: a 128-bit digest of its token ids without padding."""
     ids = kwargs.get("input_ids", args[0] if args else None)
@@ -110,8 +114,9 @@ def store_frozen_encoder(model: nn.Module, texts: list, pad_id: int, runtime, ba
     from dapt.runtime.batching import collate, length_sorted_batches
 
     base = getattr(model, model.base_model_prefix, None)
-    encoder = getattr(base, "encoder", None)
-    if not isinstance(encoder, nn.Module) or any(p.requires_grad for p in encoder.parameters()):
+    attr = next((a for a in ENCODER_ATTRS if isinstance(getattr(base, a, None), nn.Module)), None)
+    encoder = getattr(base, attr) if attr else None
+    if encoder is None or any(p.requires_grad for p in encoder.parameters()):
         return None
     features: dict[bytes, torch.Tensor] = {}
     seen: dict[str, Any] = {}
@@ -123,8 +128,9 @@ def store_frozen_encoder(model: nn.Module, texts: list, pad_id: int, runtime, ba
 
     def note_keys(module, args, kwargs):
         seen["keys"] = _text_keys(args, kwargs)
-        if isinstance(base.encoder, _StoredEncoder):
-            base.encoder.keys = seen["keys"]
+        stored = getattr(base, attr)
+        if isinstance(stored, _StoredEncoder):
+            stored.keys = seen["keys"]
 
     pre = base.register_forward_pre_hook(note_keys, with_kwargs=True)
     post = encoder.register_forward_hook(remember)
@@ -142,7 +148,7 @@ def store_frozen_encoder(model: nn.Module, texts: list, pad_id: int, runtime, ba
         if check is None:
             pre.remove()
             return None
-        base.encoder = _StoredEncoder(features, seen["type"])
+        setattr(base, attr, _StoredEncoder(features, seen["type"]))
         ids, mask, expected = check
         try:
             with torch.no_grad(), runtime.autocast():
@@ -155,7 +161,7 @@ def store_frozen_encoder(model: nn.Module, texts: list, pad_id: int, runtime, ba
         model.train(was_training)
 
     def restore() -> None:
-        base.encoder = encoder
+        setattr(base, attr, encoder)
         pre.remove()
 
     if not same:
@@ -191,7 +197,7 @@ def encoder_layers(model: nn.Module) -> list[nn.Module]:
     if problem:
         raise UserError(
             "methods: kind adapter",
-            f"bottleneck adapters support BERT-family encoders only; model type '{model_type}' has {problem}",
+            f"bottleneck adapters support BERT-family encoders only; model type '{model_type}': {problem}",
             "use a BERT/RoBERTa-style model, or a peft method (lora, adalora, ia3, prefix, prompt)",
         )
     return list(layers)

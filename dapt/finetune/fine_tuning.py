@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from dapt.core.errors import Diverged, UserError
 from dapt.core.files import atomic_path, read_json
+from dapt.finetune.capabilities import check_model_supports
 from dapt.finetune.evaluation import predict_proba
 from dapt.finetune.methods import (
     after_optimizer_step,
@@ -238,6 +239,11 @@ def finetune(
     missing = sorted({*FINETUNE_DEFAULTS, "kind", "metric"} - set(params))
     if missing:  # the rule passes dapt.study.config.finetune_params, defaults included
         raise UserError("--params", f"missing {missing}", "pass every fine-tuning setting, as the rule does")
+    # the model job checked the study's methods already; a run started by hand is checked here, before training
+    reading = read_json(Path(tokenized_dir) / "stats.json").get("long_text")
+    check_model_supports(
+        base_dir, None, {params["kind"]: params}, {Path(tokenized_dir).name: reading} if reading else None
+    )
     data = load_task(tokenized_dir, base_dir)
     if params.get("train_size"):  # a learning-curve point: a nested subset of the training split
         from dapt.study.sweeps import subset_examples

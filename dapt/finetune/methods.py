@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from dapt.core.errors import UserError
 from dapt.core.files import atomic_path, read_json, write_json
+from dapt.finetune.peft_targets import TARGETED_KINDS, recorded_targets, resolve_targets
 from dapt.runtime.context import trainable_state, unwrap
 from dapt.study.defaults import PEFT_KINDS
 
@@ -52,7 +53,7 @@ def load_classifier(model_dir: str, labels: list[str], trust: bool | None = None
     )
 
 
-def _position_budget(model: torch.nn.Module) -> int | None:
+def position_budget(model: torch.nn.Module) -> int | None:
     """Positions the embeddings can address (RoBERTa's start after its padding index)."""
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is None:
@@ -62,25 +63,37 @@ def _position_budget(model: torch.nn.Module) -> int | None:
     return limit - (pad + 1 if isinstance(pad, int) else 0)
 
 
-def peft_config(model: torch.nn.Module, params: dict):
-    """The peft config of a method. The task head trains and is saved with the adapter: peft adds
-    ``classifier``/``score``; BERT's ``pooler``, which the classifier reads, is added here (an MLM
-    checkpoint may lack it; frozen at a random init it could not be restored from the artifact)."""
-    import peft
-
+def saved_head_modules(model: torch.nn.Module) -> list[str] | None:
+    """The task head's modules beyond the ``classifier``/``score`` that peft saves by itself: BERT's and
+    ALBERT's ``pooler``, DeBERTa's ``pooler``, DistilBERT's ``pre_classifier``, ModernBERT's ``head``. They
+    train and travel with the adapter (an MLM checkpoint lacks them; frozen at a random init they could
+    not be restored from the artifact)."""
     from dapt.finetune.adapters import head_module_names
+
+    pooler = f"{model.base_model_prefix}.pooler"
+    extra = ["pooler" if n == pooler else n for n in head_module_names(model) if n not in ("classifier", "score")]
+    return extra or None
+
+
+def peft_config(model: torch.nn.Module, params: dict):
+    """The peft config of a method: LoRA, AdaLoRA and IA3 adapt `dapt.finetune.peft_targets.resolve_targets`'s
+    modules; the task head trains and is saved with the adapter (`saved_head_modules`)."""
+    import peft
 
     kind = params["kind"]
     task = peft.TaskType.SEQ_CLS
-    extra = ["pooler"] if f"{model.base_model_prefix}.pooler" in head_module_names(model) else None
-    common = dict(task_type=task, modules_to_save=extra)
+    common = dict(task_type=task, modules_to_save=saved_head_modules(model))
+    if kind in TARGETED_KINDS:
+        targets = resolve_targets(model, params)
+        common["target_modules"] = targets["target_modules"]
+        if kind == "ia3":
+            return peft.IA3Config(**common, feedforward_modules=targets["feedforward_modules"])
     if kind == "lora":
         return peft.LoraConfig(
             **common,
             r=params.get("r", 8),
             lora_alpha=params.get("alpha", 16),
             lora_dropout=params.get("dropout", 0.1),
-            target_modules=params.get("target_modules"),
         )
     if kind == "adalora":
         total = params.get("total_steps")
@@ -106,12 +119,9 @@ def peft_config(model: torch.nn.Module, params: dict):
             tfinal=tfinal,
             deltaT=1,
             orth_reg_weight=params.get("orth_reg_weight", 0.5),
-            target_modules=params.get("target_modules"),
         )
-    if kind == "ia3":
-        return peft.IA3Config(**common, target_modules=params.get("target_modules"))
     tokens = params.get("num_virtual_tokens", 20)
-    budget = _position_budget(model)
+    budget = position_budget(model)
     if budget is not None and params.get("max_length", 0) + tokens > budget:
         raise UserError(
             f"methods: kind {kind}",
@@ -122,7 +132,10 @@ def peft_config(model: torch.nn.Module, params: dict):
         return peft.PrefixTuningConfig(
             **common, num_virtual_tokens=tokens, prefix_projection=params.get("prefix_projection", False)
         )
-    return peft.PromptTuningConfig(**common, num_virtual_tokens=tokens)
+    # the virtual tokens join the input embeddings: their width, not the hidden size (ALBERT, small ELECTRA)
+    width = model.get_input_embeddings().embedding_dim
+    heads = model.config.num_attention_heads  # DistilBERT's n_heads, which peft does not read
+    return peft.PromptTuningConfig(**common, num_virtual_tokens=tokens, token_dim=width, num_attention_heads=heads)
 
 
 def apply_method(model: torch.nn.Module, params: dict) -> torch.nn.Module:
@@ -231,14 +244,14 @@ def save_artifact(model: torch.nn.Module, params: dict, labels: list[str], out_d
             model.save_pretrained(tmp)
         else:  # head, adapter: only what was trained
             save_file(trainable_state(model, only_trainable=True), str(tmp / "trainable.safetensors"))
-        write_json(
-            tmp / "method.json",
-            {
-                "method": {k: params[k] for k in METHOD_KEYS if k in params},
-                "labels": labels,
-                "total_steps": params.get("total_steps"),
-            },
-        )
+        info = {
+            "method": {k: params[k] for k in METHOD_KEYS if k in params},
+            "labels": labels,
+            "total_steps": params.get("total_steps"),
+        }
+        if kind in TARGETED_KINDS:  # what was adapted, whether the config named it or not
+            info["targets"] = recorded_targets(model, params)
+        write_json(tmp / "method.json", info)
 
 
 def load_finetuned(artifact_dir: str, base_dir: str, labels: list[str]) -> tuple[torch.nn.Module, int]:

@@ -52,11 +52,26 @@ def apply_masking(
     return inputs, labels
 
 
+#: The modules, in order, that map a masked LM's hidden states to vocabulary logits, as its own forward
+#: applies them: BERT & DeBERTa-v2 `cls`, RoBERTa, XLM-R & MPNet `lm_head`, ALBERT `predictions`, DistilBERT
+#: its transform, activation, LayerNorm and projector, ELECTRA its generator head, ModernBERT `head` + `decoder`.
+MLM_HEADS: tuple[tuple[str, ...], ...] = (
+    ("cls",),
+    ("lm_head",),
+    ("predictions",),
+    ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),
+    ("generator_predictions", "generator_lm_head"),
+    ("head", "decoder"),
+)
+
+
 def mlm_head(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The module mapping hidden states to vocabulary logits (BERT: `cls`, RoBERTa & co: `lm_head`)."""
-    for name in ("cls", "lm_head", "vocab_projector"):
-        if isinstance(getattr(model, name, None), torch.nn.Module):
-            return getattr(model, name)
+    """The module mapping hidden states to vocabulary logits (None: an architecture not listed in
+    `MLM_HEADS`, trained by its own forward, logits at every position)."""
+    for names in MLM_HEADS:
+        parts = [getattr(model, name, None) for name in names]
+        if all(isinstance(p, torch.nn.Module) for p in parts):
+            return parts[0] if len(parts) == 1 else torch.nn.Sequential(*parts)
     return None
 
 

@@ -43,13 +43,16 @@ def head_parameter_names(model: torch.nn.Module, missing: set[str]) -> set[str]:
 def save_mlm_checkpoint(model: torch.nn.Module, tokenizer_dir: Path, parent_dir: Path, out_dir: Path) -> None:
     """config + one safetensors file (tied copies dropped) + parent weights the MLM model lacks + tokenizer."""
     model = unwrap(model)
+    prefix = model.base_model_prefix
     state, seen = {}, set()
-    for key, value in model.state_dict().items():
+    # of tied copies, the encoder's is kept (the word embeddings, not the MLM decoder): a classifier loads
+    # only the encoder, and some MLM classes (XLM-R, DeBERTa-v2) list their head first
+    items = sorted(model.state_dict().items(), key=lambda kv: not kv[0].startswith(prefix + "."))
+    for key, value in items:
         if value.data_ptr() in seen:
             continue  # tied to a tensor already saved (decoder = word embeddings)
         seen.add(value.data_ptr())
         state[key] = value.detach().cpu().contiguous().clone()
-    prefix = model.base_model_prefix
     trained_keys = set(model.state_dict())
     for weights in sorted(parent_dir.glob("*.safetensors")):
         with safe_open(str(weights), "pt") as f:

@@ -30,13 +30,37 @@ def special_counts(tokenizer) -> tuple[int, int]:
 
     Found by locating a text's bare ids inside its ids with specials; where that fails, (0, 1): the
     one closing token the package always kept when cutting."""
+    return locate_specials(tokenizer) or (0, 1)
+
+
+def locate_specials(tokenizer) -> tuple[int, int] | None:
+    """(before, after) special tokens around a text, or None where a text's bare ids are not found
+    among its ids with special tokens."""
     probe = "hello world"
     bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
     full = tokenizer(probe, add_special_tokens=True)["input_ids"]
     for start in range(len(full) - len(bare) + 1):
         if full[start : start + len(bare)] == bare:
             return start, len(full) - start - len(bare)
-    return 0, 1
+    return None
+
+
+def check_tokenizer(tokenizer, strategy: str, where: str) -> tuple[int, int] | None:
+    """Refuse head_tail and windows on a tokenizer that adds no special token before a text, or whose
+    special tokens cannot be told from the text: every cut row keeps them, and the classifier reads the
+    first one. `where`: the task's long_text key (and the model) for the message."""
+    if strategy == "head":
+        return None
+    found = locate_specials(tokenizer)
+    if found is None or found[0] == 0:
+        problem = "adds no special token before a text" if found else "adds special tokens that cannot be located"
+        raise UserError(
+            f"{where}.strategy",
+            f"{strategy} keeps a leading special token ([CLS], <s>) in every row it cuts, and the model's "
+            f"tokenizer ({type(tokenizer).__name__}) {problem}",
+            "use strategy: head, or a model whose tokenizer adds [CLS] or <s>",
+        )
+    return found
 
 
 def _split(ids: Sequence[int], specials: tuple[int, int]) -> tuple[list[int], list[int], list[int]]:

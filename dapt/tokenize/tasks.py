@@ -29,8 +29,20 @@ def _encode(tokenizer, texts: list[str], batch: int = 1000) -> list[list[int]]:
     return ids
 
 
-# models whose position ids start after the padding index (fairseq heritage)
-POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "longformer", "xmod", "data2vec-text")
+# models whose position ids start after the padding index (fairseq heritage; MPNet too)
+POSITION_OFFSET_TYPES = (
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "longformer",
+    "xmod",
+    "data2vec-text",
+    "mpnet",
+    "roberta-prelayernorm",
+    "xlm-roberta-xl",
+    "ibert",
+    "luke",
+)
 
 
 def position_limit(model_dir: str | Path) -> int | None:
@@ -100,9 +112,9 @@ def tokenize_task_dir(
     check_max_length(model_dir, max_length, key)
     tokenizer = load_tokenizer(model_dir)
     settings = long_text or {"strategy": "head"}
-    longtext.check_settings(
-        settings, max_length, longtext.special_counts(tokenizer), f"{key.rpartition('.')[0] or 'tasks'}.long_text"
-    )
+    where = f"{key.rpartition('.')[0] or 'tasks'}.long_text"
+    longtext.check_tokenizer(tokenizer, settings["strategy"], where)
+    longtext.check_settings(settings, max_length, longtext.special_counts(tokenizer), where)
     labels = read_json(Path(task_dir) / "labels.json")
     label2id = {label: i for i, label in enumerate(labels)}
     stats: dict = {"labels": labels}
