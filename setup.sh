@@ -25,4 +25,9 @@ if [[ ! -f $stamp ]]; then
   .venv/bin/python -m pip install -q --no-deps -e .
   touch "$stamp"
 fi
+# Read a study's --configfile before Snakemake parses it, so a YAML mistake is one line naming file and
+# line (dapt/core/config_guard.py); a .pth line runs at interpreter start and returns at once elsewhere.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo 'import sys; exec("try:\n from dapt.core.config_guard import guard\nexcept ImportError:\n guard = None\nif guard: guard()")' \
+  > "$site/dapt_config_guard.pth"
 echo "set-up done: $(.venv/bin/python -c 'import torch, transformers, snakemake; print("torch", torch.__version__, "transformers", transformers.__version__, "snakemake", snakemake.__version__)')"

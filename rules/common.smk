@@ -60,7 +60,12 @@ try:
     CONFIG_SOURCE = _load_study_config()
     study.validate_config(config, CONFIG_SOURCE)
 except UserError as err:
-    # one line, the last on stderr, and exit status 2 (as the scripts): no traceback into this file
+    # one line, the last on stderr, and exit status 2 (as the scripts): no traceback into this file;
+    # a key given with --config is blamed on --config, not on the file it overrides
+    overridden = set(workflow.config_settings.config or {})
+    where = err.where.split(": ", 1)
+    if len(where) == 2 and where[1].split(".")[0].split("[")[0] in overridden:
+        err = UserError(f"--config: {where[1]}", err.problem, err.fix)
     print(f"error: {err}", file=sys.stderr, flush=True)
     sys.exit(2)
 

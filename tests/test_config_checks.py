@@ -4,6 +4,9 @@ in one line naming the key (each of these once failed late, ran away or trained 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -98,3 +101,50 @@ def test_a_pretraining_key_nothing_reads_is_refused():
 
     msg = refusal(change)
     assert "pretrain.dapt" in msg and "max_docs" in msg
+
+
+def test_an_alias_inside_its_own_anchor_is_one_line(tmp_path):
+    """`a: &x {b: *x}` is valid YAML for a value that contains itself; every later reader recursed forever."""
+    from dapt.core.strict_yaml import read_yaml
+
+    path = tmp_path / "study.yaml"
+    path.write_text("seeds: [1]\nmodels: &m\n  tiny: *m\n")
+    with pytest.raises(UserError) as err:
+        read_yaml(path)
+    assert f"{path}: models.tiny" in str(err.value) and "alias" in str(err.value)
+
+
+def _snakemake(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "snakemake"
+    return subprocess.run([str(exe), "-n", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        ("seeds: [1]\nmodels:\n\ttiny: {}\n", "line 3: not valid YAML: found character '\\t'"),
+        ("seeds: [1]\nmodels: *nowhere\n", "line 2: not valid YAML: found undefined alias 'nowhere'"),
+        ("seeds: [1]\nmodels: &m\n  tiny: *m\n", "models.tiny: an alias refers to the mapping or list that holds it"),
+    ],
+    ids=["tab", "undefined-alias", "recursive-alias"],
+)
+def test_a_configfile_yaml_mistake_is_the_projects_one_line(tmp_path, text, expect):
+    """Snakemake parses --configfile before the workflow runs: the guard setup.sh installs reads it first
+    (Snakemake's own message named neither file nor line; the recursive alias was a 40-line RecursionError)."""
+    import sysconfig
+
+    pth = Path(sysconfig.get_paths()["purelib"]) / "dapt_config_guard.pth"
+    assert pth.exists(), "run ./setup.sh: it installs the --configfile guard"
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    proc = _snakemake("--configfile", str(path))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith(f"error: {path}: {expect}"), proc.stderr
+
+
+def test_a_config_override_error_blames_config_not_the_file():
+    proc = _snakemake("--config", "seeds=[1,")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and last.startswith("error: --config: seeds:"), proc.stderr[-2000:]
+    proc = _snakemake("--config", "seeds=[1, 2]", "finetune={'epochs': 'x'}")
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --config: finetune.epochs:"), proc.stderr[-2000:]

@@ -53,7 +53,9 @@ def read_yaml(path: str | Path) -> Any:
     except OSError as err:
         raise UserError(str(path), f"cannot read: {err.strerror or err}") from None
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        _refuse_cycles(data, path)
+        return data
     except _DuplicateKey as err:
         raise UserError(f"{path}: line {err.line}", f"key '{err.key}' given twice") from None
     except yaml.MarkedYAMLError as err:
@@ -61,3 +63,26 @@ def read_yaml(path: str | Path) -> Any:
         raise UserError(f"{path}{line}", f"not valid YAML: {err.problem or err.context}") from None
     except yaml.YAMLError as err:
         raise UserError(str(path), f"not valid YAML: {' '.join(str(err).split())}") from None
+
+
+def _refuse_cycles(data: Any, path: str | Path) -> None:
+    """An alias inside its own anchor (`a: &x {b: *x}`) builds a value that contains itself: every reader
+    after this one (Snakemake's, the schema's, JSON) would recurse without end."""
+    on_path: set[int] = set()
+
+    def walk(node: Any, key: str) -> None:
+        if not isinstance(node, (dict, list)):
+            return
+        if id(node) in on_path:
+            raise UserError(
+                f"{path}: {key or 'top level'}",
+                "an alias refers to the mapping or list that holds it",
+                "a YAML alias (*name) may only repeat an anchor defined outside it",
+            )
+        on_path.add(id(node))
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            walk(v, f"{key}.{k}" if key and isinstance(k, str) else f"{key}[{k}]" if key else str(k))
+        on_path.discard(id(node))
+
+    walk(data, "")
