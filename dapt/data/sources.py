@@ -29,10 +29,11 @@ from dapt.core.errors import UserError
 from dapt.core.files import sha256_file
 from dapt.core.redact import redact_url
 from dapt.data.archives import take_member
+from dapt.study.layout import CACHE
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = Path("results/.cache/downloads")
+DEFAULT_CACHE_DIR = Path(CACHE)  # the results layout's download cache (dapt.study.layout)
 # per socket operation, not for the whole download; DAPT_DOWNLOAD_TIMEOUT_S overrides it (slow mirrors, tests)
 DOWNLOAD_TIMEOUT_S = float(os.environ.get("DAPT_DOWNLOAD_TIMEOUT_S", "60"))
 
