@@ -308,3 +308,50 @@ def test_a_killed_worker_is_replaced(export, tmp_path):
         assert metric(srv.metrics(), "dapt_serve_ready_workers") == 2
         assert stop(srv.proc) == 0
         assert json.loads(srv.text().splitlines()[0])["workers"] == 2
+
+
+def test_kubernetes_manifests_agree_with_the_service():
+    """serving/k8s cannot be applied here (no cluster): its Deployment's arguments are flags dapt.serve accepts,
+    its probes hit /healthz and /readyz on the served port, the token is the mounted Secret's file, the grace
+    period outlasts the preStop sleep plus the drain, and the Service, autoscaler and budget find the pods."""
+    import yaml
+
+    from dapt.serve.settings import parser
+
+    docs = {}
+    for path in sorted((REPO / "serving" / "k8s").glob("*.yaml")):
+        docs |= {d["kind"]: d for d in yaml.safe_load_all(path.read_text())}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor"} <= set(docs)
+    deploy = docs["Deployment"]
+    pod = deploy["spec"]["template"]["spec"]
+    (box,) = pod["containers"]
+    args = parser().parse_args(box["args"])
+    assert args.host == "0.0.0.0" and args.workers == 1
+    assert [p["containerPort"] for p in box["ports"] if p["name"] == "http"] == [args.port]
+    paths = {probe: box[probe]["httpGet"] for probe in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert {k: v["path"] for k, v in paths.items()} == {
+        "startupProbe": "/healthz",
+        "livenessProbe": "/healthz",
+        "readinessProbe": "/readyz",
+    }
+    assert {v["port"] for v in paths.values()} == {"http"}
+    mounts = {m["name"]: m["mountPath"] for m in box["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    token_volume = next(n for n, v in volumes.items() if "secret" in v)
+    secret = volumes[token_volume]["secret"]
+    assert args.token_file == f"{mounts[token_volume]}/{secret['items'][0]['path']}"
+    assert not any("token" in a and "token-file" not in a for a in box["args"])
+    assert args.model.startswith(mounts["models"] + "/")
+    sleep = int(box["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] > sleep + args.drain_timeout
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert deploy["spec"]["selector"]["matchLabels"] == labels
+    assert docs["Service"]["spec"]["selector"] == labels and docs["Service"]["spec"]["ports"][0]["targetPort"] == "http"
+    assert docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == labels
+    target = docs["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deploy["metadata"]["name"])
+    scrape = docs["ServiceMonitor"]["spec"]["endpoints"][0]
+    assert scrape["path"] == "/metrics" and scrape["authorization"]["credentials"]["name"] == secret["secretName"]
+    dockerfile = (REPO / "serving" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "dapt.serve"]' in dockerfile
+    assert f"USER {pod['securityContext']['runAsUser']}" in dockerfile
