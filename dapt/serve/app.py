@@ -117,8 +117,8 @@ def create_app(settings: Settings | None = None, token: str | None = None) -> Fa
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=ANSWERS, dependencies=[Depends(bearer)])
     async def predict(body: PredictRequest, request: Request) -> JSONResponse:  # type: ignore[valid-type]
-        """Label each text: the export's labels, most probable first, and every label's probability.
-        Texts are read as `dapt.deploy.predict` reads them (the export's max_length and long-text setting)."""
+        """Label each text: its most probable label and every label's probability. Texts are read as
+        `dapt.deploy.predict` reads them (the export's max_length and long-text setting)."""
         texts = body.texts
         request.scope.get("dapt", {}).update(logs.describe_texts(texts, s.log_salt, s.log_texts))
         if len(texts) > s.max_texts:

@@ -42,7 +42,8 @@ class Service:
     def __init__(self, settings: Settings, token: str | None) -> None:
         self.settings = settings
         self.token_digest = hashlib.sha256(token.encode()).digest() if token else None
-        self.model_name = Path(settings.model).resolve().name
+        path = Path(settings.model).resolve()
+        self.model_name = path.parent.name if path.is_file() else path.name  # the export's folder
         self.predictor = None
         self.ready = False
         self.draining = False
