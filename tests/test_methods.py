@@ -109,6 +109,7 @@ class Run:
 def trained(tiny_task, runtime, tmp_path_factory):
     """Train each method once (on first use); keep the in-memory model that was saved."""
     import dapt.finetune.fine_tuning as ft
+    import dapt.finetune.run_files as rf
 
     base, tokenized = tiny_task
     cache: dict[str, Run] = {}
@@ -116,7 +117,7 @@ def trained(tiny_task, runtime, tmp_path_factory):
     def get(name: str) -> Run:
         if name not in cache:
             saved = {}
-            original = ft.save_artifact
+            original = rf.save_artifact
 
             def keep(model, *args, **kwargs):
                 saved["model"] = model
@@ -129,7 +130,7 @@ def trained(tiny_task, runtime, tmp_path_factory):
             torch.manual_seed(1)
             initial = ft.apply_method(ft.load_classifier(str(base), ["neg", "pos"]), {**params, "total_steps": 1})
             loss_before = _train_loss(initial, tokenized)
-            ft.save_artifact = keep
+            rf.save_artifact = keep
             try:
                 start = time.perf_counter()
                 summary = ft.finetune(
@@ -137,7 +138,7 @@ def trained(tiny_task, runtime, tmp_path_factory):
                 )
                 seconds = time.perf_counter() - start
             finally:
-                ft.save_artifact = original
+                rf.save_artifact = original
             cache[name] = Run(
                 name, summary, saved["model"], out / "run", seconds, loss_before, _train_loss(saved["model"], tokenized)
             )
@@ -332,6 +333,66 @@ def test_adapters_refuse_other_architectures_clearly():
         add_adapters(_tiny_classifier("distilbert"))
 
 
+@pytest.mark.parametrize("kind", ["lora", "adalora", "ia3"])
+def test_bert_keeps_the_modules_peft_picks_by_itself(kind):
+    """Default targets for every family must not move BERT's: the modules adapted and the head saved
+    are those peft 0.21 picks with no target_modules (its own table), as before."""
+    import peft
+
+    from dapt.finetune.methods import apply_method, peft_config
+
+    params = {"kind": kind, "total_steps": 10}
+    ours = apply_method(_tiny_classifier("bert"), params)
+    config = peft_config(_tiny_classifier("bert"), params)
+    config.target_modules = None
+    if kind == "ia3":
+        config.feedforward_modules = None
+    theirs = peft.get_peft_model(_tiny_classifier("bert"), config)
+
+    def adapted(model):
+        return sorted(n for n, m in model.named_modules() if isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer))
+
+    assert adapted(ours) == adapted(theirs) and adapted(ours)
+    assert set(ours.peft_config["default"].modules_to_save) == {"pooler", "classifier", "score"}
+    mine, peft_own = ours.peft_config["default"], theirs.peft_config["default"]
+    assert mine.target_modules == peft_own.target_modules
+    assert getattr(mine, "feedforward_modules", None) == getattr(peft_own, "feedforward_modules", None)
+
+
+def test_distilbert_peft_runs_train_and_save_its_whole_head(tmp_path):
+    """DistilBERT's head is pre_classifier + classifier: both train under LoRA and travel with the
+    adapter (left out, pre_classifier stayed at a random init that a reload could not restore)."""
+    from dapt.finetune.methods import apply_method, load_finetuned, save_artifact
+
+    base = tmp_path / "base"
+    _tiny_classifier("distilbert").save_pretrained(base)
+    from transformers import DistilBertTokenizer
+
+    DistilBertTokenizer(vocab={f"w{i}": i for i in range(99)}, unk_token="w1", pad_token="w0").save_pretrained(base)
+    model = apply_method(_tiny_classifier("distilbert"), {"kind": "lora"})
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1)  # as if trained
+    save_artifact(model, {"kind": "lora"}, ["a", "b"], tmp_path / "run")
+    info = json.loads((tmp_path / "run" / "method.json").read_text())
+    assert info["targets"] == {"target_modules": ["q_lin", "v_lin"], "source": "found in the distilbert model"}
+    reloaded, _ = load_finetuned(str(tmp_path / "run"), str(base), ["a", "b"])
+    ids = torch.randint(3, 99, (2, 7))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "roberta"])
+def test_prompt_tuning_takes_the_input_embedding_width(arch):
+    """Virtual tokens join the input embeddings: DistilBERT's width is `dim` (peft reads no hidden_size)."""
+    from dapt.finetune.methods import apply_method
+
+    model = apply_method(_tiny_classifier(arch), {"kind": "prompt", "num_virtual_tokens": 3, "max_length": 20})
+    assert model(input_ids=torch.randint(3, 99, (2, 7))).logits.shape == (2, 2)
+
+
 def test_prefix_tokens_must_fit_the_position_embeddings():
     from dapt.core.errors import UserError
     from dapt.finetune.methods import apply_method
@@ -426,12 +487,18 @@ def _runtime_fp32():
     return setup_runtime(0, "fp32", threads=1)
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def _stack(model):
+    """The base model's layer stack: `encoder` (BERT, RoBERTa), `transformer` (DistilBERT)."""
+    base = getattr(model, model.base_model_prefix)
+    return getattr(base, "encoder", None) or base.transformer
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
 def test_head_stores_the_frozen_encoder_output_and_gives_the_same_logits(arch):
     from dapt.finetune.adapters import store_frozen_encoder, train_only_head
 
     model = train_only_head(_tiny_classifier(arch))
-    encoder = getattr(model, model.base_model_prefix).encoder
+    encoder = _stack(model)
     texts = [np.array([5, 6, 7, 8]), np.array([9, 10]), np.array([11, 12, 13, 14, 15, 16])]
     ids = torch.full((3, 6), 1)
     mask = torch.zeros((3, 6), dtype=torch.long)
@@ -443,13 +510,13 @@ def test_head_stores_the_frozen_encoder_output_and_gives_the_same_logits(arch):
     model.train()
     restore = store_frozen_encoder(model, [texts[:2], texts[2:]], 1, _runtime_fp32(), batch_size=2)
     assert restore is not None
-    assert getattr(model, model.base_model_prefix).encoder is not encoder  # the encoder no longer runs
+    assert _stack(model) is not encoder  # the encoder no longer runs
     model.eval()
     with torch.no_grad():
         got = model(input_ids=ids[[2, 0]], attention_mask=mask[[2, 0]]).logits  # any order, any batch
     assert torch.equal(got, expected[[2, 0]])
     restore()
-    assert getattr(model, model.base_model_prefix).encoder is encoder
+    assert _stack(model) is encoder
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, expected)
 
@@ -463,8 +530,6 @@ def test_head_store_steps_aside_where_the_head_reads_more_than_the_first_positio
     pooler.forward = lambda hidden: pooler.activation(pooler.dense(hidden.mean(1)))  # mean pooling
     assert store_frozen_encoder(model, [texts], 1, _runtime_fp32(), batch_size=2) is None
     assert model.bert.encoder is encoder
-    distil = train_only_head(_tiny_classifier("distilbert"))  # no `encoder`: trains as before
-    assert store_frozen_encoder(distil, [texts], 1, _runtime_fp32(), batch_size=2) is None
     full = _tiny_classifier("bert")  # the encoder trains: nothing to store
     assert store_frozen_encoder(full, [texts], 1, _runtime_fp32(), batch_size=2) is None
 

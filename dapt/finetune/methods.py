@@ -22,6 +22,7 @@ METHOD_KEYS = (
     "alpha",
     "dropout",
     "target_modules",
+    "feedforward_modules",
     "num_virtual_tokens",
     "reduction_factor",
     "placement",

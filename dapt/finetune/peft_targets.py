@@ -143,7 +143,7 @@ def resolve_targets(model: nn.Module, params: dict, method: str = "methods", who
             )
         out = {"target_modules": list(given), "source": "target_modules"}
         if kind == "ia3":  # the feed-forward ones among them scale their input, as IA3 does for the FFN
-            ff = (found_targets(model, "ia3") or {}).get("feedforward_modules", [])
+            ff = params.get("feedforward_modules") or (found_targets(model, "ia3") or {}).get("feedforward_modules", [])
             out["feedforward_modules"] = [t for t in given if t in ff]
         return out
     table, ff_table = peft_tables(kind)
