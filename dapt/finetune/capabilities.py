@@ -46,9 +46,15 @@ def skeleton_classifier(model_dir: str | Path, who: str) -> torch.nn.Module:
     config.num_labels = 2
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
+    build = lambda: AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust)
     try:
-        with torch.device("meta"):
-            return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust)
+        try:
+            with torch.device("meta"):
+                return build()
+        except (ValueError, KeyError):
+            raise
+        except Exception:  # noqa: BLE001  (custom code that cannot be built without weights: built for real)
+            return build()
     except (ValueError, KeyError) as err:
         raise UserError(
             who,
