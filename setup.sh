@@ -28,6 +28,7 @@ fi
 # Read a study's --configfile before Snakemake parses it, so a YAML mistake is one line naming file and
 # line (dapt/core/config_guard.py); a .pth line runs at interpreter start and returns at once elsewhere.
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo 'import sys; exec("try:\n from dapt.core.config_guard import guard\nexcept ImportError:\n guard = None\nif guard: guard()")' \
+# (other processes never import dapt: the line looks at the command first)
+echo 'import sys; exec("a = getattr(sys, \"orig_argv\", sys.argv)\nif any(x.rsplit(\"/\", 1)[-1] == \"snakemake\" for x in a[:3]):\n try:\n  from dapt.core.config_guard import guard\n except ImportError:\n  guard = None\n if guard:\n  guard()")' \
   > "$site/dapt_config_guard.pth"
 echo "set-up done: $(.venv/bin/python -c 'import torch, transformers, snakemake; print("torch", torch.__version__, "transformers", transformers.__version__, "snakemake", snakemake.__version__)')"

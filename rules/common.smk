@@ -26,6 +26,7 @@ from dapt.study import config as study  # noqa: E402
 from dapt.study import grid, layout  # noqa: E402
 from dapt.runtime import tracking  # noqa: E402
 from dapt.study import defaults, settings  # noqa: E402
+from dapt.study.requirements import model_requirements  # noqa: E402
 from dapt.core.errors import UserError, diverged  # noqa: E402
 
 SCRIPTS = BASE / "scripts"

@@ -3,6 +3,7 @@
 
 localrules:
     prepare_model,
+    check_model,
     prepare_corpus,
     prepare_task,
 
@@ -27,6 +28,32 @@ rule prepare_model:
     shell:
         "python {params.script} --config-json {params.spec:q}"
         " --name {wildcards.model} --out {output} --cache-dir {params.cache}{params.unverified} > {log} 2>&1"
+
+
+# Right after the model is stored: every method and long-text reading of the study is checked against
+# it (dapt.finetune.capabilities), so one it cannot take is refused before tokenization or pretraining.
+# Downstream rules take the record as ancient(): changing the study's methods re-checks the model but
+# reruns nothing that was already built.
+rule check_model:
+    input:
+        model=rules.prepare_model.output.model,
+    output:
+        checked=layout.MODEL_CHECK,
+    log:
+        layout.log_path("check_model", "{model}"),
+    benchmark:
+        layout.benchmark_path("check_model", "{model}")
+    conda:
+        "../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        script=script("check_model.py"),
+        requirements=lambda w: as_json(model_requirements(config, w.model)),
+    shell:
+        "python {params.script} --model {input.model} --name {wildcards.model}"
+        " --requirements {params.requirements:q} --out {output.checked} > {log} 2>&1"
 
 
 rule prepare_corpus:

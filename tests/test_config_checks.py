@@ -148,3 +148,20 @@ def test_a_config_override_error_blames_config_not_the_file():
     assert proc.returncode != 0 and last.startswith("error: --config: seeds:"), proc.stderr[-2000:]
     proc = _snakemake("--config", "seeds=[1, 2]", "finetune={'epochs': 'x'}")
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --config: finetune.epochs:"), proc.stderr[-2000:]
+
+
+def test_a_method_the_model_cannot_take_stops_the_study_before_tokenizing(tmp_path):
+    """check_model runs right after the model is stored: LoRA targets that name no module of the model stop
+    the study there, in one line naming the model, the method and what to set; nothing is tokenized or
+    pretrained (every later step waits on the check)."""
+    from conftest import make_workdir, run_snakemake
+
+    config = copy.deepcopy(tiny_config())
+    config["methods"]["lora"]["target_modules"] = ["no_such_projection"]
+    work = make_workdir(tmp_path / "study", config)
+    proc = run_snakemake(work, "--cores", "1")
+    assert proc.returncode != 0
+    log = (work / "results/logs/check_model/tiny.log").read_text().strip().splitlines()
+    assert log[-1].startswith("error: ") and "tiny" in log[-1] and "lora" in log[-1] and "target_modules" in log[-1]
+    assert not (work / "results/models/tiny.checked.json").exists()
+    assert not list(work.glob("results/tokenized/*")) and not list(work.glob("results/pretrain/*"))

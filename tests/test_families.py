@@ -247,7 +247,7 @@ def test_target_modules_that_name_nothing_are_refused(sources):
 
     params = {"kind": "lora", "target_modules": ["query", "qkv_nope"]}
     message = _refusal(lambda: check_model_supports(sources("bert"), "bert", {"lora": params}))
-    assert message.startswith("methods.lora (kind lora) on models.bert: ['qkv_nope'] name no module")
+    assert message.startswith("methods.lora.target_modules (kind lora) on models.bert: ['qkv_nope'] name no module")
     assert "attention.self.query" in message  # names it could use
 
 
@@ -311,19 +311,23 @@ def test_a_family_transformers_cannot_fine_tune_is_refused_when_stored(tmp_path)
     assert message.startswith("models.neo: transformers 5.23.0 has no sequence classifier for model type 'neomme'")
 
 
-def test_prepare_model_refuses_before_anything_expensive_and_keeps_no_folder(sources, tmp_path):
-    """The model job with the study's requirements: one line, exit status 2, no model folder."""
-    spec = {"source": {"kind": "local", "path": str(sources("modernbert"))}}
+def test_check_model_refuses_in_one_line_and_records_nothing(sources, tmp_path):
+    """The check_model job with the study's requirements: one line, exit status 2, no record (every later
+    step waits on the record; tests/test_config_checks.py runs it through Snakemake)."""
     required = {"methods": {"lora": {"kind": "lora"}, "prefix": {"kind": "prefix"}}}
-    command = [sys.executable, str(REPO / "scripts" / "prepare_model.py"), "--name", "mbert", "--out"]
-    command += [str(tmp_path / "model"), "--config-json", json.dumps(spec), "--cache-dir", str(tmp_path / "c")]
-    proc = subprocess.run([*command, "--requirements", json.dumps(required)], capture_output=True, text=True)
+    command = [sys.executable, str(REPO / "scripts" / "check_model.py"), "--model", str(sources("modernbert"))]
+    command += ["--name", "mbert", "--requirements", json.dumps(required), "--out", str(tmp_path / "checked.json")]
+    proc = subprocess.run(command, capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(
         "error: methods.prefix (kind prefix) on models.mbert: prefix tuning hands trained key/values"
     )
-    assert not (tmp_path / "model").exists()
+    assert not (tmp_path / "checked.json").exists()
+    ok = subprocess.run([*command[:-4], "--requirements", json.dumps({"methods": {"lora": {"kind": "lora"}}}),
+                         "--out", str(tmp_path / "checked.json")], capture_output=True, text=True)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "Wqkv" in json.loads((tmp_path / "checked.json").read_text())["methods"]["lora"]
 
 
 def test_fine_tuning_refuses_a_method_the_model_cannot_take_before_training(sources, runtime, tmp_path):

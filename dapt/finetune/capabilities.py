@@ -1,5 +1,5 @@
 """Whether a model can take each fine-tuning method and long-text strategy of a study, checked when the
-model is stored (`scripts/prepare_model.py --requirements`) and again when a run starts, so that a method
+model is stored (the `check_model` step, scripts/check_model.py) and again when a run starts, so that a method
 the model's family cannot take is refused in one line before any pretraining runs, not deep inside peft
 after it. The model is built on the meta device (no weights, no memory): only its structure is read.
 
@@ -93,8 +93,9 @@ def check_method(model: torch.nn.Module, method: str, params: dict, who: str) ->
             return f"adapts {', '.join(targets['target_modules'])} ({targets['source']})"
         if kind == "adapter":
             return f"adapters in {len(encoder_layers(model))} layers"
-    except UserError as err:  # the same problem, said for this method and model
-        raise UserError(where, err.problem, err.fix) from None
+    except UserError as err:  # the same problem, said for this method and model, keeping the key it names
+        key = err.where.split(" on ")[0] if err.where.startswith(f"methods.{method}") else f"methods.{method}"
+        raise UserError(f"{key} (kind {kind}) on {who}", err.problem, err.fix) from None
     if kind == "prefix" and not takes_past_key_values(model):
         raise UserError(
             where,

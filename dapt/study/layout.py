@@ -29,6 +29,8 @@ BENCHMARK_DIR = "results/benchmarks"
 CACHE = "results/.cache/downloads"
 #: A model's stored copy: the base checkpoint of every chain and run.
 MODEL = "results/models/{model}"
+#: The record that a stored model can take every method and long-text reading of the study (check_model).
+MODEL_CHECK = "results/models/{model}.checked.json"
 #: A corpus's documents and a task's splits, normalized (dapt.data.prepare).
 CORPUS = "results/data/corpora/{corpus}.parquet"
 TASK = "results/data/tasks/{task}"
