@@ -240,7 +240,7 @@ def test_predict_cli(task, exported, tmp_path):
     res = _predict(["--model", str(folder), "--batch-size", "3"], stdin="\n".join(texts) + "\n")
     assert res.returncode == 0, res.stderr
     out = pd.read_csv(__import__("io").StringIO(res.stdout))
-    assert list(out.columns) == ["row", "label", "p_neg", "p_pos"] and len(out) == 10
+    assert list(out.columns) == ["line", "label", "p_neg", "p_pos"] and len(out) == 10
     np.testing.assert_allclose(out[["p_neg", "p_pos"]].sum(axis=1), 1.0, atol=1e-5)
     onnx = export_onnx(folder, tmp_path / "onnx")
     pd.DataFrame({"review": texts}).to_csv(tmp_path / "in.csv", index=False)
@@ -260,6 +260,30 @@ def test_predict_cli(task, exported, tmp_path):
     via_onnx = pd.read_csv(tmp_path / "out.csv")
     assert (via_onnx["label"] == out["label"]).all()
     np.testing.assert_allclose(via_onnx["p_pos"], out["p_pos"], atol=1e-4)
+
+
+def test_predict_keeps_one_row_per_input_line_and_refuses_bad_input_in_one_line(task, exported, tmp_path):
+    """Row N of the output is line N of the input (blank lines keep their place, labelled as an empty text is);
+    bytes that are not UTF-8 and a max_length below 8 are one-line errors, not tracebacks or silently ignored."""
+    folder = exported("full")
+    texts = _test_texts(task)[:4]
+    lines = [texts[0], "", texts[1], "   ", texts[2], texts[3]]
+    res = _predict(["--model", str(folder)], stdin="\n".join(lines) + "\n")
+    assert res.returncode == 0, res.stderr
+    out = pd.read_csv(__import__("io").StringIO(res.stdout), keep_default_na=False)
+    assert out["line"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert "2 blank line(s) labelled as empty texts" in res.stderr
+    alone = _predict(["--model", str(folder)], stdin="\n".join(texts) + "\n")
+    ref = pd.read_csv(__import__("io").StringIO(alone.stdout))
+    assert out["label"].iloc[[0, 2, 4, 5]].tolist() == ref["label"].tolist()
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("un film très réussi\n".encode("latin-1"))
+    _one_line_error(_predict(["--model", str(folder), "--input", str(latin)]), str(latin), "not utf-8", "--encoding")
+    ok = _predict(["--model", str(folder), "--input", str(latin), "--encoding", "latin-1"])
+    assert ok.returncode == 0 and ok.stdout.count("\n") == 2, ok.stderr
+    for bad in ("0", "-5"):
+        res = _predict(["--model", str(folder), "--max-length", bad], stdin="a text\n")
+        assert res.returncode == 2 and "--max-length must be at least 8" in res.stderr.strip().splitlines()[-1]
 
 
 def _one_line_error(res, *fragments):

@@ -23,13 +23,25 @@ import numpy as np
 from dapt.core.errors import UserError, run_main
 
 
-def read_texts(source: str | None, column: str | None) -> list[str]:
+def read_texts(source: str | None, column: str | None, encoding: str = "utf-8") -> tuple[list[str], str]:
+    """The input's texts, one per line of a text file or per row of a CSV column, blank ones included (they
+    keep their place: row N of the output is line N of the input), and the name of the numbering column."""
     import pandas as pd
 
     where = source or "stdin"
     if source and not Path(source).is_file():
         raise UserError(source, "no such file", "give a text file with one text per line, or a CSV")
-    raw = Path(source).read_text(encoding="utf-8") if source else sys.stdin.read()
+    data = Path(source).read_bytes() if source else sys.stdin.buffer.read()
+    try:
+        raw = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise UserError(
+            where,
+            f"not {encoding} text (byte 0x{data[err.start]:02x} at offset {err.start})",
+            "give its encoding with --encoding (e.g. latin-1), or convert it to UTF-8",
+        ) from None
+    except LookupError:
+        raise UserError("--encoding", f"unknown encoding '{encoding}'", "e.g. utf-8, latin-1, cp1252") from None
     if column or (source or "").endswith(".csv"):
         column = column or "text"
         try:
@@ -42,12 +54,12 @@ def read_texts(source: str | None, column: str | None) -> list[str]:
                 f"no column '{column}' (columns: {', '.join(map(str, df.columns))})",
                 "name the text column with --column",
             )
-        texts = df[column].tolist()
+        texts, numbering = df[column].tolist(), "row"
     else:
-        texts = [line for line in raw.splitlines() if line.strip()]
-    if not texts:
+        texts, numbering = raw.splitlines(), "line"
+    if not any(t.strip() for t in texts):
         raise UserError(where, "no texts to label (the input is empty)", "give one text per line, or a CSV column")
-    return texts
+    return texts, numbering
 
 
 class Predictor:
@@ -182,10 +194,11 @@ def choose_reading(args: argparse.Namespace, predictor: Predictor) -> tuple[dict
     return settings, line
 
 
-def to_csv(texts: list[str], probs: np.ndarray, labels: list[str]) -> str:
+def to_csv(texts: list[str], probs: np.ndarray, labels: list[str], numbering: str = "line") -> str:
+    """One row per input text, numbered as in the input (`line` of a text file, `row` of a CSV)."""
     import pandas as pd
 
-    df = pd.DataFrame({"row": np.arange(1, len(texts) + 1), "label": [labels[i] for i in probs.argmax(1)]})
+    df = pd.DataFrame({numbering: np.arange(1, len(texts) + 1), "label": [labels[i] for i in probs.argmax(1)]})
     for j, lab in enumerate(labels):
         df[f"p_{lab}"] = probs[:, j].round(6)
     return df.to_csv(index=False)
@@ -196,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True, help="export folder (PyTorch or ONNX) or a .onnx file")
     p.add_argument("--input", help="text file (one text per line) or CSV; default: stdin")
     p.add_argument("--column", help="CSV column holding the texts (default for a .csv input: 'text')")
+    p.add_argument("--encoding", default="utf-8", help="the input's text encoding (default: utf-8)")
     p.add_argument("--output", help="CSV file to write (default: stdout)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
@@ -226,7 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
-    texts = read_texts(args.input, args.column)
+    if args.max_length is not None and args.max_length < 8:
+        p.error(f"--max-length must be at least 8 tokens (a row holds the special tokens too), not {args.max_length}")
+    texts, numbering = read_texts(args.input, args.column, args.encoding)
+    blank = sum(not t.strip() for t in texts)
+    if blank:  # kept in place (and labelled as an empty text is, as the evaluate step would): row N is line N
+        print(f"{blank} blank {numbering}(s) labelled as empty texts, in place", file=sys.stderr)
     from dapt.runtime.cli import limit_threads, quiet_progress_bars
 
     limit_threads(args.threads)
@@ -235,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     settings, line = choose_reading(args, predictor)
     print(line, file=sys.stderr)
     predictor.use(settings)
-    text = to_csv(texts, predictor.predict_proba(texts, args.batch_size), predictor.labels)
+    text = to_csv(texts, predictor.predict_proba(texts, args.batch_size), predictor.labels, numbering)
     if args.output:
         from dapt.core.files import write_text
 
