@@ -165,3 +165,21 @@ def test_a_method_the_model_cannot_take_stops_the_study_before_tokenizing(tmp_pa
     assert log[-1].startswith("error: ") and "tiny" in log[-1] and "lora" in log[-1] and "target_modules" in log[-1]
     assert not (work / "results/models/tiny.checked.json").exists()
     assert not list(work.glob("results/tokenized/*")) and not list(work.glob("results/pretrain/*"))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_compressed_file_named_as_text_is_told_so_not_to_change_the_encoding(tmp_path, fmt):
+    """A gzip file named .csv used to get the hint `set encoding: latin-1`, which cannot help."""
+    import gzip
+
+    from dapt.data.prepare import prepare_task
+
+    data = tmp_path / f"rt.{fmt}"
+    rows = "".join(f"text {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
+    body = ("sentence,sentiment\n" + rows) if fmt == "csv" else rows
+    data.write_bytes(gzip.compress(body.encode()))
+    spec = {"source": {"kind": "local", "path": str(data), "columns": {"text": "sentence", "label": "sentiment"}}}
+    with pytest.raises(UserError) as err:
+        prepare_task({**spec, "carve": {"test": 10, "validation": 10}}, "t", tmp_path / "out", 0, tmp_path / "c")
+    msg = str(err.value)
+    assert "gzip-compressed" in msg and "encoding" not in msg.split("(")[0] and "latin-1" not in msg

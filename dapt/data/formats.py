@@ -29,12 +29,40 @@ def check_file(path: Path, source: dict, where: str, origin: str) -> tuple[str, 
     return fmt, source.get("encoding", "utf-8-sig")
 
 
+#: The first bytes of compressed files, which decode as no text encoding: the hint is then not `encoding:`.
+COMPRESSED = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ": "xz",
+    b"PK\x03\x04": "zip",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+
+
+def compression_of(path: Path | None) -> str | None:
+    """The compression a file's first bytes show, if any."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except (OSError, TypeError):
+        return None
+    return next((name for magic, name in COMPRESSED.items() if head.startswith(magic)), None)
+
+
 @contextlib.contextmanager
-def read_errors(origin: str, where: str, fmt: str, encoding: str) -> Iterator[None]:
+def read_errors(origin: str, where: str, fmt: str, encoding: str, path: Path | None = None) -> Iterator[None]:
     """Decoding and parsing errors as one line naming the file and the key to change."""
     try:
         yield
     except UnicodeDecodeError as err:
+        packed = compression_of(path)
+        if packed:
+            raise UserError(
+                origin,
+                f"is {packed}-compressed, not {fmt} text",
+                f"decompress it, or give it its {packed} suffix (e.g. .{fmt}.gz for gzip) and set format: {fmt}"
+                f" in {where}",
+            ) from None
         raise UserError(
             origin,
             f"is not valid {encoding} text ({err.reason} at byte {err.start} of a block)",

@@ -106,7 +106,7 @@ def read_table(path: Path, source: dict, where: str, origin: str) -> pd.DataFram
     per non-blank line (or, with `sep`, two: `txt_rows`); tsv fields are never quoted (as in GLUE).
     """
     fmt, encoding = check_file(path, source, where, origin)
-    with read_errors(origin, where, fmt, encoding):
+    with read_errors(origin, where, fmt, encoding, path):
         table = read_format(path, fmt, encoding, source, origin)
     if table.empty:
         raise UserError(origin, "the file has no rows")
@@ -119,7 +119,7 @@ def read_chunks(path: Path, source: dict, where: str, origin: str, rows: int | N
     rows = rows or CHUNK_ROWS
     fmt, encoding = check_file(path, source, where, origin)
     seen = 0
-    with read_errors(origin, where, fmt, encoding):
+    with read_errors(origin, where, fmt, encoding, path):
         for chunk in format_chunks(path, fmt, encoding, source, origin, rows):
             if len(chunk):
                 seen += len(chunk)
