@@ -317,8 +317,13 @@ def test_bad_inputs(task, runs, exported, tmp_path):
     bad = tmp_path / "onnx" / "model.onnx"
     onnx.save(model, str(bad))
     res = _predict(["--model", str(bad), "--output", str(tmp_path / "o.csv")], stdin="a fine film\n")
-    _one_line_error(res, "model.onnx", "cannot load it")
+    _one_line_error(res, "model.onnx", "cannot load it", "opset")
     assert not (tmp_path / "o.csv").exists()
+    data = bad.read_bytes()  # a truncated file is damaged, not an opset problem
+    bad.write_bytes(data[: len(data) // 2])
+    res = _predict(["--model", str(bad), "--output", str(tmp_path / "o.csv")], stdin="a fine film\n")
+    last = _one_line_error(res, "model.onnx", "not a complete ONNX model", "export it again")
+    assert "opset" not in last and not (tmp_path / "o.csv").exists()
 
     script = str(REPO / "scripts" / "deploy_export.py")
     not_run = tmp_path / "never" / "model"

@@ -209,11 +209,7 @@ class OnnxClassifier:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001  (ORT raises its own exception types)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(
-                str(path),
-                f"ONNX Runtime {ort.__version__} cannot load it: {first[:300]}",
-                "export with an opset this runtime supports (deploy.opset)",
-            ) from None
+            raise UserError(str(path), *_load_failure(first, ort.__version__, self.path)) from None
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -221,6 +217,19 @@ class OnnxClassifier:
         if "token_type_ids" in self.inputs:
             feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
         return self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.inputs})[0]
+
+
+def _load_failure(first: str, version: str, path: Path) -> tuple[str, str]:
+    """(problem, fix) of a model ONNX Runtime cannot load: a damaged file is not an opset problem."""
+    if "protobuf" in first.lower() or "INVALID_PROTOBUF" in first:
+        size = path.stat().st_size if path.is_file() else 0
+        return (
+            f"not a complete ONNX model ({size:,} bytes that do not parse: damaged or truncated)",
+            "export it again (the deploy_export step, or dapt.deploy.onnx.export_onnx)",
+        )
+    if "opset" in first.lower() or "ir version" in first.lower():
+        return f"ONNX Runtime {version} cannot load it: {first[:300]}", "export with an opset this runtime supports"
+    return f"ONNX Runtime {version} cannot load it: {first[:300]}", "check the file, or export it again"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
