@@ -96,7 +96,8 @@ rule prepare_task:
         split_seed=config.get("split_seed", 0),
         cache=layout.CACHE,
         unverified=download_args(),
+        curve=lambda w: curve_args(w.task),
     shell:
         "python {params.script} --kind task --config-json {params.spec:q}"
         " --name {wildcards.task} --out {output} --split-seed {params.split_seed}"
-        " --cache-dir {params.cache}{params.unverified} > {log} 2>&1"
+        " --cache-dir {params.cache}{params.unverified}{params.curve} > {log} 2>&1"

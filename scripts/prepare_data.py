@@ -21,6 +21,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--name", required=True, help="the corpus or task name in the config")
     parser.add_argument("--out", required=True, help="corpus: the .parquet file; task: the output folder")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the stratified carving (tasks)")
+    parser.add_argument("--train-sizes", default="", help="a learning curve's sizes (tasks), e.g. 100,300")
+    parser.add_argument("--sizes-key", default="train_sizes", help="the config key that sets them (for the message)")
     add_download_args(parser)
     return parser.parse_args()
 
@@ -33,7 +35,9 @@ def main() -> None:
         summary = prepare_corpus(spec, args.name, args.out, args.cache_dir)
         print(f"corpus {args.name}: {summary['docs']} documents, {summary['chars']} characters -> {args.out}")
     else:
-        summary = prepare_task(spec, args.name, args.out, args.split_seed, args.cache_dir)
+        sizes = [int(n) for n in args.train_sizes.split(",") if n]
+        curve = (sizes, args.sizes_key) if sizes else None
+        summary = prepare_task(spec, args.name, args.out, args.split_seed, args.cache_dir, curve)
         rows = ", ".join(f"{split} {n}" for split, n in summary["rows"].items())
         print(f"task {args.name}: {rows} rows; labels {summary['labels']} -> {args.out}")
         print(f"class counts: {summary['class_counts']}")

@@ -116,7 +116,8 @@ def test_an_alias_inside_its_own_anchor_is_one_line(tmp_path):
 
 def _snakemake(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "snakemake"
-    return subprocess.run([str(exe), "-n", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    snakefile = ["-s", str(REPO / "Snakefile")] if Path(cwd) != REPO else []
+    return subprocess.run([str(exe), "-n", *snakefile, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize(
@@ -183,3 +184,44 @@ def test_a_compressed_file_named_as_text_is_told_so_not_to_change_the_encoding(t
         prepare_task({**spec, "carve": {"test": 10, "validation": 10}}, "t", tmp_path / "out", 0, tmp_path / "c")
     msg = str(err.value)
     assert "gzip-compressed" in msg and "encoding" not in msg.split("(")[0] and "latin-1" not in msg
+
+
+def test_a_learning_curve_size_above_the_training_split_stops_the_data_step(tmp_path):
+    """Without a cap in the config the split's size is known once the data is read: the data step refuses a
+    larger curve size there, writing nothing (it used to fail in fine-tuning, after tokenization and DAPT)."""
+    from dapt.data.prepare import prepare_task
+
+    spec = {
+        "source": {"kind": "local", "path": str(REPO / "tests/data/rt_sample.csv"), "columns": RT},
+        "carve": {"test": 100, "validation": 60},
+    }
+    out = tmp_path / "t"
+    with pytest.raises(UserError) as err:
+        prepare_task(spec, "rt", out, 0, tmp_path / "c", ([50, 5000], "train_sizes"))
+    msg = str(err.value)
+    assert msg.startswith("train_sizes: a learning-curve size of 5000 is more than the") and "use sizes <=" in msg
+    assert not out.exists()
+    assert prepare_task(spec, "rt", out, 0, tmp_path / "c", ([50, 200], "train_sizes"))["rows"]["train"] >= 200
+
+
+def test_the_data_rule_hands_a_learning_curve_to_the_data_step():
+    config = copy.deepcopy(tiny_config())
+    config["train_sizes"] = [40, 120]
+    work = make_workdir_for(config)
+    proc = _snakemake("--configfile", str(work / "study.yaml"), "-p", "results/data/tasks/rt_polarity", cwd=work)
+    assert "--train-sizes 40,120 --sizes-key train_sizes" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    work = make_workdir_for(tiny_config())
+    plain = _snakemake("--configfile", str(work / "study.yaml"), "-p", "results/data/tasks/rt_polarity", cwd=work)
+    assert "prepare_data.py --kind task" in plain.stdout + plain.stderr
+    assert "--train-sizes" not in plain.stdout + plain.stderr
+
+
+RT = {"text": "sentence", "label": "sentiment"}
+
+
+def make_workdir_for(config: dict) -> Path:
+    import tempfile
+
+    from conftest import make_workdir
+
+    return make_workdir(Path(tempfile.mkdtemp(prefix="curve-")), config)

@@ -131,16 +131,27 @@ def prepare_task(
     out_dir: str | os.PathLike,
     split_seed: int = 0,
     cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
+    curve: tuple[list[int], str] | None = None,
 ) -> dict:
     """Write train/validation/test parquet files (id, text, label), labels.json and summary.json.
 
     Splits the task lacks are carved from its training rows, stratified by label with
-    `split_seed`, so every variant and seed of a study sees the very same examples.
+    `split_seed`, so every variant and seed of a study sees the very same examples. `curve`: a learning
+    curve's training sizes and the key that sets them; one above the training split is refused here, before
+    anything is written (the data step runs first: not after tokenization and pretraining).
     """
     where = f"tasks.{name}"
     splits, label_keys = _load_task_sources(spec, where, cache_dir)
     splits = carve_missing_splits(splits, spec.get("carve") or {}, where, split_seed)
     splits = cap_splits(splits, spec.get("max_examples") or {}, where, split_seed)
+    if curve and max(curve[0]) > len(splits["train"]):
+        sizes, key = curve
+        n = len(splits["train"])
+        raise UserError(
+            key,
+            f"a learning-curve size of {max(sizes)} is more than the {n} examples of task {name}'s training split",
+            f"use sizes <= {n}",
+        )
     labels = check_labels(splits, label_keys)
     check_unique_ids(splits, f"{where}.sources")
     summary = _task_summary(spec, name, splits, labels, split_seed)
