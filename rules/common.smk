@@ -70,6 +70,20 @@ except UserError as err:
     print(f"error: {err}", file=sys.stderr, flush=True)
     sys.exit(2)
 
+# fp16 needs a GPU: where jobs run on this machine and it has none, refuse now, not in the first training job
+if config.get("precision") == "fp16" and workflow.local_exec:
+    from dapt.runtime.devices import visible_gpus
+
+    if not visible_gpus()[0]:
+        print(
+            f"error: {'--config' if 'precision' in (workflow.config_settings.config or {}) else CONFIG_SOURCE}: "
+            f"precision: fp16 needs a GPU, and jobs run on this machine, which has none "
+            f"({visible_gpus()[1]}) (use auto, bf16 or fp32; on a cluster, submit with its profile)",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(2)
+
 
 wildcard_constraints:
     model=r"[A-Za-z][A-Za-z0-9_]*",

@@ -4,6 +4,8 @@ in one line naming the key (each of these once failed late, ran away or trained 
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -225,3 +227,21 @@ def make_workdir_for(config: dict) -> Path:
     from conftest import make_workdir
 
     return make_workdir(Path(tempfile.mkdtemp(prefix="curve-")), config)
+
+
+def test_fp16_where_jobs_run_on_a_machine_without_a_gpu_is_refused_when_the_config_is_read():
+    """It used to fail in the first training job, after the data, tokenization and model steps."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DAPT_GPU_IDS", "CUDA_VISIBLE_DEVICES")}
+    env["PATH"] = str(Path(sys.executable).parent) + ":/usr/bin:/bin"  # no nvidia-smi here either way
+    exe = Path(sys.executable).parent / "snakemake"
+    proc = subprocess.run([str(exe), "-n", "--config", "precision=fp16"], cwd=REPO, capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    if shutil.which("nvidia-smi", path=env["PATH"]):
+        pytest.skip("this machine has nvidia-smi")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert (
+        proc.returncode == 2 and last.startswith("error: --config: precision: fp16 needs a GPU") and "use auto" in last
+    )
+    faked = subprocess.run([str(exe), "-n", "--config", "precision=fp16"], cwd=REPO, capture_output=True, text=True,
+                           env={**env, "DAPT_GPU_IDS": "0"}, timeout=120)  # fmt: skip
+    assert faked.returncode == 0, faked.stderr[-2000:]

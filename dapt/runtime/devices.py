@@ -209,12 +209,8 @@ def _claim(n: int, slot_dir: str | None, visible: str | None) -> list[str]:
         pool, source = slurm_ids, "SLURM allocation"
     elif visible is not None:
         pool, source = _split_ids(visible), "argument"
-    elif os.environ.get("DAPT_GPU_IDS") is not None:
-        pool, source = _split_ids(os.environ["DAPT_GPU_IDS"]), "DAPT_GPU_IDS"
-    elif os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
-        pool, source = _split_ids(os.environ["CUDA_VISIBLE_DEVICES"]), "CUDA_VISIBLE_DEVICES"
     else:
-        pool, source = _nvidia_smi_ids(), "nvidia-smi"
+        pool, source = visible_gpus()
 
     if not pool:
         _log(f"asked for {n} GPU(s) but none are visible ({source}); running on CPU")
@@ -231,6 +227,16 @@ def _claim(n: int, slot_dir: str | None, visible: str | None) -> list[str]:
     ids = _claim_from(pool, n, slot_dir or _default_slot_dir())
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
     return ids
+
+
+def visible_gpus() -> tuple[list[str], str]:
+    """The GPUs a job started here could claim, and where that was read: $DAPT_GPU_IDS, else
+    $CUDA_VISIBLE_DEVICES, else ``nvidia-smi -L`` (no torch import: the workflow asks this when it plans)."""
+    if os.environ.get("DAPT_GPU_IDS") is not None:
+        return _split_ids(os.environ["DAPT_GPU_IDS"]), "DAPT_GPU_IDS"
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return _split_ids(os.environ["CUDA_VISIBLE_DEVICES"]), "CUDA_VISIBLE_DEVICES"
+    return _nvidia_smi_ids(), "nvidia-smi"
 
 
 def release_devices() -> None:
