@@ -62,6 +62,10 @@ def read_texts(source: str | None, column: str | None, encoding: str = "utf-8") 
     return texts, numbering
 
 
+#: The fewest tokens a row may hold (the schema's least tasks.<t>.max_length): the special tokens and some text.
+MIN_LENGTH = 8
+
+
 class Predictor:
     """Tokenizer + model of an export (PyTorch folder or ONNX); `predict_proba(texts)`."""
 
@@ -74,6 +78,8 @@ class Predictor:
         from dapt.deploy.export import INPUT_FILE, read_input_settings
         from dapt.tokenize.tasks import position_limit
 
+        if max_length is not None and max_length < MIN_LENGTH:  # 0 would read as "not given", -5 overflow
+            raise UserError("--max-length", f"{max_length} tokens: a row needs at least {MIN_LENGTH}", "e.g. 128")
         path = Path(model)
         if not path.exists():
             raise UserError(model, "no such model file or folder", "give an export folder or a .onnx file")
@@ -240,8 +246,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
-    if args.max_length is not None and args.max_length < 8:
-        p.error(f"--max-length must be at least 8 tokens (a row holds the special tokens too), not {args.max_length}")
     texts, numbering = read_texts(args.input, args.column, args.encoding)
     blank = sum(not t.strip() for t in texts)
     if blank:  # kept in place (and labelled as an empty text is, as the evaluate step would): row N is line N
