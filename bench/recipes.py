@@ -65,7 +65,7 @@ def recipe_collator(tokenizer, tuned: bool):
 def group_by_length() -> dict:
     """The TrainingArguments switch for length-grouped training batches: `group_by_length=True` up to
     transformers 4.x, `train_sampling_strategy="group_by_length"` in 5.x (a LengthGroupedSampler
-    either way). Evaluation keeps the sequential order: predictions come back in dataset order."""
+    either way). In 5.x the Trainer's evaluation sampler follows it too (eval_bench reorders the predictions)."""
     from transformers import TrainingArguments
 
     if "group_by_length" in TrainingArguments.__dataclass_fields__:

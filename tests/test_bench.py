@@ -92,6 +92,9 @@ def test_bench_smoke(bench_run):
     for side in ("ours", "recipe", "recipe_tuned"):  # each side predicted the whole test split once
         assert result["eval"][f"{side}_examples_per_s"] > 0
     assert 0 <= result["eval"]["agreement"] <= 1 and 0 <= result["eval"]["agreement_tuned"] <= 1
+    # the tuned peer evaluates with the recipe's own length grouping, its predictions put back in order
+    assert result["eval"]["samplers"]["recipe_tuned"] == "LengthGroupedSampler"
+    assert result["eval"]["agreement_tuned"] >= 0.9, result["eval"]["agreement_tuned"]
     assert not list((tmp_path / "work").glob("run-*"))  # its temporary outputs are gone
 
 
