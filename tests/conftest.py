@@ -33,19 +33,29 @@ def rt_examples():
     return df
 
 
-def tiny_base(root: Path, tok, dropout: float = 0.0, initializer_range: float = 0.2) -> Path:
-    """A randomly initialised 2-layer BERT masked LM with MiniLM's tokenizer, saved in root/base (seed 0)."""
-    import torch
-    from transformers import BertConfig, BertForMaskedLM
+def tiny_bert_config(tok, **overrides):
+    """The tests' tiny BERT: MiniLM's vocabulary, hidden 32, 2 layers, 2 heads, 64 positions."""
+    from transformers import BertConfig
 
-    torch.manual_seed(0)
-    config = BertConfig(
+    return BertConfig(
         vocab_size=len(tok),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=64,
+        **overrides,
+    )
+
+
+def tiny_base(root: Path, tok, dropout: float = 0.0, initializer_range: float = 0.2) -> Path:
+    """A randomly initialised 2-layer BERT masked LM with MiniLM's tokenizer, saved in root/base (seed 0)."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = tiny_bert_config(
+        tok,
         initializer_range=initializer_range,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,

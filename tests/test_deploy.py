@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, minilm_dir, rt_examples, write_tokenized_task
+from conftest import REPO, minilm_dir, rt_examples, tiny_bert_config, write_tokenized_task
 
 LABELS = ["neg", "pos"]
 TRAIN = {
@@ -50,20 +50,15 @@ EXPORTABLE = [m for m in METHODS if m not in ("prefix", "prompt")]
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     """(base checkpoint, task folder, tokenized task folder)."""
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
     from dapt.data.model_store import load_tokenizer
 
     root = tmp_path_factory.mktemp("deploy")
     tok = load_tokenizer(minilm_dir())
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
+    config = tiny_bert_config(
+        tok,
         initializer_range=0.2,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,

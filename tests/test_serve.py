@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import REPO, minilm_dir, rt_examples, rt_reviews
+from conftest import REPO, minilm_dir, rt_examples, rt_reviews, tiny_bert_config
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from serve_process import metric, serving, stop  # noqa: E402
@@ -41,7 +41,7 @@ def texts(n: int = 40) -> list[str]:
 def export(tmp_path_factory) -> Path:
     """An ONNX export folder (model.onnx, tokenizer, config with labels, dapt_input.json)."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     from dapt.core.files import write_json
     from dapt.data.model_store import load_tokenizer
@@ -50,13 +50,8 @@ def export(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("serve")
     tok = load_tokenizer(minilm_dir())
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
+    config = tiny_bert_config(
+        tok,
         initializer_range=0.5,  # outputs far from 50/50, so a wrong row shows
         id2label={0: "neg", 1: "pos"},
         label2id={"neg": 0, "pos": 1},

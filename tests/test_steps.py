@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, minilm_dir
+from conftest import REPO, minilm_dir, tiny_bert_config
 from safetensors.torch import load_file
 
 from dapt.runtime.context import Runtime, linear_schedule, make_optimizer
@@ -147,7 +147,7 @@ def test_fine_tuning_prints_progress_every_tenth_of_an_epoch(tmp_path, monkeypat
 @pytest.fixture(scope="module")
 def tiny_mlm(tmp_path_factory):
     """A 2-layer BERT without its MLM head (so pretraining starts with the head warm-up) and blocks."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     from dapt.data.model_store import load_tokenizer
     from dapt.tokenize.blocks import tokenize_corpus
@@ -155,13 +155,8 @@ def tiny_mlm(tmp_path_factory):
     root = tmp_path_factory.mktemp("steps")
     tok = load_tokenizer(minilm_dir())
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
+    config = tiny_bert_config(
+        tok,
     )
     BertModel(config).save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
