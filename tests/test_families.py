@@ -433,3 +433,40 @@ def test_ia3_target_modules_given_keep_their_feed_forward_ones(sources):
     targets = resolve_targets(model, {"kind": "ia3", "target_modules": ["Wqkv", "mlp.Wo"]})
     assert targets["feedforward_modules"] == ["mlp.Wo"]
     assert resolve_targets(model, {"kind": "ia3"})["target_modules"] == ["Wqkv", "mlp.Wo"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["distilbert", "modernbert"])
+def test_the_families_that_failed_run_a_whole_study_through_snakemake(family, tmp_path):
+    """DistilBERT (LoRA failed after its pretraining) and ModernBERT, as a user brings them: a local model
+    folder in a study config, through Snakemake: check, TAPT, full + LoRA + head, evaluation, report, deploy
+    of LoRA (export, ONNX, int8), then `python -m dapt.deploy.predict` on the ONNX export."""
+    import copy
+
+    from conftest import make_workdir, run_snakemake, tiny_config
+
+    model = build_family(family, tmp_path / "models")
+    config = copy.deepcopy(tiny_config())
+    config["models"] = {family: {"source": {"kind": "local", "path": str(model)}}}
+    config["variants"] = {"base": [], "tapt": ["tapt"]}
+    config["pretrain"] = {"tapt": {"epochs": 1, "batch_size": 8, "max_length": 32, "lr": 1.0e-3, "save_steps": 5}}
+    config["finetune"] = {"epochs": 1, "batch_size": 16, "lr": 1.0e-3, "patience": 2}
+    config["methods"] = {"full": {}, "lora": {"lr": 3.0e-3, "r": 4, "alpha": 8}, "head": {"lr": 1.0e-2}}
+    config["seeds"] = [1]
+    config["deploy"] = {"methods": ["lora"], "latency_texts": 5}
+    config.pop("corpora", None)
+    work = make_workdir(tmp_path / "study", config)
+    proc = run_snakemake(work, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    checked = json.loads((work / f"results/models/{family}.checked.json").read_text())
+    assert set(checked["methods"]) == {"full", "lora", "head"} and LORA_TARGETS[family][0] in checked["methods"]["lora"]
+    table = (work / "results/report/table.md").read_text()
+    assert all(f"| {m} |" in table for m in ("full", "lora", "head"))
+    method = json.loads((work / f"results/finetune/rt_polarity/{family}/tapt/lora/seed1/model/method.json").read_text())
+    assert method["targets"]["target_modules"] == LORA_TARGETS[family]
+    onnx = next((work / "results/deploy").rglob("onnx/model.onnx"))
+    texts = "a moving, funny film\nflat and dull\n"
+    out = subprocess.run([sys.executable, "-m", "dapt.deploy.predict", "--model", str(onnx)], input=texts,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.splitlines()[0].startswith("line,label"), out.stderr[-2000:]
+    assert len(out.stdout.splitlines()) == 3
