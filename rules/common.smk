@@ -103,20 +103,6 @@ def as_json(obj, keep_order=False):
     return json.dumps(obj, sort_keys=not keep_order)
 
 
-def curve_args(task):
-    """' --train-sizes 100,300 --sizes-key <key>' for a task with a learning curve (checked against its
-    training split by the data step), else '' (the command of a study without one is unchanged).
-    """
-    sizes = [n for n in grid.train_sizes(config, task) if n is not None]
-    if not sizes:
-        return ""
-    own = isinstance(
-        (config["tasks"][task].get("max_examples") or {}).get("train"), list
-    )
-    key = f"tasks.{task}.max_examples.train" if own else "train_sizes"
-    return f" --train-sizes {','.join(map(str, sizes))} --sizes-key {key}"
-
-
 def download_args():
     return " --allow-unverified" if config.get("allow_unverified_downloads") else ""
 

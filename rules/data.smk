@@ -1,6 +1,9 @@
 # Step 1: download (or read) models, corpora and tasks into normalized, checksummed local copies.
 
 
+include: "data_helpers.smk"
+
+
 localrules:
     prepare_model,
     check_model,

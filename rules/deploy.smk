@@ -1,5 +1,7 @@
 # Step 7 (deploy:): export the best run per task and method (validation score) as a plain
-# transformers folder, ONNX and int8 ONNX; measure each format on the test split; tabulate and plot.
+# transformers folder, ONNX, ONNX fused by ONNX Runtime's transformer optimizer and int8 ONNX; measure
+# each format on the test split in a fresh process (PyTorch bf16 beside them where the CPU runs bf16
+# natively); tabulate (int8 against PyTorch fp32, ONNX fp32 and fused fp32) and plot.
 # Target `deploy` runs it for any study; with a `deploy:` block in the config it is part of `all`.
 
 
