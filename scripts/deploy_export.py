@@ -1,5 +1,7 @@
 """Deploy step 1: pick a run (the best validation score among the candidates), export it as a plain
-Hugging Face folder, and to ONNX and int8 ONNX as asked; all in one atomic output folder."""
+Hugging Face folder, and to ONNX, ONNX fused by ONNX Runtime's transformer optimizer and int8 ONNX (quantized
+from the plain graph, or from the fused one where `dapt.deploy.fusion.INT8_FROM_FUSED` says so and it fused)
+as asked; all in one atomic output folder."""
 
 import json
 
@@ -42,7 +44,7 @@ def main() -> None:
         "--candidates", type=json.loads, required=True, help='JSON list of {"artifact", "train_json", "base", "run"}'
     )
     p.add_argument("--tokenized", required=True, help="tokenized task folder (labels.json)")
-    p.add_argument("--formats", default="pytorch,onnx,onnx_int8")
+    p.add_argument("--formats", default="pytorch,onnx,onnx_fused,onnx_int8")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -52,6 +54,7 @@ def main() -> None:
 
     from dapt.core.files import atomic_path, read_json, write_json
     from dapt.deploy.export import export_run
+    from dapt.deploy.fusion import INT8_FROM_FUSED, optimize_onnx
     from dapt.study.defaults import DEPLOY_FORMATS as FORMATS
 
     formats = [f for f in args.formats.split(",") if f]
@@ -74,15 +77,21 @@ def main() -> None:
             "method": meta["method"],
             "formats": formats,
         }
-        if "onnx" in formats or "onnx_int8" in formats:
+        if {"onnx", "onnx_fused", "onnx_int8"} & set(formats):
             from dapt.deploy.onnx import export_onnx
 
             export_onnx(tmp / "pytorch", tmp / "onnx", args.opset)
             info["opset"] = args.opset
+        source = tmp / "onnx"
+        if "onnx_fused" in formats or ("onnx_int8" in formats and INT8_FROM_FUSED):
+            info["fusion"] = optimize_onnx(tmp / "onnx", tmp / "onnx_fused")
+            print(f"fusion: {json.dumps(info['fusion'])}")
+            if info["fusion"]["applied"] and INT8_FROM_FUSED:
+                source = tmp / "onnx_fused"
         if "onnx_int8" in formats:
             from dapt.deploy.onnx import quantize_int8
 
-            info["int8"] = quantize_int8(tmp / "onnx", tmp / "onnx_int8")
+            info["int8"] = {**quantize_int8(source, tmp / "onnx_int8"), "source": source.name}
         write_json(tmp / "deploy.json", info)
     print(f"exported {json.dumps(info.get('run'))} (validation {chosen['validation_score']:.4f}) as {formats}")
 

@@ -1,5 +1,6 @@
 """Deploy step 2: measure each exported format on the test split (quality vs PyTorch, size, peak
-memory, batch-1 latency, batch-32 throughput), each format in its own fresh process."""
+memory, batch-1 latency, batch-32 throughput), each format in its own fresh process; PyTorch bf16 beside
+them where the CPU runs bf16 natively (recorded as skipped, with the reason, elsewhere)."""
 
 import json
 
@@ -22,7 +23,7 @@ def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument("--export", required=True, help="the deploy_export folder")
     p.add_argument("--tokenized", type=json.loads, required=True, help="JSON {model: tokenized task folder}")
-    p.add_argument("--formats", default="pytorch,onnx,onnx_int8")
+    p.add_argument("--formats", help="comma-separated (default: all of dapt.study.defaults.DEPLOY_FORMATS)")
     p.add_argument("--latency-texts", type=int, default=200)
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -31,7 +32,9 @@ def main() -> None:
     from pathlib import Path
 
     from dapt.core.files import read_json, write_json
-    from dapt.deploy.measure import measure_all
+    from dapt.deploy.measure import measure_all, plan
+    from dapt.deploy.table import speed_ratios
+    from dapt.study.defaults import DEPLOY_FORMATS
 
     export = Path(args.export)
     info = read_json(export / "deploy.json")
@@ -40,8 +43,8 @@ def main() -> None:
         raise UserError(
             str(export / "deploy.json"), f"run model '{model}' has no tokenized task among {sorted(args.tokenized)}"
         )
-    formats = ["pytorch"] + [f for f in args.formats.split(",") if f and f != "pytorch"]
-    paths = {f: export / f for f in formats}
+    asked = [f for f in (args.formats or ",".join(DEPLOY_FORMATS)).split(",") if f]
+    paths, skipped = plan(export, asked, info)
     threads = args.threads or 1
     rows = measure_all(
         paths,
@@ -50,22 +53,27 @@ def main() -> None:
         args.latency_texts,
         context={**info["run"], "validation_score": info["validation_score"]},
     )
-    measured = [r for r in rows if r["format"] in args.formats.split(",")]
+    measured = [r for r in rows if r["format"] in asked or r["format"] == "pytorch_bf16"]
     write_json(
         args.out,
         {
             "run": info["run"],
             "int8": info.get("int8"),
+            "fusion": info.get("fusion"),
             "opset": info.get("opset"),
             "rows": measured,
+            "skipped": [s for s in skipped if s["format"] in asked or s["format"] == "pytorch_bf16"],
             "runtime": runtime_versions(),
         },
     )
-    for r in measured:
+    for r in speed_ratios(measured):
+        against = " ".join(f"x{r[k]:.2f} vs {k[len('speedup_b1_vs_') :]}" for k in r if k.startswith("speedup_b1_vs_"))
         print(
             f"{r['format']}: macro_f1 {r['macro_f1']:.4f} size {r['size_mb']:.1f} MB p50 {r['latency_p50_ms']:.2f} ms "
-            f"{r['throughput_per_s']:.1f}/s at 32 peak {r['peak_rss_mb']:.0f} MB"
+            f"{r['throughput_per_s']:.1f}/s at 32 peak {r['peak_rss_mb']:.0f} MB (b1: {against})"
         )
+    for s in skipped:
+        print(f"{s['format']}: not measured: {s['reason']}")
 
 
 if __name__ == "__main__":

@@ -215,6 +215,140 @@ def test_onnx_and_int8_match_pytorch(name, task, exported, tmp_path):
     assert (tmp_path / "onnx_int8" / "model.onnx").stat().st_size < (tmp_path / "onnx" / "model.onnx").stat().st_size
 
 
+def test_fused_graph_equals_plain_onnx(task, exported, tmp_path):
+    """ONNX Runtime's transformer optimizer fuses the tiny BERT's attention, LayerNorms and GELUs; the fused
+    graph keeps the inputs, outputs and dynamic axes and gives the plain graph's logits to 1e-4 (a padded
+    batch of mixed lengths, and batch 1). A model type it has no patterns for is left unfused, with the reason."""
+    import onnx
+
+    from dapt.deploy.fusion import optimize_onnx
+    from dapt.deploy.measure import load_logits_fn, pad
+    from dapt.deploy.onnx import export_onnx
+    from dapt.tokenize.tasks import read_examples
+
+    export_onnx(exported("full"), tmp_path / "onnx", opset=17)
+    record = optimize_onnx(tmp_path / "onnx", tmp_path / "onnx_fused")
+    assert record["applied"] and record["reason"] == "" and record["opt_level"] == 1, record
+    assert record["fused_ops"]["Attention"] == 2 and record["fused_ops"]["SkipLayerNormalization"] == 4
+    assert (tmp_path / "onnx_fused" / "tokenizer.json").is_file()
+    plain, fused = (onnx.load(str(tmp_path / d / "model.onnx")).graph for d in ("onnx", "onnx_fused"))
+    assert "Attention" in {n.op_type for n in fused.node} and "Attention" not in {n.op_type for n in plain.node}
+    for side in ("input", "output"):
+        assert [str(v.type) for v in getattr(fused, side)] == [str(v.type) for v in getattr(plain, side)]
+    test = read_examples(task[2] / "test.parquet")
+    for rows in (test["input_ids"][:24], test["input_ids"][5:6]):
+        ids, mask = pad(rows, 0)
+        want = load_logits_fn("onnx", tmp_path / "onnx", 1)(ids, mask)
+        np.testing.assert_allclose(load_logits_fn("onnx_fused", tmp_path / "onnx_fused", 1)(ids, mask), want, atol=1e-4)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in (tmp_path / "onnx").iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    config = json_of(other / "config.json")
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    record = optimize_onnx(other, tmp_path / "other_fused")
+    assert not record["applied"] and "'gpt2' has no fusion patterns" in record["reason"]
+    assert not (tmp_path / "other_fused").exists()
+
+
+@pytest.mark.parametrize("from_fused", [True, False])
+def test_int8_is_quantized_from_the_fused_graph_when_that_is_the_default(from_fused, task, runs, tmp_path, monkeypatch):
+    """deploy_export quantizes int8 from the fused graph (QAttention in it) when INT8_FROM_FUSED, and records it."""
+    import importlib.util
+
+    import onnx
+
+    from dapt.deploy import fusion
+
+    monkeypatch.setattr(fusion, "INT8_FROM_FUSED", from_fused)
+    run = runs("full")
+    candidates = [{"artifact": f"{run}/model", "train_json": f"{run}/train.json", "base": str(task[0]), "run": {}}]
+    argv = ["deploy_export", "--candidates", json.dumps(candidates), "--tokenized", str(task[2]), "--out"]
+    monkeypatch.setattr(sys, "argv", [*argv, str(tmp_path / "dep"), "--formats", "pytorch,onnx,onnx_fused,onnx_int8"])
+    spec = importlib.util.spec_from_file_location("deploy_export", REPO / "scripts" / "deploy_export.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main()
+    info = json_of(tmp_path / "dep" / "deploy.json")
+    assert info["fusion"]["applied"] and (tmp_path / "dep" / "onnx_fused" / "model.onnx").is_file()
+    assert info["int8"]["source"] == ("onnx_fused" if from_fused else "onnx")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "dep" / "onnx_int8" / "model.onnx")).graph.node}
+    assert ("QAttention" in ops) == from_fused and "MatMulInteger" in ops
+
+
+def _bf16_export(exported, tmp_path) -> Path:
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "pytorch").symlink_to(exported("full"), target_is_directory=True)
+    return export
+
+
+def test_bf16_peer_is_skipped_with_its_reason_where_the_cpu_lacks_native_bf16(exported, tmp_path, monkeypatch):
+    from dapt.deploy.measure import plan
+    from dapt.runtime import precision
+
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: (False, "AVX2"))
+    paths, skipped = plan(_bf16_export(exported, tmp_path), ["pytorch", "onnx_fused"], {"fusion": {"reason": "why"}})
+    assert list(paths) == ["pytorch"]
+    bf16 = next(s for s in skipped if s["format"] == "pytorch_bf16")
+    assert "no native bf16" in bf16["reason"] and "AVX2" in bf16["reason"]
+    assert {"format": "onnx_fused", "reason": "not fused: why"} in skipped
+
+
+def test_bf16_peer_is_measured_where_the_cpu_runs_bf16_natively(task, exported, tmp_path, monkeypatch):
+    from dapt.deploy.measure import measure_all, plan
+    from dapt.runtime import precision
+
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: (True, "AVX512"))
+    paths, skipped = plan(_bf16_export(exported, tmp_path), ["pytorch"], {})
+    assert list(paths) == ["pytorch", "pytorch_bf16"] and skipped == []
+    rows = measure_all(paths, task[2], 1, 3, fresh_process=False)
+    bf16 = rows[1]
+    assert bf16["format"] == "pytorch_bf16" and bf16["latency_texts"] == 3 and bf16["n_test"] == rows[0]["n_test"]
+    assert bf16["agreement_vs_pytorch"] >= 0.75 and 0 < bf16["max_prob_diff_vs_pytorch"] < 0.1
+
+
+def test_deploy_table_states_int8_against_onnx_and_fused_fp32(tmp_path):
+    """The table's speed-up columns: each row against PyTorch fp32, ONNX fp32 and the fused fp32 graph;
+    the fusion and the peers not measured are named under it."""
+    from dapt.core.files import write_json
+    from dapt.deploy.table import write_deploy_report
+
+    run = {"task": "rt", "model": "minilm", "variant": "base", "method": "full", "seed": 1}
+    timing = {"pytorch": (10.0, 100.0), "onnx": (5.0, 150.0), "onnx_fused": (4.0, 160.0), "onnx_int8": (2.0, 300.0)}
+    rows = [
+        {**run, "format": f, "macro_f1": 0.8, "accuracy": 0.8, "size_mb": 90.0, "latency_p50_ms": p50}
+        | {"latency_p95_ms": p50, "throughput_per_s": per_s, "threads": 1, "peak_rss_mb": 300.0}
+        for f, (p50, per_s) in timing.items()
+    ]
+    fusion = {
+        "applied": True,
+        "model_type": "bert",
+        "opt_level": 1,
+        "fused_ops": {"Attention": 6},
+        "max_abs_diff": 1e-8,
+    }
+    skipped = [{"format": "pytorch_bf16", "reason": "this CPU has no native bf16"}]
+    record = {"run": run, "rows": rows, "fusion": fusion, "skipped": skipped, "runtime": {}, "opset": 17}
+    write_json(tmp_path / "measure.json", {**record, "int8": {"isa": "avx2", "weight_type": "QInt8"} | SOURCE})
+    write_deploy_report([tmp_path / "measure.json"], tmp_path / "report")
+    lines = (tmp_path / "report" / "deploy.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| task"))
+    assert "× PyTorch (b1)" in header and "× ONNX fp32 (b1)" in header and "× fused fp32 (b1)" in header
+    int8 = next(line for line in lines if "| ONNX int8 |" in line)
+    assert int8.endswith("| 300.0 | 5.00 | 2.50 | 2.00 | 1 |"), int8  # texts/s, the three speed-ups, threads
+    assert next(line for line in lines if "| ONNX fp32 fused |" in line).endswith("| 160.0 | 2.50 | 1.25 |  | 1 |")
+    note = next(line for line in lines if line.startswith("rt/full (base, seed 1)"))
+    assert "quantized from the fused fp32 graph" in note and "Attention ×6" in note
+    assert "pytorch_bf16 not measured: this CPU has no native bf16" in note
+    csv = pd.read_csv(tmp_path / "report" / "deploy.csv")
+    assert csv.loc[csv["format"] == "onnx_int8", "speedup_b32_vs_onnx_fused"].item() == pytest.approx(300 / 160)
+
+
+SOURCE = {"per_channel": True, "reduce_range": True, "source": "onnx_fused"}
+
+
 def _predict(args, stdin=None, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "dapt.deploy.predict", *args],
@@ -391,7 +525,8 @@ def test_bad_inputs(task, runs, exported, tmp_path):
 
 def test_workflow_deploys_the_best_run_per_method(tmp_path):
     """The tiny study cut to the base variant, LoRA, seeds 1-2, with a deploy: block: target `deploy`
-    exports the better seed by validation score, measures three formats, and writes the deployment
+    exports the better seed by validation score, measures four formats (and PyTorch bf16 where the CPU runs
+    it natively), and writes the deployment
     table and plot; the default target includes them; a prompt-tuning method in deploy.methods is
     refused before any job runs."""
     import json
@@ -420,14 +555,19 @@ def test_workflow_deploys_the_best_run_per_method(tmp_path):
             for s in (1, 2)
         }
         assert info["validation_score"] == max(scores.values()) and info["run"]["seed"] == max(scores, key=scores.get)
-        rows = json.loads((export / "measure.json").read_text())["rows"]
-        assert [r["format"] for r in rows] == ["pytorch", "onnx", "onnx_int8"]
-        assert all(r["threads"] == 1 and r["latency_texts"] == 5 and r["peak_rss_mb"] > 0 for r in rows)
-        assert abs(rows[1]["f1_diff_vs_pytorch"]) < 1e-9 and rows[2]["size_ratio_vs_pytorch"] < 0.6
+        measured = json.loads((export / "measure.json").read_text())
+        rows = {r["format"]: r for r in measured["rows"]}
+        bf16 = ["pytorch_bf16"] if "pytorch_bf16" in rows else []  # a peer only where the CPU runs bf16 natively
+        assert list(rows) == ["pytorch", *bf16, "onnx", "onnx_fused", "onnx_int8"]
+        assert bf16 or measured["skipped"][0]["format"] == "pytorch_bf16"
+        assert all(r["threads"] == 1 and r["latency_texts"] == 5 and r["peak_rss_mb"] > 0 for r in rows.values())
+        assert abs(rows["onnx"]["f1_diff_vs_pytorch"]) < 1e-9 and abs(rows["onnx_fused"]["f1_diff_vs_pytorch"]) < 1e-9
+        assert rows["onnx_int8"]["size_ratio_vs_pytorch"] < 0.6
+        assert info["fusion"]["applied"] and measured["fusion"] == info["fusion"]
     table = (workdir / "results" / "report" / "deploy.md").read_text()
-    assert "ONNX int8" in table and "onnxruntime" in table
+    assert "ONNX int8" in table and "ONNX fp32 fused" in table and "onnxruntime" in table
     assert (workdir / "results" / "report" / "deploy.png").stat().st_size > 1000
-    assert len(pd.read_csv(workdir / "results" / "report" / "deploy.csv")) == 3
+    assert len(pd.read_csv(workdir / "results" / "report" / "deploy.csv")) == 4 + len(bf16)
     # the default target adds the study's own report; Snakemake's HTML report captions the deploy files
     assert run_snakemake(workdir).returncode == 0
     proc = run_snakemake(workdir, "--report", str(workdir / "report.html"))

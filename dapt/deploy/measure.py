@@ -2,10 +2,12 @@
 model), size on disk, peak memory, latency at batch 1 and throughput at batch 32.
 
 Each format runs in its own fresh process (spawned), so its peak memory is that of a process serving
-only that format: the ONNX formats never import torch. All formats see the same token ids (the
-tokenized test split), so the numbers compare the models, not the tokenizer; those rows are cut by
-the task's long_text strategy and a document's windows pooled as the evaluate step does, which is what
-the export's `dapt_input.json` tells `dapt.deploy.predict` to do (checked to agree).
+only that format: the ONNX formats never import torch. The peers beside PyTorch fp32 eager: ONNX Runtime
+fp32 on the plain graph and on the graph its transformer optimizer fused (`dapt.deploy.fusion`), and
+PyTorch bf16 where the CPU runs bf16 natively (`plan`; skipped, with the reason, elsewhere). All formats
+see the same token ids (the tokenized test split), so the numbers compare the models, not the tokenizer;
+those rows are cut by the task's long_text strategy and a document's windows pooled as the evaluate step
+does, which is what the export's `dapt_input.json` tells `dapt.deploy.predict` to do (checked to agree).
 """
 
 from __future__ import annotations
@@ -22,6 +24,43 @@ import numpy as np
 from dapt.core.errors import UserError
 
 THROUGHPUT_BATCH = 32
+#: Formats served by PyTorch from the exported folder; `pytorch_bf16` is a peer measured where the CPU
+#: runs bf16 natively (`dapt.runtime.precision.cpu_native_bf16`), not a format the export writes.
+PYTORCH = ("pytorch", "pytorch_bf16")
+
+
+def plan(export: str | Path, formats: list[str], info: dict) -> tuple[dict[str, Path], list[dict]]:
+    """({format: folder} to measure, PyTorch fp32 first and bf16 beside it where native; [{format, reason}]
+    of the peers and formats not measured) for an export folder and its deploy.json `info`."""
+    export = Path(export)
+    wanted = ["pytorch"] + [f for f in formats if f != "pytorch"]
+    paths, skipped = {}, []
+    for fmt in wanted:
+        if (export / fmt).is_dir():
+            paths[fmt] = export / fmt
+        elif fmt == "onnx_fused" and info.get("fusion"):
+            skipped.append({"format": fmt, "reason": f"not fused: {info['fusion'].get('reason')}"})
+        else:
+            skipped.append({"format": fmt, "reason": f"not in the export ({export / fmt} is missing)"})
+        if fmt == "pytorch":
+            native, why = bf16_peer()
+            if native:
+                paths["pytorch_bf16"] = export / "pytorch"
+            else:
+                skipped.append({"format": "pytorch_bf16", "reason": why})
+    return paths, skipped
+
+
+def bf16_peer() -> tuple[bool, str]:
+    """(whether PyTorch bf16 is a peer on this CPU, why not)."""
+    from dapt.runtime.precision import cpu_native_bf16
+
+    native, capability = cpu_native_bf16()
+    why = (
+        f"this CPU has no native bf16 (no AVX-512 BF16 or AMX; torch CPU capability {capability}): "
+        "PyTorch would emulate it, slower than fp32"
+    )
+    return native, "" if native else why
 
 
 def pad(input_ids: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +77,7 @@ def pad(input_ids: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarra
 def model_files(fmt: str, path: str | Path) -> list[Path]:
     """The files that hold a format's weights and graph (what 'size on disk' counts)."""
     path = Path(path)
-    if fmt == "pytorch":
+    if fmt in PYTORCH:  # bf16: the fp32 folder, cast when loaded
         return sorted(path.glob("*.safetensors"))
     folder = path if path.is_dir() else path.parent
     return sorted(f for f in folder.iterdir() if f.suffix in (".onnx", ".data") or f.name.endswith(".onnx.data"))
@@ -49,8 +88,8 @@ def size_bytes(fmt: str, path: str | Path) -> int:
 
 
 def load_logits_fn(fmt: str, path: str | Path, threads: int):
-    """A function (ids, mask) -> logits for one format."""
-    if fmt == "pytorch":
+    """A function (ids, mask) -> logits for one format (`pytorch_bf16`: the PyTorch folder in bfloat16)."""
+    if fmt in PYTORCH:
         import torch
         from transformers import AutoModelForSequenceClassification
 
@@ -62,6 +101,8 @@ def load_logits_fn(fmt: str, path: str | Path, threads: int):
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path), trust_remote_code=meta.get("needs_remote_code", False)
         ).eval()
+        if fmt == "pytorch_bf16":
+            model = model.to(torch.bfloat16)
         use_types = "token_type_ids" in inspect.signature(model.forward).parameters
 
         def run(ids, mask):
@@ -103,8 +144,21 @@ def measure_in_process(
         "latency_p50_ms": float(np.percentile(lat_ms, 50)),
         "latency_p95_ms": float(np.percentile(lat_ms, 95)),
         "latency_texts": len(lat),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM counts only what ran since the process started
+    its program; `ru_maxrss` starts a spawned child at its parent's peak (bench_deploy's parent, which
+    trained the model, gave every format the same 1,964 MB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure_format(
@@ -135,7 +189,7 @@ def measure_all(
     context: dict | None = None,
 ) -> list[dict]:
     """One row per format (in `paths`' order, PyTorch first if present): quality and its difference to
-    PyTorch, size, peak memory, latency, throughput, threads."""
+    PyTorch fp32, size, peak memory, latency, throughput, threads."""
     from dapt.core.files import read_json
     from dapt.finetune.metrics import compute_metrics
     from dapt.tokenize.longtext import per_document

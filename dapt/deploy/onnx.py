@@ -170,7 +170,10 @@ def cpu_int8_settings() -> dict:
 
 
 def quantize_int8(onnx_dir: str | Path, out_dir: str | Path, settings: dict | None = None) -> dict:
-    """Dynamic int8 quantization (ONNX Runtime's quantizer) of `onnx_dir/model.onnx` into `out_dir`."""
+    """Dynamic int8 quantization (ONNX Runtime's quantizer) of `onnx_dir/model.onnx` into `out_dir`: a plain
+    graph or one fused by `dapt.deploy.fusion` (whose Attention nodes become QAttention, which quantizes
+    its Q/K/V weights 7-bit whatever `reduce_range` says; its EmbedLayerNormalization, QEmbedLayerNormalization)."""
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     settings = settings or cpu_int8_settings()
@@ -183,6 +186,8 @@ def quantize_int8(onnx_dir: str | Path, out_dir: str | Path, settings: dict | No
             per_channel=settings["per_channel"],
             reduce_range=settings["reduce_range"],
             weight_type=getattr(QuantType, settings["weight_type"]),
+            # ONNX's shape inference cannot type the outputs of ONNX Runtime's fused ops: they are float
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
         )
         for f in src.iterdir():
             if f.is_file() and f.name != "model.onnx":

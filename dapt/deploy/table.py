@@ -6,7 +6,15 @@ from pathlib import Path
 
 from dapt.core.files import atomic_path, read_json, write_text
 
-FORMAT_NAMES = {"pytorch": "PyTorch fp32", "onnx": "ONNX fp32", "onnx_int8": "ONNX int8"}
+FORMAT_NAMES = {
+    "pytorch": "PyTorch fp32",
+    "pytorch_bf16": "PyTorch bf16",
+    "onnx": "ONNX fp32",
+    "onnx_fused": "ONNX fp32 fused",
+    "onnx_int8": "ONNX int8",
+}
+#: The fp32 peers each row's speed is stated against (batch-1 p50 latency, batch-32 throughput).
+PEERS = ("pytorch", "onnx", "onnx_fused")
 COLUMNS = [  # (key, header, format)
     ("task", "task", "{}"),
     ("method", "method", "{}"),
@@ -23,18 +31,48 @@ COLUMNS = [  # (key, header, format)
     ("latency_p50_ms", "p50 ms (b1)", "{:.2f}"),
     ("latency_p95_ms", "p95 ms (b1)", "{:.2f}"),
     ("throughput_per_s", "texts/s (b32)", "{:.1f}"),
+    ("speedup_b1_vs_pytorch", "× PyTorch (b1)", "{:.2f}"),
+    ("speedup_b1_vs_onnx", "× ONNX fp32 (b1)", "{:.2f}"),
+    ("speedup_b1_vs_onnx_fused", "× fused fp32 (b1)", "{:.2f}"),
     ("threads", "threads", "{}"),
 ]
 PERCENT_POINTS = ("macro_f1", "accuracy", "f1_diff_vs_pytorch")
 
 
+def speed_ratios(rows: list[dict]) -> list[dict]:
+    """One run's rows, each with `speedup_b1_vs_<peer>` (the peer's batch-1 p50 over the row's) and
+    `speedup_b32_vs_<peer>` (the row's batch-32 throughput over the peer's) for every other fp32 peer
+    measured: int8 against PyTorch fp32, ONNX Runtime fp32 and the fused fp32 graph."""
+    by_format = {r["format"]: r for r in rows}
+    out = []
+    for r in rows:
+        r = {k: v for k, v in r.items() if not k.startswith(("speedup_b1_vs_", "speedup_b32_vs_"))}
+        for peer in PEERS:
+            ref = by_format.get(peer)
+            if ref is not None and peer != r["format"]:
+                r[f"speedup_b1_vs_{peer}"] = ref["latency_p50_ms"] / r["latency_p50_ms"]
+                r[f"speedup_b32_vs_{peer}"] = r["throughput_per_s"] / ref["throughput_per_s"]
+        out.append(r)
+    return out
+
+
 def load_rows(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
-    """Rows (one per run and format) and each file's int8 settings and runtime versions."""
+    """Rows (one per run and format, with their speed ratios) and each file's int8 settings, fusion,
+    formats not measured and runtime versions."""
     rows, settings = [], []
     for p in paths:
         m = read_json(p)
-        rows += m["rows"]
-        settings.append({**m["run"], "int8": m.get("int8"), "runtime": m.get("runtime", {}), "opset": m.get("opset")})
+        rows += speed_ratios(m["rows"])
+        settings.append(
+            {
+                **m["run"],
+                "int8": m.get("int8"),
+                "fusion": m.get("fusion"),
+                "skipped": m.get("skipped", []),
+                "runtime": m.get("runtime", {}),
+                "opset": m.get("opset"),
+            }
+        )
     return rows, settings
 
 
@@ -69,7 +107,10 @@ def write_tables(rows: list[dict], settings: list[dict], out: Path) -> None:
         "macro-F1, accuracy and Δ F1 (against the run's PyTorch export) in points ×100; size: the weight "
         "files on disk; peak MB: peak RSS of a fresh process serving only that format; latency: model call "
         "at batch 1 over the first test texts (same token ids for every format), throughput at batch 32 over "
-        "the whole test split.",
+        "the whole test split. × PyTorch / ONNX fp32 / fused fp32: batch-1 speed-up against PyTorch fp32 eager, "
+        "ONNX Runtime fp32 on the plain graph and on the graph its transformer optimizer fused (each format in "
+        "its own fresh process, same threads; batch-32 ratios in deploy.csv). PyTorch bf16 (measured only where "
+        "the CPU runs bf16 natively) loads the fp32 folder and casts it, so its size is that folder's.",
     ]
     for s in settings:
         rt, q = s["runtime"], s["int8"]
@@ -86,9 +127,13 @@ def write_tables(rows: list[dict], settings: list[dict], out: Path) -> None:
             )
             if q.get("decided_by") is not None:  # exports before the record named the deciding CPU flags lack it
                 line += f" (decided by {q.get('machine')}: {', '.join(q['decided_by']) or 'no CPU flags'})"
+            if q.get("source"):
+                line += f", quantized from the {'fused' if q['source'] == 'onnx_fused' else 'plain'} fp32 graph"
+        line += _fusion_note(s.get("fusion"))
+        line += "".join(f"; {x['format']} not measured: {x['reason']}" for x in s.get("skipped") or [])
         lines.append(line + ".")
     write_text(out / "deploy.md", "\n".join(lines) + "\n")
-    esc = lambda t: t.replace("%", r"\%").replace("_", r"\_").replace("Δ", r"$\Delta$")  # noqa: E731
+    esc = lambda t: t.replace("%", r"\%").replace("_", r"\_").replace("Δ", r"$\Delta$").replace("×", r"$\times$")  # noqa: E731
     tex = [
         r"\begin{table}[t]",
         r"\centering\small",
@@ -102,11 +147,24 @@ def write_tables(rows: list[dict], settings: list[dict], out: Path) -> None:
         r"\bottomrule",
         r"\end{tabular}",
         r"\caption{Deployment formats of the best run per task and method (test split): quality, size, "
-        r"peak memory, latency at batch 1, throughput at batch 32.}",
+        r"peak memory, latency at batch 1, throughput at batch 32, and the batch-1 speed-up against PyTorch "
+        r"fp32, ONNX Runtime fp32 and its fused fp32 graph.}",
         r"\label{tab:deploy}",
         r"\end{table}",
     ]
     write_text(out / "deploy.tex", "\n".join(tex) + "\n")
+
+
+def _fusion_note(fusion: dict | None) -> str:
+    if not fusion:
+        return ""
+    if not fusion.get("applied"):
+        return f"; no fused graph ({fusion.get('reason')})"
+    ops = ", ".join(f"{k} ×{v}" for k, v in (fusion.get("fused_ops") or {}).items())
+    return (
+        f"; fused by onnxruntime.transformers.optimizer (model_type {fusion.get('model_type')}, "
+        f"opt_level {fusion.get('opt_level')}: {ops}; max |Δ logit| vs plain {fusion.get('max_abs_diff', 0):.1g})"
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -116,7 +174,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    markers = {"pytorch": "o", "onnx": "s", "onnx_int8": "^"}
+    markers = {"pytorch": "o", "pytorch_bf16": "v", "onnx": "s", "onnx_fused": "D", "onnx_int8": "^"}
     methods = sorted({r["method"] for r in rows})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     for r in rows:
@@ -131,7 +189,8 @@ def plot(rows: list[dict], path: Path) -> None:
     for m in methods:
         ax.scatter([], [], color=colors[m], label=m)
     for f, mk in markers.items():
-        ax.scatter([], [], marker=mk, color="gray", label=FORMAT_NAMES[f])
+        if any(r["format"] == f for r in rows):
+            ax.scatter([], [], marker=mk, color="gray", label=FORMAT_NAMES[f])
     ax.set_xlabel("latency at batch 1, p50 (ms)")
     ax.set_ylabel("test macro-F1 ×100")
     ax.set_title("Deployment: quality vs latency (marker area ~ size on disk)")

@@ -63,7 +63,7 @@ LONG_TEXT_DEFAULTS: dict[str, Any] = {
 PEFT_KINDS: tuple[str, ...] = ("lora", "adalora", "ia3", "prefix", "prompt")
 METHOD_KINDS: tuple[str, ...] = ("full", "head", *PEFT_KINDS, "adapter")
 # The deploy stage (`deploy:`; dapt.deploy): formats, which runs, how they are measured.
-DEPLOY_FORMATS: tuple[str, ...] = ("pytorch", "onnx", "onnx_int8")
+DEPLOY_FORMATS: tuple[str, ...] = ("pytorch", "onnx", "onnx_fused", "onnx_int8")
 DEPLOY_DEFAULTS: dict[str, Any] = {
     "formats": list(DEPLOY_FORMATS),
     "runs": "best",
