@@ -71,7 +71,7 @@ except UserError as err:
     sys.exit(2)
 
 # fp16 needs a GPU: where jobs run on this machine and it has none, refuse now, not in the first training job
-if config.get("precision") == "fp16" and workflow.local_exec:
+if config.get("precision", "auto") == "fp16" and workflow.local_exec:
     from dapt.runtime.devices import visible_gpus
 
     if not visible_gpus()[0]:
