@@ -89,7 +89,7 @@ def test_unknown_metric_is_a_user_error():
 
 def test_numpy_only():
     """No scikit-learn import: the package's metrics load without it."""
-    tree = ast.parse((ROOT / "dapt" / "metrics.py").read_text())
+    tree = ast.parse((ROOT / "dapt" / "finetune" / "metrics.py").read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "collections", "numpy", "dapt"}, imported

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import HUB_TOKEN_CANARY, REPO, minilm_dir
 
-SOURCES = sorted([*(REPO / "dapt").glob("*.py"), *(REPO / "scripts").glob("*.py")])
+SOURCES = sorted([*(REPO / "dapt").rglob("*.py"), *(REPO / "scripts").glob("*.py")])
 
 
 def calls(path: Path):

@@ -99,7 +99,7 @@ def load_logits_fn(fmt: str, path: str | Path, threads: int):
             torch.set_num_threads(threads)
         meta = read_json(Path(path) / "deploy.json") if (Path(path) / "deploy.json").is_file() else {}
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), trust_remote_code=meta.get("needs_remote_code", False)
+            str(path), trust_remote_code=meta.get("needs_remote_code", False), use_safetensors=True
         ).eval()
         if fmt == "pytorch_bf16":
             model = model.to(torch.bfloat16)

@@ -87,7 +87,7 @@ def _load_plain(folder: str | Path):
         else False
     )
     return AutoModelForSequenceClassification.from_pretrained(
-        str(folder), trust_remote_code=remote, attn_implementation="eager"
+        str(folder), trust_remote_code=remote, attn_implementation="eager", use_safetensors=True
     ).eval()
 
 
