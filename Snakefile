@@ -18,9 +18,10 @@ onsuccess:
     warn_failed_runs()
 
 
-# the report; the deploy stage (rules/deploy.smk) joins it when the config has a deploy: block
+# the report, each model's check; the deploy stage (rules/deploy.smk) joins it when the config has a deploy: block
 rule all:
     default_target: True
     input:
+        expand(layout.MODEL_CHECK, model=list(config["models"])),
         rules.report.output,
         rules.deploy_report.output if "deploy" in config else [],

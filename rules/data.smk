@@ -34,9 +34,10 @@ rule prepare_model:
 
 
 # Right after the model is stored: every method and long-text reading of the study is checked against
-# it (dapt.finetune.capabilities), so one it cannot take is refused before tokenization or pretraining.
-# Downstream rules take the record as ancient(): changing the study's methods re-checks the model but
-# reruns nothing that was already built.
+# it (dapt.finetune.capabilities); a method the model cannot take stops the study here, in one line. It
+# runs first (priority) and `all` asks for it; nothing else takes it as input: Snakemake 9 skips the
+# rerun checks of everything below a job that reruns when the edge is ancient() (dag.update_needrun), so
+# a changed method list would re-check the model and silently keep stale runs. Fine-tuning checks again.
 rule check_model:
     input:
         model=rules.prepare_model.output.model,
@@ -46,6 +47,7 @@ rule check_model:
         layout.log_path("check_model", "{model}"),
     benchmark:
         layout.benchmark_path("check_model", "{model}")
+    priority: 100
     conda:
         "../envs/train.yaml"
     threads: 1

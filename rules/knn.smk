@@ -10,7 +10,6 @@ rule select_knn:
         task=rules.prepare_task.output.task,
         corpus=rules.prepare_corpus.output.corpus,
         model=rules.prepare_model.output.model,
-        checked=ancient(rules.check_model.output.checked),
     output:
         selection=directory(layout.KNN_SELECTION),
     log:

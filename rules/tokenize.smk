@@ -35,7 +35,6 @@ rule tokenize_corpus_shard:
     input:
         texts=mlm_texts,
         model=rules.prepare_model.output.model,
-        checked=ancient(rules.check_model.output.checked),
     output:
         shard=temp(directory(layout.MLM_SHARD)),
     log:
@@ -67,7 +66,6 @@ rule tokenize_task:
     input:
         task=rules.prepare_task.output.task,
         model=rules.prepare_model.output.model,
-        checked=ancient(rules.check_model.output.checked),
     output:
         tokenized=directory(layout.TOKENIZED_TASK),
     log:

@@ -33,7 +33,6 @@ def tokenize_corpus_inputs(wildcards):
     inputs = {
         "texts": mlm_texts(wildcards),
         "model": layout.MODEL.format(model=wildcards.model),
-        "checked": ancient(layout.MODEL_CHECK.format(model=wildcards.model)),
     }
     n = corpus_shards(wildcards.stage)
     if n > 1:

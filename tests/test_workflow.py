@@ -93,6 +93,18 @@ def test_changed_finetune_hyperparameter_reruns_only_downstream(tiny_study, tmp_
     assert set(jobs) <= {"finetune", "evaluate", "report", "all"}, jobs
 
 
+def test_changed_lora_targets_recheck_the_model_and_rerun_lora(tiny_study):
+    """The model check is asked for by `all`, not taken as an ancient() input: with such an edge Snakemake 9
+    skips the rerun checks of every job below a job that reruns, and new targets re-checked the model but
+    kept the old LoRA runs."""
+    config = tiny_config()
+    config["methods"]["lora"]["target_modules"] = ["query", "key"]
+    (tiny_study / "targets.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    jobs = _dry_run_jobs(tiny_study, "--configfile", str(tiny_study / "targets.yaml"))
+    assert jobs.get("check_model") == 1 and jobs.get("finetune", 0) > 0, jobs
+    assert set(jobs) <= {"check_model", "finetune", "evaluate", "report", "all"}, jobs
+
+
 def test_snakemake_html_report(tiny_study):
     proc = run_snakemake(tiny_study, "--report", str(tiny_study / "report.html"))
     assert proc.returncode == 0, proc.stderr[-3000:]

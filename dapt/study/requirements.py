@@ -10,9 +10,14 @@ from collections.abc import Mapping
 from dapt.study.config import long_text_params, task_max_length
 from dapt.study.grid import run_params, runs
 
+#: The run parameters the check reads (dapt.finetune.capabilities, dapt.finetune.peft_targets): only these
+#: go into the check's params, so a new learning rate or batch size re-checks nothing.
+CAPABILITY_KEYS = ("kind", "target_modules", "feedforward_modules", "num_virtual_tokens", "max_length")
+
 
 def model_requirements(config: Mapping, model: str) -> dict:
-    """{"methods": {method folder: its run's params (kind, targets, sizes; max_length: the longest task's)},
+    """{"methods": {method folder: what the check reads of its run's params (CAPABILITY_KEYS; max_length: the
+    longest task's)},
     "long_text": {task: resolved long_text with the task's max_length}} for `model`."""
     methods: dict[str, dict] = {}
     for run in runs(config):
@@ -21,7 +26,7 @@ def model_requirements(config: Mapping, model: str) -> dict:
         params = run_params(config, run["task"], run["method"])
         name = run["method"]
         longest = max(params["max_length"], methods.get(name, {}).get("max_length", 0))
-        methods[name] = {**params, "max_length": longest}
+        methods[name] = {**{k: params[k] for k in CAPABILITY_KEYS if k in params}, "max_length": longest}
     long_text = {
         task: {**long_text_params(dict(config), task), "max_length": task_max_length(dict(config), task)}
         for task in config["tasks"]
