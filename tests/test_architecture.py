@@ -98,3 +98,57 @@ def test_the_check_fails_when_a_layer_points_up(tmp_path, own, line):
     (tmp_path / "dapt" / own / "bad.py").write_text(line)
     found = violations(tmp_path / "dapt")
     assert len(found) == 1 and found[0].startswith(f"dapt/{own}/bad.py:") and f"{own} (layer {LAYERS[own]})" in found[0]
+
+
+def module_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the dapt modules it imports (any depth, TYPE_CHECKING blocks included)."""
+    names = {
+        ".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__") for p in root.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("dapt"):
+                subs = {f"{node.module}.{a.name}" for a in node.names} & names
+                deps |= subs or ({node.module} & names)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names} & names
+        graph[name] = deps - {name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle found by a depth-first walk (each reported once, from where it was met)."""
+    found, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == "open":
+                found.append(path[path.index(dep) :] + [dep])
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_no_import_cycles():
+    assert cycles(module_graph()) == []
+
+
+def test_the_cycle_check_finds_one_hidden_behind_type_checking(tmp_path):
+    (tmp_path / "dapt" / "finetune").mkdir(parents=True)
+    for name, text in {
+        "__init__": "",
+        "finetune/__init__": "",
+        "finetune/a": "from dapt.finetune.b import f\n",
+        "finetune/b": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from dapt.finetune.a import g\n",
+    }.items():
+        (tmp_path / "dapt" / f"{name}.py").write_text(text)
+    assert cycles(module_graph(tmp_path / "dapt")) == [["dapt.finetune.a", "dapt.finetune.b", "dapt.finetune.a"]]

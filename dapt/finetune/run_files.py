@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from dapt.core.errors import diverged
 from dapt.core.files import atomic_path, write_json
@@ -13,13 +13,13 @@ from dapt.finetune.methods import save_artifact
 from dapt.runtime.context import peak_memory_mb
 from dapt.tokenize.longtext import n_documents
 
-if TYPE_CHECKING:
-    from dapt.finetune.fine_tuning import FineTuning
+#: A `dapt.finetune.fine_tuning.FineTuning` (not imported: that module imports this one).
+Run = Any
 
 LOG_COLUMNS = ["epoch", "step", "train_loss", "val_accuracy", "val_macro_f1", "lr"]
 
 
-def make_summary(run: FineTuning, seconds: float, pretrain_info: dict | None, stats: dict) -> dict:
+def make_summary(run: Run, seconds: float, pretrain_info: dict | None, stats: dict) -> dict:
     state = run.state
     long_text = {"long_text": stats["long_text"], "train_rows": len(run.data.lengths)} if "long_text" in stats else {}
     return {
@@ -42,7 +42,7 @@ def make_summary(run: FineTuning, seconds: float, pretrain_info: dict | None, st
     }
 
 
-def write_outputs(run: FineTuning, summary: dict, out: Path) -> None:
+def write_outputs(run: Run, summary: dict, out: Path) -> None:
     """model/ (a diverged run's holds only diverged.json: nothing to evaluate or deploy), log.csv, train.json."""
     if diverged(summary):
         with atomic_path(out / "model") as tmp:
