@@ -25,7 +25,13 @@ reported. Measured:
 - pretraining start-up: ``dapt.pretrain.pretraining.pretrain`` of MiniLM for ``--pretrain-steps`` steps (batch 16,
   fp32) on each size's blocks: time and peak memory must not grow with the corpus.
 
-Prints one row per measurement, the projection to 1B tokens, and last
+Each side counts its own work: ours from its block index (tokens tokenized, full blocks), the peer
+from its own Arrow datasets (the ``input_ids`` of the tokenized texts, the rows ``group_texts``
+made); rates are each side's tokens per second. The counts agree but for the packing: ours packs the
+whole corpus and drops one remainder (< block); ``group_texts`` packs each ``map`` batch of 1,000
+texts (per worker) alone and drops each batch's remainder, so it makes up to one block fewer per batch.
+
+Prints one row per measurement, both sides' counts, the projection to 1B tokens, and last
 ``tokenize_speedup=X.XX tokenize_rss_ratio=Y.YY`` (ours / peer, at ``--threads``, on the largest
 size both ran). Name the CPU and the machine's load beside any number you publish.
 """
@@ -153,7 +159,6 @@ def main() -> None:
         label = f"{size:g}M"
         copies = max(1, round(size * 1e6 / per_copy))
         corpus = build_corpus(base, copies, args.work / f"corpus.{copies}x.parquet")
-        tokens = copies * per_copy
         common = {"corpus": str(corpus), "model": args.model, "block": args.block}
         blocks = args.work / f"{label}.blocks"
         shutil.rmtree(blocks, ignore_errors=True)
@@ -163,7 +168,7 @@ def main() -> None:
                 {"kind": "ours", "threads": threads, **common, "out": str(blocks)},
                 args.work / f"ours.{label}.t{threads}.log",
             )
-            rows.append(row("ours", label, threads, r, tokens))
+            rows.append(row("ours", label, threads, r))
             if threads == args.threads:  # pretraining start-up on these blocks
                 out = args.work / f"pretrain.{label}"
                 pre = run_child(
@@ -203,7 +208,7 @@ def main() -> None:
                     {"kind": "peer", "threads": 1, "num_proc": num_proc, **common, "cache": str(cache)},
                     args.work / f"peer.{label}.p{num_proc}.log",
                 )
-                rows.append(row("peer", label, num_proc, r, tokens))
+                rows.append(row("peer", label, num_proc, r))
                 shutil.rmtree(cache, ignore_errors=True)  # gigabytes of Arrow files
     summarize(rows, args)
 

@@ -11,7 +11,20 @@ def job_ours(job: dict) -> dict:
     from dapt.tokenize.blocks import tokenize_corpus
 
     index = tokenize_corpus(job["corpus"], job["model"], job["block"], job["out"])
-    return {"tokens": index["tokens"] + index["tokens_left_over"], "blocks": index["blocks"]}
+    return {
+        "tokens": index["tokens"] + index["tokens_left_over"],
+        "blocks": index["blocks"],
+        "block_tokens": index["tokens"],
+        "documents": index["documents"],
+    }
+
+
+def token_count(dataset) -> int:
+    """The tokens in a dataset's `input_ids` column, from the Arrow list lengths (offsets only: the
+    memory-mapped ids are not read), so counting adds no memory to the measurement."""
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.list_value_length(dataset.data.column("input_ids"))).as_py() or 0)
 
 
 def job_peer(job: dict) -> dict:
@@ -41,6 +54,7 @@ def job_peer(job: dict) -> dict:
         load_from_cache_file=True,
         desc="Running tokenizer on every text in dataset",
     )
+    tokens, documents = token_count(tokenized_datasets["train"]), len(tokenized_datasets["train"])
 
     def group_texts(examples):
         # Concatenate all texts.
@@ -64,7 +78,14 @@ def job_peer(job: dict) -> dict:
         load_from_cache_file=True,
         desc=f"Grouping texts in chunks of {max_seq_length}",
     )
-    return {"blocks": len(tokenized_datasets["train"])}
+    # its own counts, from its own datasets: the tokens it tokenized, the blocks group_texts made
+    train = tokenized_datasets["train"]
+    return {
+        "tokens": tokens,
+        "blocks": len(train),
+        "block_tokens": token_count(train),
+        "documents": documents,
+    }
 
 
 def job_pretrain(job: dict) -> dict:

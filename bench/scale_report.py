@@ -19,13 +19,18 @@ def cpu_name() -> str:
     return names[0] if names else (platform.processor() or platform.machine())
 
 
-def row(what: str, size: str, threads: int, r: dict, tokens: int) -> dict:
+def row(what: str, size: str, threads: int, r: dict) -> dict:
+    """A tokenizing run's row, rated by its own count of the tokens it tokenized (each side counts its own)."""
+    tokens = r["tokens"]
     rate = tokens / r["seconds"]
     out = {
         "what": what,
         "size": size,
         "threads": threads,
         "tokens": tokens,
+        "blocks": r["blocks"],
+        "block_tokens": r["block_tokens"],
+        "documents": r["documents"],
         "seconds": r["seconds"],
         "tokens_per_s": rate,
         "tokens_per_s_per_core": rate / threads,
@@ -33,8 +38,8 @@ def row(what: str, size: str, threads: int, r: dict, tokens: int) -> dict:
         "peak_mb": r["peak_mb"],
     }
     print(
-        f"{what:9s} {size:>6s} threads {threads}  {tokens / 1e6:7.1f}M tokens  {r['seconds']:7.1f} s  "
-        f"{rate / 1e6:6.3f} M tokens/s  ({rate / threads / 1e6:.3f} M/s per core, "
+        f"{what:9s} {size:>6s} threads {threads}  {tokens / 1e6:7.1f}M tokens  {r['blocks']} blocks  "
+        f"{r['seconds']:7.1f} s  {rate / 1e6:6.3f} M tokens/s  ({rate / threads / 1e6:.3f} M/s per core, "
         f"{out['tokens_per_cpu_s'] / 1e6:.3f} M per CPU-s)  peak {r['peak_mb']:7.0f} MB",
         flush=True,
     )
@@ -73,6 +78,11 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> None:
         return
     mine = both[-1]
     theirs = peer[mine["size"]]
+    for name, r in (("ours", mine), ("run_mlm.py", theirs)):  # each side's own count
+        print(
+            f"counts at {mine['size']}, {name}: {r['documents']} texts, {r['tokens']} tokens, {r['blocks']} blocks "
+            f"holding {r['block_tokens']} ({r['tokens'] - r['block_tokens']} dropped)"
+        )
     print(
         f"at {mine['size']}, {args.threads} threads / num_proc {args.threads}: ours {mine['tokens_per_s'] / 1e6:.3f} "
         f"M tokens/s, {mine['peak_mb']:.0f} MB; run_mlm.py {theirs['tokens_per_s'] / 1e6:.3f} M tokens/s, "
