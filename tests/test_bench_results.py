@@ -22,6 +22,7 @@ page, the line and the marker; the self-tests below break each check once on fil
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ MACHINE_FIELDS = ("cpu", "flags", "cores")
 
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 CODE_SPAN = re.compile(r"(`+)(?!`).+?(?<!`)\1", re.S)
+LINK = re.compile(r"(?<!!)\[[^\]\n]+\]\(([^)\s]+)\)")
 ANY_MARKER = re.compile(r"<!--\s*bench/results\b.*?-->", re.S)
 MARKER = re.compile(
     r"<!--\s*(?P<file>bench/results/[\w.-]+\.json)\s*:\s*(?P<path>[\w\[\].-]+)"
@@ -94,6 +96,12 @@ def find_markers(page: Path, name: object = None) -> tuple[list[Marker], list[st
             )
         )
     return found, bad
+
+
+def linked(page: Path) -> set[Path]:
+    """The files the page's relative links point to (resolved from the page's folder)."""
+    text = FENCE.sub("", page.read_text())
+    return {Path(os.path.normpath(page.parent / url.partition("#")[0])) for url in LINK.findall(text)}
 
 
 def lookup(record: object, path: str) -> object:
@@ -167,18 +175,20 @@ def check_markers(pages: Iterable[Path], root: Path = REPO) -> list[str]:
             elif not matches(mk.printed, value, mk.scale):
                 scaled = f" × {mk.scale:g} = {value * mk.scale!r}" if mk.scale != 1.0 else ""
                 problems.append(f"{at}: printed {mk.printed}, but {mk.file} {mk.path} is {value!r}{scaled}")
-            if not re.search(r"\]\((?:\.\./)*" + re.escape(mk.file) + r"\)", page.read_text()):
+            if Path(os.path.normpath(target)) not in linked(page):
                 problems.append(f"{at}: the page does not link {mk.file} (add a 'Source:' line)")
     return sorted(set(problems), key=problems.index)
 
 
 def check_records(pages: Iterable[Path], root: Path = REPO) -> list[str]:
     """One message per bench/results/*.json that no page names (an orphan) or that lacks the record fields."""
+    pages = list(pages)
     named = " ".join(p.read_text() for p in pages)
+    links = set().union(*(linked(p) for p in pages))
     problems = []
     for path in sorted((root / RESULTS).glob("*.json")):
         rel = path.relative_to(root).as_posix()
-        if rel not in named:
+        if rel not in named and Path(os.path.normpath(path)) not in links:
             problems.append(f"{rel}: named in no page (link it where its numbers are printed, or remove it)")
         problems += [f"{rel}: {p}" for p in record_problems(path)]
     return problems
@@ -334,3 +344,12 @@ def test_checker_names_a_malformed_marker_and_a_marker_without_a_number(tmp_path
     assert "no number right before the marker" in check_markers([page], tmp_path)[0]
     page.write_text("rows 2<!-- bench/results/run.json: results.rows -->\n" + SOURCE)
     assert "not a number" in check_markers([page], tmp_path)[0]
+
+
+def test_checker_follows_a_link_relative_to_its_page(tmp_path):
+    make_pair(tmp_path, "", record(**RESULTS_OK))
+    page = tmp_path / "bench" / "README.md"
+    page.write_text("4.38×<!-- bench/results/run.json: results.speedup -->\n\nSource: [run.json](results/run.json)\n")
+    assert check_markers([page], tmp_path) == []
+    page.write_text("Source: [run.json](results/run.json)\n")
+    assert check_records([page], tmp_path) == []
