@@ -66,6 +66,54 @@ rule deploy_measure:
         " --out {output} > {log} 2>&1"
 
 
+rule deploy_prune:
+    input:
+        export=rules.deploy_export.output.export,
+        tokenized=lambda w: list(deploy_tokenized(w).values()),
+    output:
+        export=directory(layout.DEPLOY_PRUNED_EXPORT),
+    log:
+        layout.log_path("deploy_prune", "{task}/{method}/{pruning}"),
+    benchmark:
+        layout.benchmark_path("deploy_prune", "{task}/{method}/{pruning}")
+    wildcard_constraints:
+        pruning="|".join(PRUNINGS),
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        gpu=1,
+        runtime=120,
+    params:
+        script=script("deploy_prune.py"),
+        settings=lambda w: as_json(PRUNE),
+        tokenized=lambda w: as_json(deploy_tokenized(w)),
+        formats=",".join(DEPLOY["formats"]),
+        opset=DEPLOY["opset"],
+        runtime=runtime_args(),
+        checkpoints=layout.DEPLOY_PRUNED_CHECKPOINTS,
+    shell:
+        "python {params.script} --export {input.export} --tokenized {params.tokenized:q}"
+        " --settings {params.settings:q} --pruning {wildcards.pruning} --formats {params.formats}"
+        " --opset {params.opset} --gpus {resources.gpu} --threads {threads} {params.runtime}"
+        " --checkpoints {params.checkpoints} --out {output} >> {log} 2>&1"
+
+
+use rule deploy_measure as deploy_measure_pruned with:
+    input:
+        export=rules.deploy_prune.output.export,
+        tokenized=lambda w: list(deploy_tokenized(w).values()),
+    output:
+        measure=layout.DEPLOY_PRUNED_MEASURE,
+    log:
+        layout.log_path("deploy_measure", "{task}/{method}/{pruning}"),
+    benchmark:
+        layout.benchmark_path("deploy_measure", "{task}/{method}/{pruning}")
+    wildcard_constraints:
+        pruning="|".join(PRUNINGS),
+
+
 rule deploy_report:
     input:
         measurements=deploy_measurements(),

@@ -3,6 +3,9 @@
 
 
 DEPLOY = study.deploy_params(config)
+#: deploy.prune resolved (None: no pruning) and the pruned copies of each deployed run (dapt.study.settings).
+PRUNE = settings.prune_settings(config)
+PRUNINGS = settings.PRUNINGS
 
 
 def method_of(run):
@@ -54,9 +57,14 @@ def deploy_tokenized(wildcards):
 
 
 def deploy_measurements():
-    return [
-        layout.DEPLOY_MEASURE.format(task=task, method=method)
+    pairs = [
+        (task, method)
         for task in config["tasks"]
         for method in study.deploy_methods(config)
         if any(r["task"] == task and method_of(r) == method for r in runs())
+    ]
+    return [layout.DEPLOY_MEASURE.format(task=t, method=m) for t, m in pairs] + [
+        layout.DEPLOY_PRUNED_MEASURE.format(task=t, method=m, pruning=p)
+        for t, m in pairs
+        for p in settings.prunings(config)
     ]

@@ -54,7 +54,7 @@ def main() -> None:
 
     from dapt.core.files import atomic_path, read_json, write_json
     from dapt.deploy.export import export_run
-    from dapt.deploy.fusion import INT8_FROM_FUSED, optimize_onnx
+    from dapt.deploy.formats import write_formats
     from dapt.study.defaults import DEPLOY_FORMATS as FORMATS
 
     formats = [f for f in args.formats.split(",") if f]
@@ -76,22 +76,9 @@ def main() -> None:
             "n_candidates": chosen["n_candidates"],
             "method": meta["method"],
             "formats": formats,
+            "train_json": chosen["train_json"],
         }
-        if {"onnx", "onnx_fused", "onnx_int8"} & set(formats):
-            from dapt.deploy.onnx import export_onnx
-
-            export_onnx(tmp / "pytorch", tmp / "onnx", args.opset)
-            info["opset"] = args.opset
-        source = tmp / "onnx"
-        if "onnx_fused" in formats or ("onnx_int8" in formats and INT8_FROM_FUSED):
-            info["fusion"] = optimize_onnx(tmp / "onnx", tmp / "onnx_fused")
-            print(f"fusion: {json.dumps(info['fusion'])}")
-            if info["fusion"]["applied"] and INT8_FROM_FUSED:
-                source = tmp / "onnx_fused"
-        if "onnx_int8" in formats:
-            from dapt.deploy.onnx import quantize_int8
-
-            info["int8"] = {**quantize_int8(source, tmp / "onnx_int8"), "source": source.name}
+        info.update(write_formats(tmp, formats, args.opset))
         write_json(tmp / "deploy.json", info)
     print(f"exported {json.dumps(info.get('run'))} (validation {chosen['validation_score']:.4f}) as {formats}")
 

@@ -32,7 +32,7 @@ def main() -> None:
     from pathlib import Path
 
     from dapt.core.files import read_json, write_json
-    from dapt.deploy.measure import measure_all, plan
+    from dapt.deploy.measure import measure_all, plan, shape_of
     from dapt.deploy.table import speed_ratios
     from dapt.study.defaults import DEPLOY_FORMATS
 
@@ -51,7 +51,12 @@ def main() -> None:
         args.tokenized[model],
         threads,
         args.latency_texts,
-        context={**info["run"], "validation_score": info["validation_score"]},
+        context={
+            **info["run"],
+            "validation_score": info["validation_score"],
+            "pruning": (info.get("pruning") or {}).get("variant", "none"),
+            **shape_of(export / "pytorch"),
+        },
     )
     measured = [r for r in rows if r["format"] in asked or r["format"] == "pytorch_bf16"]
     write_json(
@@ -61,6 +66,7 @@ def main() -> None:
             "int8": info.get("int8"),
             "fusion": info.get("fusion"),
             "opset": info.get("opset"),
+            "pruning": info.get("pruning"),
             "rows": measured,
             "skipped": [s for s in skipped if s["format"] in asked or s["format"] == "pytorch_bf16"],
             "runtime": runtime_versions(),

@@ -13,9 +13,11 @@ does, which is what the export's `dapt_input.json` tells `dapt.deploy.predict` t
 from __future__ import annotations
 
 import inspect
+import json
 import multiprocessing
 import os
 import resource
+import struct
 import time
 from pathlib import Path
 
@@ -254,3 +256,16 @@ def _pad_id(path: str | Path) -> int:
     cfg = read_json(folder / "config.json")
     pad_id = cfg.get("pad_token_id")
     return 0 if pad_id is None else int(pad_id)
+
+
+def shape_of(folder: str | Path) -> dict:
+    """Layers, feed-forward width and parameter count of a transformers folder (config.json and the
+    safetensors headers: no weights read)."""
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    params = 0
+    for f in folder.glob("*.safetensors"):
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        params += sum(int(np.prod(v["shape"])) for k, v in header.items() if k != "__metadata__")
+    return {"layers": cfg.get("num_hidden_layers"), "ffn_width": cfg.get("intermediate_size"), "params": params}

@@ -36,7 +36,40 @@ COLUMNS = [  # (key, header, format)
     ("speedup_b1_vs_onnx_fused", "× fused fp32 (b1)", "{:.2f}"),
     ("threads", "threads", "{}"),
 ]
-PERCENT_POINTS = ("macro_f1", "accuracy", "f1_diff_vs_pytorch")
+PERCENT_POINTS = ("macro_f1", "accuracy", "f1_diff_vs_pytorch", "f1_diff_vs_unpruned")
+#: Columns added after `format` when a study prunes (deploy.prune): the model's shape and what pruning cost
+#: and bought against the unpruned run (its PyTorch fp32 macro-F1, its ONNX fp32 batch-1 latency).
+PRUNE_COLUMNS = [
+    ("pruning", "pruning", "{}"),
+    ("layers", "layers", "{}"),
+    ("ffn_width", "FFN", "{}"),
+    ("params", "params M", "{:.1f}"),
+    ("f1_diff_vs_unpruned", "Δ F1 vs unpruned", "{:+.2f}"),
+    ("speedup_b1_vs_unpruned_onnx", "× unpruned ONNX fp32 (b1)", "{:.2f}"),
+]
+PRUNING_NAMES = {"none": "unpruned", "distilled": "pruned + distilled", "hard": "pruned, no distillation"}
+
+
+def unpruned_ratios(rows: list[dict]) -> list[dict]:
+    """Each row with `f1_diff_vs_unpruned` (against the unpruned run's PyTorch fp32 macro-F1) and
+    `speedup_b1_vs_unpruned_onnx` / `speedup_b32_vs_unpruned_onnx` (against its ONNX fp32 graph), the unpruned
+    run found by task, method, model, variant and seed."""
+
+    def key(r):
+        return tuple(r.get(k) for k in ("task", "method", "model", "variant", "seed"))
+
+    ref = {(key(r), r["format"]): r for r in rows if r.get("pruning", "none") == "none"}
+    out = []
+    for r in rows:
+        r = dict(r)
+        pt, onnx = ref.get((key(r), "pytorch")), ref.get((key(r), "onnx"))
+        if pt is not None:
+            r["f1_diff_vs_unpruned"] = r["macro_f1"] - pt["macro_f1"]
+        if onnx is not None:
+            r["speedup_b1_vs_unpruned_onnx"] = onnx["latency_p50_ms"] / r["latency_p50_ms"]
+            r["speedup_b32_vs_unpruned_onnx"] = r["throughput_per_s"] / onnx["throughput_per_s"]
+        out.append(r)
+    return out
 
 
 def speed_ratios(rows: list[dict]) -> list[dict]:
@@ -71,8 +104,11 @@ def load_rows(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
                 "skipped": m.get("skipped", []),
                 "runtime": m.get("runtime", {}),
                 "opset": m.get("opset"),
+                "pruning": m.get("pruning"),
             }
         )
+    if any(r.get("pruning", "none") != "none" for r in rows):
+        rows = unpruned_ratios(rows)
     return rows, settings
 
 
@@ -84,24 +120,37 @@ def cell(row: dict, key: str, fmt: str) -> str:
         value = 100 * value
     if key == "format":
         value = FORMAT_NAMES.get(value, value)
+    if key == "pruning":
+        value = PRUNING_NAMES.get(value, value)
+    if key == "params":
+        value = value / 1e6
     return fmt.format(value)
+
+
+def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The table's columns: the pruning ones after `format` when some row is a pruned model."""
+    if not any(r.get("pruning", "none") != "none" for r in rows):
+        return COLUMNS
+    at = [k for k, _, _ in COLUMNS].index("format") + 1
+    return COLUMNS[:at] + PRUNE_COLUMNS + COLUMNS[at:]
 
 
 def write_tables(rows: list[dict], settings: list[dict], out: Path) -> None:
     import pandas as pd
 
+    cols = columns(rows)
+    text_cols = ("task", "method", "variant", "format", "pruning")
+
     with atomic_path(out / "deploy.csv") as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
-    header = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
+    header = "| " + " | ".join(h for _, h, _ in cols) + " |"
     lines = [
         "# Deployment formats (test split)",
         "",
         header,
-        "| "
-        + " | ".join("---" if k in ("task", "method", "variant", "format") else "--:" for k, _, _ in COLUMNS)
-        + " |",
+        "| " + " | ".join("---" if k in text_cols else "--:" for k, _, _ in cols) + " |",
     ]
-    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in cols) + " |" for r in rows]
     lines += [
         "",
         "macro-F1, accuracy and Δ F1 (against the run's PyTorch export) in points ×100; size: the weight "
@@ -130,6 +179,7 @@ def write_tables(rows: list[dict], settings: list[dict], out: Path) -> None:
             if q.get("source"):
                 line += f", quantized from the {'fused' if q['source'] == 'onnx_fused' else 'plain'} fp32 graph"
         line += _fusion_note(s.get("fusion"))
+        line += _pruning_note(s.get("pruning"))
         line += "".join(f"; {x['format']} not measured: {x['reason']}" for x in s.get("skipped") or [])
         lines.append(line + ".")
     write_text(out / "deploy.md", "\n".join(lines) + "\n")
@@ -137,12 +187,12 @@ def write_tables(rows: list[dict], settings: list[dict], out: Path) -> None:
     tex = [
         r"\begin{table}[t]",
         r"\centering\small",
-        r"\begin{tabular}{" + "l" * 5 + "r" * (len(COLUMNS) - 5) + "}",
+        r"\begin{tabular}{" + "".join("l" if k in (*text_cols, "seed") else "r" for k, _, _ in cols) + "}",
         r"\toprule",
-        " & ".join(esc(h) for _, h, _ in COLUMNS) + r" \\",
+        " & ".join(esc(h) for _, h, _ in cols) + r" \\",
         r"\midrule",
     ]
-    tex += [" & ".join(esc(cell(r, k, f)) for k, _, f in COLUMNS) + r" \\" for r in rows]
+    tex += [" & ".join(esc(cell(r, k, f)) for k, _, f in cols) + r" \\" for r in rows]
     tex += [
         r"\bottomrule",
         r"\end{tabular}",
@@ -153,6 +203,22 @@ def write_tables(rows: list[dict], settings: list[dict], out: Path) -> None:
         r"\end{table}",
     ]
     write_text(out / "deploy.tex", "\n".join(tex) + "\n")
+
+
+def _pruning_note(pruning: dict | None) -> str:
+    if not pruning:
+        return ""
+    b, a, d = pruning["before"], pruning["after"], pruning.get("distill") or {}
+    how = (
+        f"distilled from the unpruned export (T={d.get('temperature')}, alpha={d.get('alpha')})"
+        if pruning["variant"] == "distilled"
+        else "fine-tuned on the hard labels only"
+    )
+    return (
+        f"; {PRUNING_NAMES.get(pruning['variant'], pruning['variant'])}: layers {pruning['layers_kept']} of "
+        f"{b['layers']} kept, FFN {a['intermediate_size']} of {b['intermediate_size']} neurons per layer, "
+        f"{a['params'] / 1e6:.1f}M of {b['params'] / 1e6:.1f}M parameters, {how}, {pruning.get('epochs_run')} epochs"
+    )
 
 
 def _fusion_note(fusion: dict | None) -> str:
@@ -175,6 +241,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     markers = {"pytorch": "o", "pytorch_bf16": "v", "onnx": "s", "onnx_fused": "D", "onnx_int8": "^"}
+    rows = [  # a pruned model is a series of its own
+        {**r, "method": f"{r['method']} ({PRUNING_NAMES[r['pruning']]})"} if r.get("pruning", "none") != "none" else r
+        for r in rows
+    ]
     methods = sorted({r["method"] for r in rows})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     for r in rows:

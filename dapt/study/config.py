@@ -25,7 +25,7 @@ from dapt.study.defaults import (
     TASK_MAX_LENGTH,
 )
 from dapt.study.settings import KIND as KNN_KIND
-from dapt.study.settings import check_augment, check_long_text
+from dapt.study.settings import check_augment, check_long_text, check_prune
 from dapt.study.settings import stage_name as knn_stage_name
 from dapt.study.settings import stage_parts as knn_stage_parts
 from dapt.study.sweeps import fine_tuning_blocks, without_sweeps
@@ -286,6 +286,7 @@ def _validate_deploy(config: dict, where: str) -> None:
     params = deploy_params(config)
     if "onnx_int8" in params["formats"] and "onnx" not in params["formats"]:
         raise UserError(f"{where}: deploy.formats", "onnx_int8 quantizes the ONNX export", "list onnx too")
+    check_prune(config, where)
     for i, method in enumerate(params["methods"] or []):
         if method not in config["methods"]:
             raise UserError(

@@ -58,6 +58,12 @@ BASELINE = "results/baseline/{task}/metrics.json"
 DEPLOY = "results/deploy/{task}/{method}"
 DEPLOY_EXPORT = DEPLOY + "/export"
 DEPLOY_MEASURE = DEPLOY + "/measure.json"
+#: A pruned copy of the deployed run (`pruning`: distilled, or hard labels only; dapt.deploy.prune): exported
+#: and measured like it, its fine-tuning resumable from checkpoints outside the declared outputs.
+DEPLOY_PRUNED = DEPLOY + "/pruned/{pruning}"
+DEPLOY_PRUNED_EXPORT = DEPLOY_PRUNED + "/export"
+DEPLOY_PRUNED_MEASURE = DEPLOY_PRUNED + "/measure.json"
+DEPLOY_PRUNED_CHECKPOINTS = "results/checkpoints/deploy/{task}/{method}/{pruning}"
 #: Packed MLM blocks of a pretraining stage: a folder of tokens.bin + index.json (dapt.tokenize.blocks).
 MLM_BLOCKS = "results/tokenized/{model}/mlm/{stage}.L{length}"
 #: One of a corpus's `shards` token streams (numbered from 1), gathered into MLM_BLOCKS, then removed.

@@ -146,3 +146,47 @@ def check_augment(config: dict, augment_specs: list[tuple[str, dict]], where: st
             "needs WordNet, and the study has no wordnet:",
             "add wordnet: {source: ...} (the default study's config/config.yaml shows one)",
         )
+
+
+# structured pruning with distillation (deploy.prune; dapt.deploy.prune, dapt.finetune.distill)
+#: `deploy.prune` settings a config may leave out (keep_layers None: half the model's layers, rounded up).
+PRUNE_DEFAULTS: dict[str, Any] = {
+    "keep_layers": None,
+    "drop_layers": None,
+    "ffn_keep": 0.5,
+    "without_distillation": True,
+}
+#: `deploy.prune.distill` settings a config may leave out (batch_size None: the deployed run's).
+DISTILL_DEFAULTS: dict[str, Any] = {"temperature": 2.0, "alpha": 0.5, "epochs": 3, "lr": 1.0e-4, "batch_size": None}
+#: The pruned copies of a deployed run: distilled from it, and fine-tuned on the hard labels only.
+PRUNINGS: tuple[str, ...] = ("distilled", "hard")
+
+
+def prune_settings(config: dict) -> dict | None:
+    """The study's resolved `deploy.prune` block, or None (no pruning, the default)."""
+    spec = (config.get("deploy") or {}).get("prune")
+    if spec is None:
+        return None
+    return {**PRUNE_DEFAULTS, **spec, "distill": {**DISTILL_DEFAULTS, **(spec.get("distill") or {})}}
+
+
+def prunings(config: dict) -> list[str]:
+    """Which pruned copies the deploy stage makes: none without `deploy.prune`."""
+    spec = prune_settings(config)
+    if spec is None:
+        return []
+    return list(PRUNINGS) if spec["without_distillation"] else ["distilled"]
+
+
+def check_prune(config: dict, where: str) -> None:
+    """What the schema cannot say: keep_layers and drop_layers are two ways to say one thing; a cut that
+    keeps everything prunes nothing."""
+    spec = prune_settings(config)
+    if spec is None:
+        return
+    if spec["keep_layers"] is not None and spec["drop_layers"] is not None:
+        raise UserError(
+            f"{where}: deploy.prune.drop_layers", "given with keep_layers: say which layers once", "keep one of the two"
+        )
+    if spec["drop_layers"] == [] and spec["ffn_keep"] == 1:
+        raise UserError(f"{where}: deploy.prune", "drops no layer and keeps every neuron: nothing is pruned")
