@@ -48,7 +48,7 @@ def encoder_layers(model: torch.nn.Module, where: str = "deploy.prune") -> torch
 
 def layers_to_keep(n_layers: int, settings: dict) -> list[int]:
     """Indices of the layers kept: all but `drop_layers` if given, else the bottom `keep_layers` (default half)."""
-    if settings.get("drop_layers"):
+    if settings.get("drop_layers") is not None:
         bad = [i for i in settings["drop_layers"] if not 0 <= i < n_layers]
         if bad:
             raise UserError("deploy.prune.drop_layers", f"{bad} not among the model's layers 0..{n_layers - 1}")
