@@ -9,7 +9,8 @@ batch size, steps/epochs, precision (the study's, bf16 autocast by default; the 
 
 - pretraining: ``dapt.pretrain.pretraining.pretrain`` vs the ``run_mlm.py`` recipe (``Trainer`` +
   ``DataCollatorForLanguageModeling`` + the model's own MLM forward, logits at every position,
-  texts tokenized and grouped in blocks by ``group_texts``): real tokens/s and MLM loss;
+  texts tokenized and grouped in blocks by ``group_texts``): real tokens/s and MLM loss, training and
+  held out (the corpus's last documents, on which neither side trains; every model masked alike);
 - fine-tuning: ``dapt.finetune.fine_tuning.finetune`` vs the ``run_classification.py`` recipe (``Trainer``) run
   twice, as by default (every example padded to ``max_seq_length=128``) and tuned as a knowledgeable
   user runs it (``--pad_to_max_length False``: ``DataCollatorWithPadding``, each batch padded to its
@@ -111,7 +112,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--eval-batch-size", type=int, default=0, help="both sides (default: the config's eval_batch_size)")
     p.add_argument("--eval-repeats", type=int, default=1, help="rounds; each alternates who goes first")
-    p.add_argument("--eval-blocks", type=int, default=64, help="blocks for the held-out MLM loss")
+    p.add_argument(
+        "--eval-blocks",
+        type=int,
+        default=64,
+        help="held-out MLM loss: blocks of the corpus's last documents, held out of both sides' training",
+    )
     p.add_argument("--seeds", default="", help="comma-separated fine-tuning seeds (default: the config's first)")
     p.add_argument("--peak-n", type=int, default=2048)
     p.add_argument("--peak-reps", type=int, default=1)

@@ -59,9 +59,11 @@ def prepare_inputs(cfg: dict, args, work: Path) -> dict:
         model_dir = tiny
 
     tok = work / "tokenized" / model_dir.name
-    blocks = tok / f"{corpus}.docs{args.max_docs or 'all'}.L{args.seq_len}.blocks"
-    if not blocks.exists():
-        tokenize_corpus(str(corpus_pq), str(model_dir), args.seq_len, str(blocks))
+    train_pq, held_pq = split_held_out(corpus_pq, model_dir, args.eval_blocks, args.seq_len, tok)
+    blocks, held_blocks = (tok / f"{pq.stem}.blocks" for pq in (train_pq, held_pq))
+    for pq, out in ((train_pq, blocks), (held_pq, held_blocks)):
+        if not out.exists():
+            tokenize_corpus(str(pq), str(model_dir), args.seq_len, str(out))
     task_tok = tok / f"{task_dir.name}.L{args.ft_max_length}"
     if not (task_tok / "test.parquet").exists():
         tokenize_task_dir(str(task_dir), str(model_dir), args.ft_max_length, str(task_tok))
@@ -69,11 +71,41 @@ def prepare_inputs(cfg: dict, args, work: Path) -> dict:
         "corpus": corpus,
         "task": task,
         "corpus_pq": corpus_pq,
+        "train_pq": train_pq,  # what both sides pretrain on: the corpus less the held-out documents
+        "held_pq": held_pq,
+        "held_blocks": held_blocks,  # the held-out documents' blocks: the held-out MLM loss's
         "task_dir": task_dir,
         "model_dir": model_dir,
         "blocks": blocks,
         "task_tok": task_tok,
     }
+
+
+def split_held_out(corpus_pq: Path, model_dir: Path, n_blocks: int, block: int, out: Path) -> tuple[Path, Path]:
+    """The corpus split by document: its last documents, just enough for `n_blocks` blocks of `block`
+    tokens, held out for the held-out MLM loss, and the rest, which both sides pretrain on (parquet
+    files in `out`, named by the corpus, model folder, blocks and block length)."""
+    import pandas as pd
+
+    from dapt.data.model_store import load_tokenizer
+    from dapt.tokenize.blocks import encoder
+
+    stem = f"{corpus_pq.stem}.held{n_blocks}x{block}"
+    train_pq, held_pq = out / f"{stem}.train.parquet", out / f"{stem}.held.parquet"
+    if train_pq.exists() and held_pq.exists():
+        return train_pq, held_pq
+    docs = pd.read_parquet(corpus_pq)
+    encode = encoder(load_tokenizer(model_dir))
+    need, cut = n_blocks * block, len(docs)
+    while need > 0 and cut > 1:  # from the last document back, the training side keeping one at least
+        cut -= 1
+        need -= len(encode([docs["text"].iloc[cut]])[0])
+    if need > 0:
+        raise SystemExit(f"{corpus_pq}: too few tokens to hold out {n_blocks} blocks of {block} (--eval-blocks)")
+    out.mkdir(parents=True, exist_ok=True)
+    docs.iloc[:cut].to_parquet(train_pq, index=False)
+    docs.iloc[cut:].to_parquet(held_pq, index=False)
+    return train_pq, held_pq
 
 
 def dapt_attr(name: str, *modules: str):

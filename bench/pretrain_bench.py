@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 from pathlib import Path
 
@@ -13,15 +14,21 @@ from inputs import make_runtime
 from recipes import quiet, recipe_mlm_dataset, training_args
 from scheduler import TurnTaker, run_ticked, steady, totals
 
+HELD_OUT_MASK_SEED = 12345  # the held-out blocks' masks: the same for every model scored
 
-def mlm_eval_loss(model, blocks: np.ndarray, special_ids: list[int], mask_id: int, seed: int, batch: int = 16) -> float:
-    """Standard full-logit MLM loss in fp32, eval mode, on fixed blocks with fixed masks."""
+
+def mlm_eval_loss(
+    model, blocks: np.ndarray, special_ids: list[int], mask_id: int, seed: int, batch: int = 16
+) -> tuple[float, str]:
+    """Standard full-logit MLM loss in fp32, eval mode, on fixed blocks with fixed masks (`seed`);
+    and a digest of the masked inputs and labels it scored, the same for every model given the same blocks."""
     from dapt.pretrain.mlm import mask_tokens
 
-    ids = torch.from_numpy(blocks).long()
+    ids = torch.from_numpy(np.array(blocks)).long()  # a copy: a memory map is read-only
     special = torch.isin(ids, torch.tensor(special_ids))
     gen = torch.Generator().manual_seed(seed)
     inputs, labels = mask_tokens(ids, special, 0.15, mask_id, model.config.vocab_size, gen)
+    digest = hashlib.sha256(inputs.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()[:16]
     model.eval()
     total, n = 0.0, 0
     with torch.inference_mode():
@@ -32,7 +39,7 @@ def mlm_eval_loss(model, blocks: np.ndarray, special_ids: list[int], mask_id: in
                 torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), lab.view(-1), reduction="sum")
             )
             n += int((lab != -100).sum())
-    return total / max(1, n)
+    return total / max(1, n), digest
 
 
 def mlm_params(cfg: dict, args: argparse.Namespace) -> tuple[dict, int]:
@@ -113,18 +120,16 @@ def pretrain_jobs(
     return jobs
 
 
-def held_out_losses(args: argparse.Namespace, inp: dict, tokenizer, trained: dict, blocks: np.ndarray) -> dict:
-    """Quality: the standard full-logit MLM loss (fp32, same masks) on fixed random blocks (a short
-    run trains on few of them), for the model before training and after each run."""
-    from transformers import AutoModelForMaskedLM
-
-    rng = np.random.default_rng(0)
-    held = blocks[rng.choice(len(blocks), size=min(args.eval_blocks, len(blocks)), replace=False)]
+def held_out_losses(held: np.ndarray, models: dict, tokenizer, seed: int = HELD_OUT_MASK_SEED) -> dict:
+    """Quality: the standard full-logit MLM loss (fp32) of each model on the held-out blocks, blocks
+    of documents neither side trained on (inputs.split_held_out), masked alike for every model (`seed`)."""
     special_ids = sorted(set(tokenizer.all_special_ids))
-    torch.manual_seed(args.seed_list[0])  # the untrained MLM head: the one both runs started from
-    models = {"start": AutoModelForMaskedLM.from_pretrained(str(inp["model_dir"])), **trained}
-    losses = {k: mlm_eval_loss(m, held, special_ids, tokenizer.mask_token_id, 12345) for k, m in models.items()}
-    return {"held_out_loss": losses, "held_out_blocks": len(held)}
+    scored = {k: mlm_eval_loss(m, held, special_ids, tokenizer.mask_token_id, seed) for k, m in models.items()}
+    return {
+        "held_out_loss": {k: loss for k, (loss, _) in scored.items()},
+        "held_out_inputs": {k: digest for k, (_, digest) in scored.items()},
+        "held_out_blocks": len(held),
+    }
 
 
 def loss_windows(losses: dict[str, list[float]]) -> dict:
@@ -175,22 +180,30 @@ def pretrain_rates(tt: TurnTaker, fp: dict, peak_rates: dict, precision: str) ->
     return out
 
 
+def pretrain_data(inp: dict, tokenizer, args: argparse.Namespace) -> tuple:
+    """What each side trains on, both from the training documents (inputs.split_held_out): the
+    recipe's group_texts dataset and our blocks; and the held-out blocks, of the other documents."""
+    from dapt.tokenize.blocks import read_blocks
+
+    recipe_ds = recipe_mlm_dataset(inp["train_pq"], tokenizer, args.seq_len)
+    return recipe_ds, read_blocks(inp["blocks"]), np.array(read_blocks(inp["held_blocks"])[: args.eval_blocks])
+
+
 def bench_pretrain(cfg: dict, args: argparse.Namespace, inp: dict, fp: dict, tmp: Path) -> dict:
     """Ours vs run_mlm.py, interleaved step by step with the matmul peak: speed, MFU, loss."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from dapt.tokenize.blocks import read_blocks
-
     tokenizer = AutoTokenizer.from_pretrained(str(inp["model_dir"]))
     params, warmup = mlm_params(cfg, args)
-    recipe_ds = recipe_mlm_dataset(inp["corpus_pq"], tokenizer, args.seq_len)
-    ours_blocks = read_blocks(inp["blocks"])
+    recipe_ds, ours_blocks, held = pretrain_data(inp, tokenizer, args)
     tt = TurnTaker(fp["vocab_size"], tokenizer.pad_token_id, training_only=True)
     trained: dict = {}
     results = run_ticked(
         tt, pretrain_jobs(args, inp, params, warmup, tokenizer, recipe_ds, tt, tmp, trained), args.threads
     )
     trained["ours"] = AutoModelForMaskedLM.from_pretrained(str(tmp / "ours" / "model"))
+    torch.manual_seed(args.seed_list[0])  # the untrained MLM head: the one both runs started from
+    models = {"start": AutoModelForMaskedLM.from_pretrained(str(inp["model_dir"])), **trained}
     losses = {k: results[k] for k in ("ours", "recipe", "recipe_fp32") if k in results}
     return {
         "steps": args.pretrain_steps,
@@ -200,5 +213,5 @@ def bench_pretrain(cfg: dict, args: argparse.Namespace, inp: dict, fp: dict, tmp
         "recipe_blocks": len(recipe_ds),
         **pretrain_rates(tt, fp, results["peak"], args.precision),
         **loss_windows(losses),
-        **held_out_losses(args, inp, tokenizer, trained, ours_blocks),
+        **held_out_losses(held, models, tokenizer),
     }

@@ -61,8 +61,8 @@ def table(res: dict, args) -> str:
     )
     h = p["held_out_loss"]
     add(
-        f"{'  MLM loss on fixed blocks, same masks, fp32':42s} {h['ours']:>14.3f} {h['recipe']:>14.3f}   "
-        f"(before training {h['start']:.3f}; {p['held_out_blocks']} blocks)"
+        f"{'  held-out MLM loss, same masks, fp32':42s} {h['ours']:>14.3f} {h['recipe']:>14.3f}   "
+        f"(before training {h['start']:.3f}; {p['held_out_blocks']} blocks of documents neither trained on)"
     )
     add(f"{'  whole call incl. load/save, s':42s} {p['ours_total_seconds']:>14.1f} {p['recipe_total_seconds']:>14.1f}")
     if "recipe_fp32_tokens_per_s" in p:

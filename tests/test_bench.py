@@ -88,6 +88,10 @@ def test_bench_smoke(bench_run):
     # the work was done, and counted: every step, every test example, masked-only vs full projection
     assert result["pretrain"]["ours"]["turns"] == 2 and result["pretrain"]["recipe"]["turns"] == 2
     assert 0 < result["pretrain"]["ours_masked_fraction"] < 0.5
+    # the held-out loss: every model scored on the same masked held-out blocks (tests/test_bench_held_out.py)
+    assert result["pretrain"]["held_out_blocks"] == 4
+    assert len(set(result["pretrain"]["held_out_inputs"].values())) == 1
+    assert set(result["pretrain"]["held_out_inputs"]) == {"start", "ours", "recipe"}
     assert result["eval"]["n_test"] == 100
     for side in ("ours", "recipe", "recipe_tuned"):  # each side predicted the whole test split once
         assert result["eval"][f"{side}_examples_per_s"] > 0
