@@ -235,6 +235,7 @@ def test_method_variants_restrict_the_grid(tmp_path):
         "config/examples/long_reviews.yaml",
         "config/examples/learning_curve.yaml",
         "config/examples/knn_tapt.yaml",
+        "config/examples/prune.yaml",
         "tests/config/tiny.yaml",
     ],
 )

@@ -14,7 +14,7 @@ import torch
 from conftest import make_workdir, minilm_dir, rt_examples, run_snakemake, tiny_bert_config, tiny_config
 
 LABELS = ["neg", "pos"]
-H, I = 32, 64  # the tiny BERT's hidden and feed-forward widths
+H, FFN = 32, 64  # the tiny BERT's hidden and feed-forward widths
 
 
 def layer_params(h: int, i: int) -> int:
@@ -66,14 +66,16 @@ def test_pruned_model_is_a_stock_classifier_of_the_stated_shape_and_size(tok, tm
 
     model = classifier(tok, layers=4)
     src = save(model, tok, tmp_path / "src")
-    record = prune_folder(src, tmp_path / "pruned", val_split(tok), tok.pad_token_id, {"keep_layers": 2, "ffn_keep": 0.5})
+    record = prune_folder(
+        src, tmp_path / "pruned", val_split(tok), tok.pad_token_id, {"keep_layers": 2, "ffn_keep": 0.5}
+    )
     pruned = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned")  # no remote code
     assert type(pruned).__name__ == "BertForSequenceClassification"
     assert pruned.config.num_hidden_layers == 2 and len(pruned.bert.encoder.layer) == 2
-    assert pruned.config.intermediate_size == I // 2
-    expected = n_params(model) - 2 * layer_params(H, I) - 2 * (layer_params(H, I) - layer_params(H, I // 2))
+    assert pruned.config.intermediate_size == FFN // 2
+    expected = n_params(model) - 2 * layer_params(H, FFN) - 2 * (layer_params(H, FFN) - layer_params(H, FFN // 2))
     assert n_params(pruned) == expected == record["after"]["params"]
-    assert shape_of(tmp_path / "pruned") == {"layers": 2, "ffn_width": I // 2, "params": expected}
+    assert shape_of(tmp_path / "pruned") == {"layers": 2, "ffn_width": FFN // 2, "params": expected}
     assert record["layers_kept"] == [0, 1]  # the top layers are dropped
     assert np.array(record["importance"]["heads"]).shape == (4, 2)  # measured for every layer and head
     ids = torch.tensor([tok("a fine film")["input_ids"]])
@@ -92,13 +94,13 @@ def test_importance_keeps_the_neurons_that_matter(tok, tmp_path):
     alive = []
     with torch.no_grad():
         for layer in model.bert.encoder.layer:
-            dead = rng.permutation(I)[: I // 2]
+            dead = rng.permutation(FFN)[: FFN // 2]
             layer.output.dense.weight[:, dead] = 0.0
-            alive.append(sorted(set(range(I)) - set(dead.tolist())))
+            alive.append(sorted(set(range(FFN)) - set(dead.tolist())))
     val = val_split(tok)
     scores = importance(model, val["input_ids"], val["label"], tok.pad_token_id)["ffn"]
     for i, keep in enumerate(alive):
-        assert np.all(scores[i, np.setdiff1d(np.arange(I), keep)] == 0) and np.all(scores[i, keep] > 0)
+        assert np.all(scores[i, np.setdiff1d(np.arange(FFN), keep)] == 0) and np.all(scores[i, keep] > 0)
     src = save(model, tok, tmp_path / "src")
     record = prune_folder(src, tmp_path / "pruned", val, tok.pad_token_id, {"drop_layers": [], "ffn_keep": 0.5})
     assert record["ffn_kept"] == alive
@@ -131,7 +133,9 @@ def teacher_task(tok, tmp_path_factory):
     teacher = save(model, tok, root / "teacher")
     df = rt_examples()
     with torch.no_grad():  # the task's labels are the teacher's: getting closer to it is what validation rewards
-        logits = torch.cat([model(**tok(t, truncation=True, max_length=32, return_tensors="pt")).logits for t in df["text"][:140]])
+        logits = torch.cat(
+            [model(**tok(t, truncation=True, max_length=32, return_tensors="pt")).logits for t in df["text"][:140]]
+        )
     df = df[:140].assign(label=[LABELS[i] for i in logits.argmax(-1).tolist()])
     tokenized = write_tokenized_task(
         root, {"train": df[:64], "validation": df[64:96], "test": df[96:140]}, LABELS, teacher, 32
@@ -149,7 +153,9 @@ def kl_teacher_student(teacher_dir, student_dir, tokenized) -> float:
     data = load_task(tokenized, teacher_dir)
     t = teacher_logits(teacher_dir, data.train["input_ids"], LABELS, data.pad_id, runtime, 64)
     s = teacher_logits(student_dir, data.train["input_ids"], LABELS, data.pad_id, runtime, 64)
-    return float(torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="batchmean"))
+    return float(
+        torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="batchmean")
+    )
 
 
 def test_distillation_moves_the_student_toward_the_teacher(teacher_task, tmp_path):

@@ -89,6 +89,8 @@ CODE_DEFAULTS = [
     ("tasks.<task>", {"max_length": defaults.TASK_MAX_LENGTH}),
     ("corpora.<corpus>", {"shards": defaults.CORPUS_SHARDS}),
     ("deploy", defaults.DEPLOY_DEFAULTS),
+    ("deploy.prune", settings.PRUNE_DEFAULTS),
+    ("deploy.prune.distill", settings.DISTILL_DEFAULTS),
     ("knn", defaults.KNN_DEFAULTS),
     ("", {"on_divergence": defaults.ON_DIVERGENCE}),
 ]
