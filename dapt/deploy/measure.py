@@ -260,8 +260,10 @@ def _pad_id(path: str | Path) -> int:
 
 def shape_of(folder: str | Path) -> dict:
     """Layers, feed-forward width and parameter count of a transformers folder (config.json and the
-    safetensors headers: no weights read)."""
+    safetensors headers: no weights read); {} for a folder without config.json."""
     folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        return {}
     cfg = json.loads((folder / "config.json").read_text())
     params = 0
     for f in folder.glob("*.safetensors"):
