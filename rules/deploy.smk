@@ -3,6 +3,8 @@
 # each format on the test split in a fresh process (PyTorch bf16 beside them where the CPU runs bf16
 # natively); tabulate (int8 against PyTorch fp32, ONNX fp32 and fused fp32) and plot.
 # Target `deploy` runs it for any study; with a `deploy:` block in the config it is part of `all`.
+# With deploy.prune (off by default), deploy_prune also makes pruned copies of each exported run (distilled
+# from it, and on the hard labels only), exported and measured the same way (docs/pruning.md).
 
 
 include: "deploy_helpers.smk"
