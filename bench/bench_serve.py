@@ -25,8 +25,8 @@ SIGKILLed, the seconds until the service answers 200 again and until a new worke
 Last line: `serve_speedup=` (ours int8 over the peer in throughput at concurrency 32) `serve_speedup_pruned=`
 (ours pruned int8 over the peer, same) `p99_ms=` (ours int8 at concurrency 8; `b1_p50_ms=` its concurrency-1
 p50) `errors=` (ours' non-200 answers in the runs and the long run, plus its overload answers other than
-200/503 or slower than 2 s) `worker_back_s=`, and `pruned_speedup= pruned_f1_drop=` copied from --pruned's
-deploy measurement when one is given (deploy.json's `prune` block). --out: one JSON record (bench/record.py).
+200/503 or slower than 2 s) `worker_back_s=`, and `pruned_speedup= pruned_f1_drop=` copied from the
+bench/bench_prune.py record given with --prune-record. --out: one JSON record (bench/record.py).
 """
 
 import argparse
@@ -100,20 +100,20 @@ def kill_a_worker(s: Server, bodies, token, args) -> dict:
     }
 
 
-def pruned_numbers(pruned: Path | None) -> dict:
-    """The pruned model's batch-1 speed-up over the unpruned ONNX fp32 and its macro-F1 drop, as the deploy
-    measurement recorded them beside the export (None where it did not)."""
-    meta = pruned / "deploy.json" if pruned else None
-    if not meta or not meta.is_file():
+def pruned_numbers(prune_record: str | None) -> dict:
+    """The pruned model's batch-1 speed-up over the unpruned ONNX fp32 graph and its macro-F1 drop (points),
+    from bench/bench_prune.py's record of the same model (None without one)."""
+    if not prune_record:
         return {"pruned_speedup": None, "pruned_f1_drop": None}
-    prune = json.loads(meta.read_text()).get("prune", {})
-    return {"pruned_speedup": prune.get("speedup"), "pruned_f1_drop": prune.get("f1_drop")}
+    summary = json.loads(Path(prune_record).read_text())["results"]["summary"]
+    return {"pruned_speedup": summary["pruned_speedup"], "pruned_f1_drop": summary["pruned_f1_drop"]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--export", default=str(REPO / "results" / "bench" / "deploy" / "export"))
     p.add_argument("--pruned", help="a pruned model's export folder (its onnx_int8/ is served too)")
+    p.add_argument("--prune-record", help="bench/bench_prune.py's record of that model (for the last line)")
     p.add_argument("--tiny", action="store_true", help="a random tiny model instead of --export (smoke test)")
     p.add_argument("--requests", type=int, default=2000, help="requests per run (each concurrency, each server)")
     p.add_argument("--long-requests", type=int, default=10000, help="requests of the long run (int8, conc. 32)")
@@ -210,7 +210,7 @@ def main() -> None:
         "overload_ok": all(r["ok"] for r in overload),
         "worker_back_s": kill and kill["answered_200_again_s"],
         "worker_replaced_s": kill and kill["worker_replaced_s"],
-        **pruned_numbers(pruned),
+        **pruned_numbers(args.prune_record),
     }
     results = {
         "export": str(export),
