@@ -136,18 +136,38 @@ def run_side_workflow(work: Path, cfg_path: Path, cores: int, env: dict) -> tupl
     return prep, side
 
 
+def recipe_commands(work: Path, cfg: dict, precision: str) -> list:
+    from dapt.study import layout
+
+    model_dir = str(work / "workflow" / layout.MODEL.format(model=next(iter(cfg["models"]))))
+    commands = study_script.mlm_commands(cfg, next(iter(cfg["tasks"])), model_dir, precision)
+    return commands + study_script.finetune_commands(cfg, model_dir, precision)
+
+
+def rescore(path: Path, argv: list[str]) -> dict:
+    """Score a finished run's predictions again (the scoring code changed, the runs did not): the record
+    keeps its command, commit, machine and times, and gains `rescored` (this command, its commit, date)."""
+    import datetime
+
+    rec = json.loads(path.read_text())
+    res = rec["results"]
+    work = path.parent
+    res["runs"] = study_report.scores(work, res["config"], recipe_commands(work, res["config"], res["precision"]))
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    rec["rescored"] = {"command": " ".join(["python", *argv]), "commit": record.commit(), "date": when}
+    path.write_text(json.dumps(rec, indent=2, default=float) + "\n")
+    return res
+
+
 def run_side_recipes(work: Path, cfg: dict, recipes: Path, precision: str, env: dict) -> tuple[dict, list]:
     from dapt.study import layout
 
     wf, rc = work / "workflow", work / "recipes"
     shutil.rmtree(rc, ignore_errors=True)
     rc.mkdir(parents=True)
-    model = next(iter(cfg["models"]))
-    task = next(iter(cfg["tasks"]))
     corpus = next(iter(cfg["corpora"]))
-    model_dir = str(wf / layout.MODEL.format(model=model))
-    commands = study_script.mlm_commands(cfg, task, model_dir, precision)
-    commands += study_script.finetune_commands(cfg, model_dir, precision)
+    task = next(iter(cfg["tasks"]))
+    commands = recipe_commands(work, cfg, precision)
     text = study_script.script_text(
         commands,
         python=sys.executable,
@@ -176,7 +196,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cores", type=int, default=2, help="snakemake --cores (default: %(default)s)")
     p.add_argument("--workdir", default=str(REPO / "results" / "bench_study"), help="(emptied per side)")
     p.add_argument("--json", help="the run's record (default: <workdir>/study.json)")
+    p.add_argument("--rescore", metavar="RECORD", help="score a finished run's predictions again (its study.json)")
     args = p.parse_args(argv)
+    if args.rescore:
+        results = rescore(Path(args.rescore), [sys.argv[0], *(argv or sys.argv[1:])])
+        print(study_report.table(results))
+        print(f"study_speedup={results['study_speedup']:.2f} study_cpu_ratio={results['study_cpu_ratio']:.2f}")
+        return results
     missing = recipes_missing(args.recipes)
     if missing:
         p.error(f"--recipes: {args.recipes or '(not given)'} lacks {', '.join(missing)} (see this script's docstring)")

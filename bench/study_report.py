@@ -22,14 +22,51 @@ def macro_f1(gold: list[str], pred: list[str]) -> float:
     return float(f1_score(gold, pred, average="macro", labels=sorted(set(gold))))
 
 
-def recipe_f1(rc: Path, name: str) -> float:
-    """Macro-F1 of a recipe run's predict_results.txt against the gold labels of files/test.csv."""
+def arg(args: list[str], flag: str, default: str | None = None) -> str | None:
+    """The value after `flag` in a command's arguments."""
+    return args[args.index(flag) + 1] if flag in args else default
+
+
+def sampler_order(rc: Path, args: list[str], texts: list[str]) -> list[int] | None:
+    """The order in which `Trainer.predict` visited the test set, where the run's flags make it permute it.
+
+    With `--train_sampling_strategy group_by_length`, transformers 5's `Trainer._get_eval_sampler` also
+    groups evaluation and prediction batches by length (a `LengthGroupedSampler` seeded with the run's
+    seed), and `predict_results.txt` then lists the predictions in that order under the dataset's indices
+    (run_classification.py numbers them 0, 1, ... as they come). The same seeded sampler is drawn again
+    here, over the lengths the script's tokenization gives, to put them back in the dataset's order."""
+    if arg(args, "--train_sampling_strategy") != "group_by_length":
+        return None
+    import torch
+    from transformers import AutoTokenizer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    tok = AutoTokenizer.from_pretrained(
+        arg(args, "--model_name_or_path") if not (rc / "tokenizer.json").is_file() else rc
+    )
+    max_len = int(arg(args, "--max_seq_length", "128"))
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_len)["input_ids"]]
+    seed = int(arg(args, "--data_seed") or arg(args, "--seed", "42"))
+    batch = int(arg(args, "--per_device_eval_batch_size", "8"))
+    return list(LengthGroupedSampler(batch, lengths=lengths, generator=torch.Generator().manual_seed(seed)))
+
+
+def recipe_f1(rc: Path, name: str, args: list[str] | None = None) -> float:
+    """Macro-F1 of a recipe run's predict_results.txt against the gold labels of files/test.csv, its rows
+    first put back in the dataset's order where the run's sampler permuted them (`sampler_order`)."""
     with open(rc / "files" / "test.csv", newline="") as f:
-        gold = [row["label"] for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    gold = [row["label"] for row in rows]
     with open(rc / name / "predict_results.txt", newline="") as f:
         pred = [row["prediction"] for row in csv.DictReader(f, delimiter="\t")]
     if len(pred) != len(gold):
         raise RuntimeError(f"{name}: {len(pred)} predictions for {len(gold)} test examples")
+    order = sampler_order(rc / name, args or [], [row["sentence"] for row in rows])
+    if order is not None:
+        in_order = [""] * len(pred)
+        for position, index in enumerate(order):
+            in_order[index] = pred[position]
+        pred = in_order
     return macro_f1(gold, pred)
 
 
@@ -46,7 +83,7 @@ def scores(work: Path, cfg: dict, commands: list) -> list[dict]:
             {
                 **c.run,
                 "workflow_f1": float(metrics["macro_f1"]),
-                "recipe_f1": recipe_f1(work / "recipes", c.name),
+                "recipe_f1": recipe_f1(work / "recipes", c.name, c.args),
             }
         )
     return rows

