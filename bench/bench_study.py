@@ -153,6 +153,7 @@ def rescore(path: Path, argv: list[str]) -> dict:
     res = rec["results"]
     work = path.parent
     res["runs"] = study_report.scores(work, res["config"], recipe_commands(work, res["config"], res["precision"]))
+    res.setdefault("recipe_steps", study_report.recipe_steps(work / "recipes"))
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rec["rescored"] = {"command": " ".join(["python", *argv]), "commit": record.commit(), "date": when}
     path.write_text(json.dumps(rec, indent=2, default=float) + "\n")
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
         "recipes": rc_side,
         "runs": runs,
         "stages": stages,
+        "recipe_steps": study_report.recipe_steps(work / "recipes"),
         "study_speedup": rc_side["wall_s"] / wf_side["wall_s"],
         "study_cpu_ratio": rc_side["cpu_s"] / wf_side["cpu_s"],
     }
