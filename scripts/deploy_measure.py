@@ -4,7 +4,7 @@ them where the CPU runs bf16 natively (recorded as skipped, with the reason, els
 
 import json
 
-from dapt.core.errors import UserError, run_main
+from dapt.core.errors import run_main
 from dapt.runtime import cli
 
 
@@ -31,24 +31,20 @@ def main() -> None:
     cli.quiet_progress_bars()
     from pathlib import Path
 
-    from dapt.core.files import read_json, write_json
+    from dapt.core.files import write_json
+    from dapt.deploy.formats import export_and_task
     from dapt.deploy.measure import measure_all, plan, shape_of
     from dapt.deploy.table import speed_ratios
     from dapt.study.defaults import DEPLOY_FORMATS
 
     export = Path(args.export)
-    info = read_json(export / "deploy.json")
-    model = info["run"].get("model")
-    if model not in args.tokenized:
-        raise UserError(
-            str(export / "deploy.json"), f"run model '{model}' has no tokenized task among {sorted(args.tokenized)}"
-        )
+    info, tokenized = export_and_task(export, args.tokenized)
     asked = [f for f in (args.formats or ",".join(DEPLOY_FORMATS)).split(",") if f]
     paths, skipped = plan(export, asked, info)
     threads = args.threads or 1
     rows = measure_all(
         paths,
-        args.tokenized[model],
+        tokenized,
         threads,
         args.latency_texts,
         context={

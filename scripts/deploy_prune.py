@@ -6,7 +6,7 @@ pruned model on the training split, distilled from the unpruned export or on the
 import json
 import os
 
-from dapt.core.errors import UserError, run_main
+from dapt.core.errors import run_main
 from dapt.runtime import cli
 from dapt.runtime.checkpoints import guard_checkpoints, job_identity
 
@@ -37,15 +37,10 @@ def main() -> None:
     from pathlib import Path
 
     from dapt.core.files import read_json
+    from dapt.deploy.formats import export_and_task
 
     export = Path(args.export)
-    info = read_json(export / "deploy.json")
-    model = info["run"].get("model")
-    if model not in args.tokenized:
-        raise UserError(
-            str(export / "deploy.json"), f"run model '{model}' has no tokenized task among {sorted(args.tokenized)}"
-        )
-    tokenized = args.tokenized[model]
+    info, tokenized = export_and_task(export, args.tokenized)
     args.seed = int(info["run"].get("seed", args.seed))  # the deployed run's seed
     if "LOCAL_RANK" not in os.environ:
         guard_checkpoints(args.checkpoints, job_identity(vars(args), [str(export / "pytorch"), tokenized]))

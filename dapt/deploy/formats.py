@@ -31,3 +31,17 @@ def write_formats(folder: str | Path, formats: list[str], opset: int) -> dict:
 
         info["int8"] = {**quantize_int8(source, folder / "onnx_int8"), "source": source.name}
     return info
+
+
+def export_and_task(export: str | Path, tokenized: dict[str, str]) -> tuple[dict, str]:
+    """An export folder's deploy.json and the tokenized task folder of its run's model (from the rule's
+    {model: folder} map); a model the map lacks is refused in one line naming deploy.json."""
+    from dapt.core.errors import UserError
+    from dapt.core.files import read_json
+
+    meta = Path(export) / "deploy.json"
+    info = read_json(meta)
+    model = info["run"].get("model")
+    if model not in tokenized:
+        raise UserError(str(meta), f"run model '{model}' has no tokenized task among {sorted(tokenized)}")
+    return info, tokenized[model]

@@ -45,7 +45,7 @@ from pathlib import Path
 from dapt.core.errors import UserError, run_main
 from dapt.serve import settings as settings_mod
 from dapt.serve.logs import event, log_config
-from dapt.serve.settings import SETTINGS_ENV, TOKEN_ENV, Settings, is_loopback, read_token
+from dapt.serve.settings import SETTINGS_ENV, TOKEN_ENV, Settings, token_for_host
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -110,13 +110,7 @@ def serve(s: Settings, token: str | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     s = settings_mod.parse(argv)
     check_model(s.model)
-    token = read_token(s)
-    if token is None and not is_loopback(s.host):
-        raise UserError(
-            f"--host {s.host}",
-            "no bearer token configured, so the service listens on loopback only",
-            f"set {TOKEN_ENV} or give --token-file, or listen on 127.0.0.1",
-        )
+    token = token_for_host(s)
     serve(s, token)
 
 

@@ -38,7 +38,7 @@ from contextlib import asynccontextmanager
 from dapt.core.errors import UserError, run_main
 from dapt.serve import settings as settings_mod
 from dapt.serve.logs import event, log_config
-from dapt.serve.settings import TOKEN_ENV, Settings, is_loopback, read_token
+from dapt.serve.settings import TOKEN_ENV, Settings, read_token, token_for_host
 
 DEPLOYMENT = "dapt"
 
@@ -216,13 +216,7 @@ def main(argv: list[str] | None = None) -> None:
 
     s, rs = parse(argv)
     check_model(s.model)
-    token = read_token(s)
-    if token is None and not is_loopback(s.host):
-        raise UserError(
-            f"--host {s.host}",
-            "no bearer token configured, so the service listens on loopback only",
-            f"set {TOKEN_ENV} or give --token-file, or listen on 127.0.0.1",
-        )
+    token = token_for_host(s)
     import ray
     from ray import serve
 

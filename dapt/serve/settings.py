@@ -160,6 +160,19 @@ def read_token(s: Settings) -> str | None:
     return token
 
 
+def token_for_host(s: Settings) -> str | None:
+    """The bearer token (`read_token`), refusing a non-loopback `--host` without one: an open service
+    listens on 127.0.0.1 only."""
+    token = read_token(s)
+    if token is None and not is_loopback(s.host):
+        raise UserError(
+            f"--host {s.host}",
+            "no bearer token configured, so the service listens on loopback only",
+            f"set {TOKEN_ENV} or give --token-file, or listen on 127.0.0.1",
+        )
+    return token
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
